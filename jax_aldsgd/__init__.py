@@ -1,0 +1,32 @@
+"""jax_aldsgd: decentralized (gossip) data-parallel training in JAX.
+
+AL-DSGD (He, Wang & Choromanska, arXiv 2405.11389), D-PSGD and MATCHA as optax
+transforms that run inside ``jax.shard_map`` over a ``"workers"`` mesh axis.
+"""
+
+from jax_aldsgd import schedules as schedules
+from jax_aldsgd import topologies as topologies
+from jax_aldsgd._alias import aldsgd as aldsgd
+from jax_aldsgd._alias import dsgd as dsgd
+from jax_aldsgd._gossip import GossipState as GossipState
+from jax_aldsgd._gossip import allreduce as allreduce
+from jax_aldsgd._gossip import gossip as gossip
+from jax_aldsgd._leader import AdjacentLeaderState as AdjacentLeaderState
+from jax_aldsgd._leader import adjacent_leader as adjacent_leader
+from jax_aldsgd._mesh import emulate_cpu_devices as emulate_cpu_devices
+from jax_aldsgd._mesh import replicate_workers as replicate_workers
+from jax_aldsgd._mesh import shard_workers as shard_workers
+from jax_aldsgd._mesh import stack_workers as stack_workers
+from jax_aldsgd._mesh import unstack_workers as unstack_workers
+from jax_aldsgd._mesh import worker_map as worker_map
+from jax_aldsgd._mesh import worker_mesh as worker_mesh
+from jax_aldsgd._topology import Topology as Topology
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdjacentLeaderState", "GossipState", "Topology", "adjacent_leader", "aldsgd",
+    "allreduce", "dsgd", "emulate_cpu_devices", "gossip", "replicate_workers",
+    "schedules", "shard_workers", "stack_workers", "topologies", "unstack_workers",
+    "worker_map", "worker_mesh",
+]

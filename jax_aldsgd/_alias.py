@@ -1,0 +1,94 @@
+"""Named optimizers: local SGD step followed by gossip or AL-DSGD (``optax.chain``)."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from jax_aldsgd import _checks
+from jax_aldsgd._gossip import gossip
+from jax_aldsgd._leader import adjacent_leader
+from jax_aldsgd._schedules import Schedule
+
+
+def _local_sgd(learning_rate, momentum, weight_decay):
+  """``x_hat = x - lr (g + wd x)``, with PyTorch-style momentum on ``g + wd x``."""
+  if not callable(learning_rate):
+    _checks.check_real("learning_rate", learning_rate, low=0.0)
+  _checks.check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  _checks.check_real("weight_decay", weight_decay, low=0.0)
+  # A literal 0 builds no momentum buffer (no copy of the parameters in the
+  # state); an array (e.g. from optax.inject_hyperparams) always builds one, so
+  # init and update agree on the state's structure.
+  no_momentum = not isinstance(momentum, jax.Array) and momentum == 0
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      optax.sgd(learning_rate, momentum=None if no_momentum else momentum),
+  )
+
+
+def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
+         momentum: float = 0.0, weight_decay: float = 0.0,
+         axis_name: str = "workers", skip_nonfinite: bool = False
+        ) -> optax.GradientTransformationExtraArgs:
+  """Decentralized SGD: a local SGD step, then gossip (D-PSGD or MATCHA).
+
+  ``x_hat_i = x_i - lr (g_i + wd x_i)`` (with momentum on ``g_i + wd x_i`` if
+  ``momentum > 0``), then ``x_i <- sum_j W_k[i, j] x_hat_j`` (`jax_aldsgd.gossip`).
+
+  Args:
+    learning_rate: a float or an optax schedule of the step.
+    schedule: the gossip schedule (`jax_aldsgd.schedules`).
+    momentum: heavy-ball momentum (0 disables it, as in the reference).
+    weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
+    axis_name: the workers' mesh axis.
+    skip_nonfinite: see `jax_aldsgd.gossip`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> schedule = ald.schedules.matcha(ald.topologies.paper_graph(0), budget=0.5)
+    >>> opt = ald.dsgd(0.4, schedule, weight_decay=5e-4)
+  """
+  return optax.chain(
+      _local_sgd(learning_rate, momentum, weight_decay),
+      gossip(schedule, axis_name, skip_nonfinite=skip_nonfinite),
+  )
+
+
+def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
+           momentum: float = 0.0, weight_decay: float = 0.0, c1: float = 0.3,
+           c2: float = 0.1, p1: float = 0.2, p2: float = 0.2,
+           pull_every: int = 1, axis_name: str = "workers",
+           skip_nonfinite: bool = False) -> optax.GradientTransformationExtraArgs:
+  """AL-DSGD: a local SGD step, then `jax_aldsgd.adjacent_leader`.
+
+  The reference configuration is ``aldsgd(0.4, rotating([full(g1), full(g0)]),
+  weight_decay=5e-4)`` with ``c1, c2, p1, p2 = 0.3, 0.1, 0.2, 0.2``.
+
+  Args:
+    learning_rate: a float or an optax schedule of the step.
+    schedule: the gossip schedule (`jax_aldsgd.schedules`).
+    momentum: heavy-ball momentum (0 disables it, as in the reference).
+    weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
+    c1, c2, p1, p2, pull_every, skip_nonfinite: see `jax_aldsgd.adjacent_leader`.
+    axis_name: the workers' mesh axis.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params`` and
+    ``loss=``.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> g0, g1 = ald.topologies.paper_graph(0), ald.topologies.paper_graph(1)
+    >>> schedule = ald.schedules.rotating([ald.schedules.full(g1),
+    ...                                    ald.schedules.full(g0)])
+    >>> opt = ald.aldsgd(0.4, schedule, weight_decay=5e-4)
+  """
+  return optax.chain(
+      _local_sgd(learning_rate, momentum, weight_decay),
+      adjacent_leader(schedule, axis_name, c1=c1, c2=c2, p1=p1, p2=p2,
+                      pull_every=pull_every, skip_nonfinite=skip_nonfinite),
+  )

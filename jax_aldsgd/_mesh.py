@@ -1,0 +1,197 @@
+"""The workers mesh: emulated CPU devices, stacking per-worker pytrees, worker_map."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from jax_aldsgd import _checks
+
+# JAX is imported lazily in this module: emulate_cpu_devices must be callable
+# before anything touches a JAX backend.
+
+
+def _backends_started() -> bool:
+  if "jax" not in sys.modules:
+    return False
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  started = getattr(xla_bridge, "backends_are_initialized", None)
+  if started is not None:
+    return started()
+  return bool(getattr(xla_bridge, "_backends", {}))
+
+
+def emulate_cpu_devices(num_devices: int, *,
+                        collective_timeout_seconds: int | None = 60) -> None:
+  """Makes the CPU backend expose ``num_devices`` devices, safely for collectives.
+
+  Sets, before JAX starts:
+
+  * ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (N CPU devices);
+  * ``PJRT_NPROC`` to at least ``2 N``: with fewer CPU threads than devices, XLA's
+    CPU collectives can deadlock when programs run back to back (seen for N = 2
+    to 16 on 2-core machines); with it, thousands of steps run clean;
+  * ``--xla_cpu_collective_call_terminate_timeout_seconds``, so that a collective
+    that still gets stuck aborts with XLA's message instead of hanging forever.
+
+  Call it at the top of the program (or in ``conftest.py``), before any JAX
+  operation. Calling it again with the same count once JAX runs is a no-op.
+
+  Args:
+    num_devices: number of CPU devices to emulate, ``>= 1``.
+    collective_timeout_seconds: seconds a CPU collective may wait for its peers
+      before XLA terminates the program; ``None`` keeps XLA's default.
+
+  Raises:
+    RuntimeError: if a JAX backend is already running with another device count.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> ald.emulate_cpu_devices(8)  # before the first JAX operation
+  """
+  num_devices = _checks.check_integer("num_devices", num_devices, 1)
+  if collective_timeout_seconds is not None:
+    collective_timeout_seconds = _checks.check_integer(
+        "collective_timeout_seconds", collective_timeout_seconds, 1)
+  if _backends_started():
+    import jax  # pylint: disable=g-import-not-at-top
+    nproc = int(os.environ.get("PJRT_NPROC", "0") or 0)
+    if jax.device_count() == num_devices and nproc >= 2 * num_devices:
+      return
+    raise RuntimeError(
+        f"emulate_cpu_devices({num_devices}) was called after JAX started (it now "
+        f"has {jax.device_count()} {jax.default_backend()} devices); the device "
+        "count is fixed when the backend starts. Call it at the very top of your "
+        "program or conftest.py, before any JAX operation.")
+  flags = os.environ.get("XLA_FLAGS", "")
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", flags)
+  flags += f" --xla_force_host_platform_device_count={num_devices}"
+  if collective_timeout_seconds is not None:
+    flags = re.sub(r"--xla_cpu_collective_call_terminate_timeout_seconds=\S*", "",
+                   flags)
+    flags += (" --xla_cpu_collective_call_terminate_timeout_seconds="
+              f"{collective_timeout_seconds}")
+  os.environ["XLA_FLAGS"] = " ".join(flags.split())
+  nproc = int(os.environ.get("PJRT_NPROC", "0") or 0)
+  os.environ["PJRT_NPROC"] = str(max(nproc, 2 * num_devices))
+
+
+def worker_mesh(num_workers: int | None = None, *, devices=None,
+                axis_name: str = "workers"):
+  """A 1-D ``jax.sharding.Mesh`` with one worker per device.
+
+  Args:
+    num_workers: number of workers; defaults to the number of devices.
+    devices: the devices to use (default: ``jax.devices()``, all processes').
+    axis_name: the mesh axis name the transforms communicate over.
+
+  Raises:
+    ValueError: if there are fewer devices than workers.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = list(jax.devices() if devices is None else devices)
+  if num_workers is None:
+    num_workers = len(devices)
+  num_workers = _checks.check_integer("num_workers", num_workers, 1)
+  if len(devices) < num_workers:
+    raise ValueError(
+        f"{num_workers} workers need {num_workers} devices (one worker per device), "
+        f"but only {len(devices)} are available. On CPU, call "
+        f"jax_aldsgd.emulate_cpu_devices({num_workers}) before JAX starts.")
+  return jax.make_mesh((num_workers,), (axis_name,),
+                       axis_types=(jax.sharding.AxisType.Explicit,),
+                       devices=devices[:num_workers])
+
+
+def stack_workers(trees: Sequence):
+  """Stacks per-worker pytrees (same structure) along a new leading worker axis."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  if not trees:
+    raise ValueError("stack_workers needs at least one pytree.")
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack_workers(tree) -> list:
+  """Splits a pytree with a leading worker axis into one pytree per worker."""
+  import jax  # pylint: disable=g-import-not-at-top
+  sizes = {leaf.shape[0] for leaf in jax.tree.leaves(tree)}
+  if len(sizes) != 1:
+    raise ValueError(f"leaves disagree on the worker axis size: {sorted(sizes)}.")
+  return [jax.tree.map(lambda leaf, i=i: leaf[i], tree) for i in range(sizes.pop())]
+
+
+def replicate_workers(tree, num_workers: int):
+  """``num_workers`` copies of ``tree`` stacked on a leading worker axis."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  num_workers = _checks.check_integer("num_workers", num_workers, 1)
+  return jax.tree.map(
+      lambda leaf: jnp.broadcast_to(leaf, (num_workers,) + jnp.shape(leaf)), tree)
+
+
+def shard_workers(tree, mesh, axis_name: str = "workers"):
+  """Places a stacked pytree on ``mesh``: worker i's slice on worker i's device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  # Full-rank specs, P('workers', None, ...), as jit gives its outputs: a shorter
+  # but equivalent spec would be a different key of jit's dispatch cache.
+  return jax.tree.map(
+      lambda leaf: jax.device_put(leaf, jax.sharding.NamedSharding(
+          mesh, jax.P(axis_name, *([None] * (jax.numpy.ndim(leaf) - 1))))), tree)
+
+
+def _check_worker_axis(args, num_workers: int, axis_name: str):
+  import jax  # pylint: disable=g-import-not-at-top
+  for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+    shape = jax.numpy.shape(leaf)
+    if not shape or shape[0] != num_workers:
+      raise ValueError(
+          f"argument{jax.tree_util.keystr(path)} has shape {shape}, but every input "
+          f"of worker_map needs a leading worker axis of size {num_workers} (the "
+          f"mesh axis {axis_name!r}); stack per-worker values with "
+          "jax_aldsgd.stack_workers or replicate_workers.")
+
+
+def worker_map(fn: Callable, mesh, *, axis_name: str = "workers") -> Callable:
+  """Runs ``fn`` once per worker, each on its own device, via ``jax.shard_map``.
+
+  Every argument and result is a pytree whose leaves carry a leading worker axis
+  (stacked per-worker values); ``fn`` sees one worker's slice without that axis,
+  and may use collectives over ``axis_name`` (the transforms do). Inputs are
+  resharded onto ``mesh`` if needed.
+
+  Args:
+    fn: per-worker function of pytrees.
+    mesh: a mesh with axis ``axis_name`` (see `worker_mesh`).
+    axis_name: the workers' mesh axis.
+
+  Returns:
+    A function of stacked pytrees; wrap it in ``jax.jit``.
+
+  Example:
+    >>> step = jax.jit(ald.worker_map(train_step, mesh))  # doctest: +SKIP
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  if axis_name not in mesh.axis_names:
+    raise ValueError(f"mesh has axes {mesh.axis_names}, not {axis_name!r}; build it "
+                     "with jax_aldsgd.worker_mesh or pass its axis_name.")
+  num_workers = mesh.shape[axis_name]
+  spec = jax.P(axis_name)
+
+  def per_block(*args):
+    # Each device holds a (1, ...) block of every stacked input.
+    out = fn(*jax.tree.map(lambda leaf: leaf[0], args))
+    return jax.tree.map(lambda leaf: jnp.expand_dims(leaf, 0), out)
+
+  mapped = jax.shard_map(per_block, mesh=mesh, in_specs=spec, out_specs=spec)
+
+  def wrapper(*args):
+    _check_worker_axis(args, num_workers, axis_name)
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    args = jax.tree.map(lambda leaf: jax.sharding.reshard(leaf, sharding), args)
+    return mapped(*args)
+
+  return wrapper

@@ -1,0 +1,421 @@
+"""Which matchings are active at step k, and with which neighbour weight.
+
+A schedule is static, hashable host data. It owns a flat list of *slots*, one per
+matching of each of its graphs (a rotating schedule over G graphs has the slots of
+all G), and decides per step which slots are active. The transforms issue one
+``ppermute`` per slot under ``lax.cond`` on its flag, so a slot that is not active
+costs no communication, and the flags are computed from the step counter with the
+same code on the host (NumPy) and on every worker (traced ``jax.numpy``).
+
+Random flags (MATCHA) come from a counter-based hash of ``(seed, step, matching)``
+in uint32 arithmetic, which NumPy and XLA evaluate bit for bit the same, so every
+worker, every run and the host-side ``active(step)`` agree.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import numbers
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from jax_aldsgd import _matcha
+from jax_aldsgd._topology import Topology
+
+
+def _check_weight(value, name: str = "neighbor_weight") -> float:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+      np.isfinite(value) and value > 0):
+    raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+  return float(value)
+
+
+def _check_topology(topology) -> Topology:
+  if not isinstance(topology, Topology):
+    raise TypeError("topology must be a jax_aldsgd.Topology (see "
+                    f"jax_aldsgd.topologies), got {type(topology).__name__}.")
+  return topology
+
+
+def _check_step(step) -> int:
+  if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+    raise ValueError(f"step must be a non-negative integer, got {step!r}.")
+  return int(step)
+
+
+def dpsgd_weight(topology: Topology) -> float:
+  """D-PSGD's neighbour weight ``alpha = 2 / (lambda_2(L) + lambda_max(L))``.
+
+  For a disconnected graph (allowed inside rotating schedules) ``lambda_2`` is the
+  smallest non-zero eigenvalue, the one that governs mixing within components.
+  """
+  values = np.linalg.eigvalsh(topology.laplacian())
+  nonzero = values[values > 1e-9 * max(1.0, values[-1])]
+  return float(2.0 / (nonzero[0] + nonzero[-1]))
+
+
+class Schedule(abc.ABC):
+  """Base class of schedules: which slots (graph, matching) are active per step."""
+
+  @property
+  @abc.abstractmethod
+  def graphs(self) -> tuple[Topology, ...]:
+    """The graphs this schedule uses, in rotation order."""
+
+  @property
+  @abc.abstractmethod
+  def neighbor_weight(self) -> tuple[float, ...]:
+    """The neighbour weight ``alpha`` of each graph in `graphs`."""
+
+  @abc.abstractmethod
+  def _active(self, step, xp):
+    """``(num_slots,)`` bool flags at ``step``, with ``xp`` = numpy or jax.numpy."""
+
+  @property
+  def num_workers(self) -> int:
+    return self.graphs[0].num_workers
+
+  @functools.cached_property
+  def slots(self) -> tuple[tuple[int, int], ...]:
+    """``(graph index, matching index)`` of every slot, in exchange order."""
+    return tuple((g, m) for g, graph in enumerate(self.graphs)
+                 for m in range(graph.num_matchings))
+
+  @property
+  def num_slots(self) -> int:
+    return len(self.slots)
+
+  @functools.cached_property
+  def slot_partners(self) -> np.ndarray:
+    """``(num_slots, n)`` int array: each worker's partner in each slot, or -1."""
+    table = np.concatenate([graph.partners for graph in self.graphs], axis=0)
+    table.setflags(write=False)
+    return table
+
+  @functools.cached_property
+  def slot_weight(self) -> np.ndarray:
+    """``(num_slots,)`` neighbour weight of each slot's graph."""
+    weights = np.array([self.neighbor_weight[g] for g, _ in self.slots])
+    weights.setflags(write=False)
+    return weights
+
+  def active(self, step: int) -> np.ndarray:
+    """Host-side ``(num_slots,)`` bool mask of the slots that exchange at ``step``."""
+    return np.asarray(self._active(_check_step(step), np), dtype=bool)
+
+  def graph_index(self, step: int) -> int:
+    """Index into `graphs` of the graph in use at ``step``."""
+    del step
+    return 0
+
+  def active_degrees(self, step: int) -> np.ndarray:
+    """``(n,)`` active degree ``d_i^k`` of every worker at ``step``."""
+    return (self.active(step)[:, None] & (self.slot_partners >= 0)).sum(0)
+
+  def mixing_matrix(self, step: int) -> np.ndarray:
+    """Dense gossip matrix ``W_k = I - sum_{active slots} alpha_s L_s`` at ``step``."""
+    n = self.num_workers
+    w = np.eye(n)
+    for s in np.flatnonzero(self.active(step)):
+      for i, j in enumerate(self.slot_partners[s]):
+        if j >= 0:
+          w[i, i] -= self.slot_weight[s]
+          w[i, j] += self.slot_weight[s]
+    return w
+
+
+class _SingleGraph(Schedule):
+  """A schedule over one topology; subclasses define the flags."""
+
+  topology: Topology
+  weight: float
+
+  @property
+  def graphs(self):
+    return (self.topology,)
+
+  @property
+  def neighbor_weight(self):
+    return (self.weight,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Full(_SingleGraph):
+  """Every matching at every step: true D-PSGD. Build with `full`."""
+
+  topology: Topology
+  weight: float
+
+  def _active(self, step, xp):
+    return xp.ones((self.topology.num_matchings,), dtype=bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Alternating(_SingleGraph):
+  """The reference code's fixed-graph quirk. Build with `alternating`."""
+
+  topology: Topology
+  weight: float
+
+  def _active(self, step, xp):
+    # Flags [0,1,0,...] at even steps and [1,0,0,...] at odd steps.
+    active_matching = 1 - step % 2
+    return xp.arange(self.topology.num_matchings) == active_matching
+
+
+@dataclasses.dataclass(frozen=True)
+class Explicit(_SingleGraph):
+  """A periodic list of active-matching masks. Build with `explicit`."""
+
+  topology: Topology
+  weight: float
+  pattern: tuple[tuple[bool, ...], ...]
+
+  def _active(self, step, xp):
+    table = xp.asarray(np.array(self.pattern, dtype=bool))
+    return table[step % len(self.pattern)]
+
+
+_GOLDEN = 0x9E3779B9
+
+
+def _mix32(xp, x):
+  """A 32-bit integer finaliser (the "lowbias32" hash of C. Wellons)."""
+  x = x ^ (x >> 16)
+  x = x * xp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * xp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def bernoulli_flags(xp, seed: int, step, thresholds, always):
+  """Counter-based Bernoulli flags, bitwise identical in NumPy and JAX.
+
+  Flag m at ``step`` is ``hash(seed, step, m) < thresholds[m]`` (or ``always[m]``),
+  with ``thresholds[m] = floor(p_m 2^32)``, so it is true with probability ``p_m``.
+  """
+  count = len(thresholds)
+  # Work on (count,)-shaped arrays: NumPy wraps uint32 arrays silently (0-d
+  # scalars would warn on overflow), as XLA does.
+  index = xp.arange(count, dtype=xp.uint32)
+  seed32 = xp.full((count,), seed % 2**32, dtype=xp.uint32)
+  step32 = xp.full((count,), 0, dtype=xp.uint32) + xp.asarray(step).astype(
+      xp.uint32)
+  h = _mix32(xp, seed32 + xp.uint32(_GOLDEN))
+  h = _mix32(xp, h ^ (step32 * xp.uint32(0x85EBCA6B) + xp.uint32(1)))
+  h = _mix32(xp, h ^ (index * xp.uint32(0xC2B2AE35) + xp.uint32(2)))
+  return (h < xp.asarray(np.asarray(thresholds, np.uint32))) | xp.asarray(
+      np.asarray(always, bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class Matcha(_SingleGraph):
+  """MATCHA: matching m active independently with probability ``p_m``. Build with `matcha`."""
+
+  topology: Topology
+  weight: float
+  budget: float
+  probabilities: tuple[float, ...]
+  seed: int
+
+  @functools.cached_property
+  def _thresholds(self):
+    p = np.asarray(self.probabilities, float)
+    return np.minimum(np.floor(p * 2.0**32), 2.0**32 - 1).astype(np.uint32), p >= 1.0
+
+  def _active(self, step, xp):
+    thresholds, always = self._thresholds
+    return bernoulli_flags(xp, self.seed, step, thresholds, always)
+
+  @property
+  def rho(self) -> float:
+    """MATCHA's spectral quantity ``rho`` at this schedule's ``alpha``."""
+    return _matcha.matcha_rho(self.topology, self.probabilities, self.weight)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotating(Schedule):
+  """Dynamic graphs: step k uses ``schedules[k % G]`` at its own step ``k // G``."""
+
+  schedules: tuple[Schedule, ...]
+
+  @property
+  def graphs(self):
+    return tuple(g for s in self.schedules for g in s.graphs)
+
+  @property
+  def neighbor_weight(self):
+    return tuple(w for s in self.schedules for w in s.neighbor_weight)
+
+  def _active(self, step, xp):
+    count = len(self.schedules)
+    which, local_step = step % count, step // count
+    return xp.concatenate([
+        (which == g) & child._active(local_step, xp)
+        for g, child in enumerate(self.schedules)
+    ])
+
+  def graph_index(self, step: int) -> int:
+    step = _check_step(step)
+    count = len(self.schedules)
+    offset = sum(len(s.graphs) for s in self.schedules[:step % count])
+    return offset + self.schedules[step % count].graph_index(step // count)
+
+
+# ----------------------------------------------------------------------------
+# Constructors.
+
+
+def full(topology: Topology, neighbor_weight: float | None = None) -> Full:
+  """True D-PSGD: all matchings active at every step.
+
+  Args:
+    topology: the communication graph.
+    neighbor_weight: ``alpha``; defaults to ``2 / (lambda_2 + lambda_max)`` of the
+      graph Laplacian (2/7 for paper graph 0).
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> s = ald.schedules.full(ald.topologies.paper_graph(0))
+    >>> round(s.neighbor_weight[0], 6), s.active(0).tolist()
+    (0.285714, [True, True, True, True, True])
+  """
+  topology = _check_topology(topology)
+  weight = dpsgd_weight(topology) if neighbor_weight is None else _check_weight(
+      neighbor_weight)
+  return Full(topology, weight)
+
+
+def alternating(topology: Topology,
+                neighbor_weight: float | None = None) -> Alternating:
+  """The reference code's fixed-graph "D-PSGD": only matching 1, then only matching 0, ...
+
+  ALGORITHM.md section 3: the reference's fixed processor activates flags
+  ``[0,1,0,...]`` at even steps and ``[1,0,0,...]`` at odd steps, with
+  ``alpha = 2 / (lambda_2 + lambda_max)`` of the whole graph. Offered to reproduce
+  the reference baseline; `full` is true D-PSGD.
+  """
+  topology = _check_topology(topology)
+  if topology.num_matchings < 2:
+    raise ValueError("alternating needs a topology with at least 2 matchings (it "
+                     "alternates matchings 1 and 0), got "
+                     f"{topology.num_matchings}; use full() instead.")
+  weight = dpsgd_weight(topology) if neighbor_weight is None else _check_weight(
+      neighbor_weight)
+  return Alternating(topology, weight)
+
+
+def matcha(topology: Topology, budget: float, seed: int = 0) -> Matcha:
+  """MATCHA: each matching active independently with an optimised probability.
+
+  ALGORITHM.md section 6. ``p`` maximises ``lambda_2(sum_m p_m L_m)`` subject to
+  ``sum_m p_m <= budget * R`` and ``alpha`` minimises MATCHA's ``rho``; the flags of
+  step k are Bernoulli(p_m) draws from a hash of ``(seed, k, m)``, identical on every
+  worker and every run.
+
+  Args:
+    topology: the base graph.
+    budget: communication budget ``C_b`` in (0, 1], the expected fraction of the
+      matchings used per step (1 is D-PSGD).
+    seed: non-negative integer seed of the activation flags.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> s = ald.schedules.matcha(ald.topologies.paper_graph(0), budget=0.5)
+    >>> round(s.neighbor_weight[0], 3)
+    0.396
+  """
+  topology = _check_topology(topology)
+  if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not (
+      0.0 < budget <= 1.0):
+    raise ValueError(f"budget must be in (0, 1] (the fraction of matchings used "
+                     f"per step; 1 is D-PSGD), got {budget!r}.")
+  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
+      0 <= seed < 2**32):
+    raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
+  probabilities = _matcha.matcha_probabilities(topology, float(budget))
+  weight, _ = _matcha.matcha_neighbor_weight(topology, probabilities)
+  return Matcha(topology, weight, float(budget),
+                tuple(float(p) for p in probabilities), int(seed))
+
+
+def explicit(topology: Topology, active: Sequence[Iterable[int]],
+             neighbor_weight: float | None = None) -> Explicit:
+  """A periodic pattern of active matchings: step k uses ``active[k % len(active)]``.
+
+  Args:
+    topology: the graph.
+    active: a non-empty list; entry t is the collection of matching indices active
+      at steps ``t, t + P, t + 2P, ...`` (an empty collection: no exchange).
+    neighbor_weight: ``alpha``; defaults to D-PSGD's ``2 / (lambda_2 + lambda_max)``.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> t = ald.topologies.ring(4)
+    >>> ald.schedules.explicit(t, [{0}, {1}, set()]).active(4).tolist()
+    [False, True]
+  """
+  topology = _check_topology(topology)
+  if isinstance(active, (str, bytes)) or not isinstance(active, Sequence) or (
+      not active):
+    raise ValueError("active must be a non-empty list of collections of matching "
+                     f"indices, got {active!r}.")
+  pattern = []
+  for t, entry in enumerate(active):
+    if isinstance(entry, (str, bytes)) or not isinstance(entry, Iterable):
+      raise TypeError(f"active[{t}] must be a collection of matching indices, got "
+                      f"{entry!r}.")
+    mask = [False] * topology.num_matchings
+    for m in entry:
+      if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not (
+          0 <= m < topology.num_matchings):
+        raise ValueError(f"active[{t}] names matching {m!r}, but the topology has "
+                         f"matchings 0..{topology.num_matchings - 1}.")
+      mask[m] = True
+    pattern.append(tuple(mask))
+  weight = dpsgd_weight(topology) if neighbor_weight is None else _check_weight(
+      neighbor_weight)
+  return Explicit(topology, weight, tuple(pattern))
+
+
+def rotating(schedules: Sequence[Schedule]) -> Rotating:
+  """Dynamic graphs (ALGORITHM.md section 4): step k runs ``schedules[k % G]``.
+
+  Each schedule keeps its own counter: the g-th schedule's t-th use reads its
+  step-t flags (step ``k // G``). The reference alternates graphs g+1 (even steps)
+  and g (odd steps), i.e. ``rotating([s_{g+1}, s_g])``.
+
+  Args:
+    schedules: one or more schedules over the same number of workers.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> g0, g1 = (ald.topologies.paper_graph(i) for i in (0, 1))
+    >>> s = ald.schedules.rotating([ald.schedules.full(g1), ald.schedules.full(g0)])
+    >>> s.graph_index(0), s.graph_index(1), s.num_slots
+    (0, 1, 10)
+  """
+  if isinstance(schedules, Schedule) or not isinstance(schedules, Sequence) or (
+      not schedules):
+    raise ValueError("rotating takes a non-empty list of schedules, got "
+                     f"{schedules!r}.")
+  for g, schedule in enumerate(schedules):
+    if not isinstance(schedule, Schedule):
+      raise TypeError(f"schedules[{g}] must be a jax_aldsgd schedule, got "
+                      f"{type(schedule).__name__}.")
+  counts = [s.num_workers for s in schedules]
+  if len(set(counts)) > 1:
+    raise ValueError(f"all schedules of a rotation must have the same number of "
+                     f"workers, got {counts}.")
+  union = Topology(counts[0], [m for s in schedules for g in s.graphs
+                               for m in g.matchings], allow_disconnected=True)
+  if not union.is_connected():
+    warnings.warn(
+        f"even the union of the rotated graphs is disconnected (components "
+        f"{union.components()}); those groups of workers will never agree.",
+        stacklevel=2)
+  return Rotating(tuple(schedules))

@@ -1,0 +1,93 @@
+"""Shared helpers: a tiny pytree model zoo and a runner for jitted worker steps."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jax_aldsgd as ald
+
+from tests import reference
+
+
+def flat_dim(shapes):
+  return sum(int(np.prod(s)) for s in shapes.values())
+
+
+def unflatten(flat, shapes):
+  """(n, d) NumPy array -> stacked pytree {name: (n, *shape)} float32."""
+  out, start = {}, 0
+  for name, shape in shapes.items():
+    size = int(np.prod(shape))
+    out[name] = jnp.asarray(flat[:, start:start + size].reshape((-1,) + shape),
+                            jnp.float32)
+    start += size
+  return out
+
+
+def flatten(tree, shapes):
+  """Stacked pytree -> (n, d) float64 NumPy array, leaves in `shapes` order."""
+  return np.concatenate(
+      [np.asarray(tree[name], np.float64).reshape(len(tree[name]), -1)
+       for name in shapes], axis=1)
+
+
+# A model with several leaves of different shapes, to exercise packing.
+SHAPES = {"kernel": (3, 2), "bias": (2,), "scale": ()}
+
+
+def quadratic_loss_fn(shapes):
+  """JAX version of reference.Quadratic's loss on one worker's pytree."""
+
+  def loss_fn(params, a, b):
+    x = jnp.concatenate([jnp.ravel(params[name]) for name in shapes])
+    r = a @ x - b
+    return 0.5 * jnp.mean(r**2)
+
+  return loss_fn
+
+
+def make_step(tx, mesh, shapes=SHAPES):
+  """Jitted per-worker train step on the quadratic problem."""
+  loss_fn = quadratic_loss_fn(shapes)
+
+  def step(params, opt_state, a, b):
+    loss, grads = jax.value_and_grad(loss_fn)(params, a, b)
+    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(ald.worker_map(step, mesh))
+
+
+def run(tx, x0, problem, steps, mesh, shapes=SHAPES):
+  """Runs ``steps`` iterations; returns the final (n, d) array and the losses."""
+  step = make_step(tx, mesh, shapes)
+  params = ald.shard_workers(unflatten(x0, shapes), mesh)
+  opt_state = jax.jit(ald.worker_map(tx.init, mesh))(params)
+  a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
+  b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
+  losses = []
+  for _ in range(steps):
+    params, opt_state, loss = step(params, opt_state, a, b)
+    losses.append(np.asarray(loss))
+  return flatten(params, shapes), losses, step
+
+
+def reference_run(x0, problem, steps, schedule, *, lr, weight_decay=0.0,
+                  leader=None):
+  """The NumPy reference of ``steps`` full iterations (f64)."""
+  x = np.array(x0, np.float64)
+  for k in range(steps):
+    losses = problem.loss(x)
+    x_hat = reference.sgd_step(x, problem.grad(x), lr, weight_decay)
+    matchings, active, weights = reference.schedule_step_inputs(schedule, k)
+    if leader is None:
+      x = reference.gossip(x_hat, matchings, active, weights)
+    else:
+      pull = k % leader.get("pull_every", 1) == 0
+      coefficients = {key: leader[key] for key in ("c1", "c2", "p1", "p2")}
+      x = reference.adjacent_leader(x_hat, losses, matchings, active, weights,
+                                    pull=pull, **coefficients)
+  return x
