@@ -23,6 +23,19 @@ def _backends_started() -> bool:
   return bool(getattr(xla_bridge, "_backends", {}))
 
 
+# jaxlib releases before this one abort on the collective-timeout flag.
+_TIMEOUT_FLAG_SINCE = (0, 8, 0)
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  try:
+    text = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return (0,)
+  return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
 def emulate_cpu_devices(num_devices: int, *,
                         collective_timeout_seconds: int | None = 60) -> None:
   """Makes the CPU backend expose ``num_devices`` devices, safely for collectives.
@@ -42,7 +55,8 @@ def emulate_cpu_devices(num_devices: int, *,
   Args:
     num_devices: number of CPU devices to emulate, ``>= 1``.
     collective_timeout_seconds: seconds a CPU collective may wait for its peers
-      before XLA terminates the program; ``None`` keeps XLA's default.
+      before XLA terminates the program; ``None`` keeps XLA's default (so does a
+      jaxlib older than 0.8.0, which does not know the flag).
 
   Raises:
     RuntimeError: if a JAX backend is already running with another device count.
@@ -68,7 +82,8 @@ def emulate_cpu_devices(num_devices: int, *,
   flags = os.environ.get("XLA_FLAGS", "")
   flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", flags)
   flags += f" --xla_force_host_platform_device_count={num_devices}"
-  if collective_timeout_seconds is not None:
+  if (collective_timeout_seconds is not None
+      and _jaxlib_version() >= _TIMEOUT_FLAG_SINCE):
     flags = re.sub(r"--xla_cpu_collective_call_terminate_timeout_seconds=\S*", "",
                    flags)
     flags += (" --xla_cpu_collective_call_terminate_timeout_seconds="
@@ -100,8 +115,11 @@ def worker_mesh(num_workers: int | None = None, *, devices=None,
         f"{num_workers} workers need {num_workers} devices (one worker per device), "
         f"but only {len(devices)} are available. On CPU, call "
         f"jax_aldsgd.emulate_cpu_devices({num_workers}) before JAX starts.")
+  # Auto axes: with Explicit axes (make_mesh's default) every worker-stacked array
+  # carries its sharding in its type, and everyday code such as params["w"][4]
+  # fails with a ShardingTypeError. shard_map works the same on both.
   return jax.make_mesh((num_workers,), (axis_name,),
-                       axis_types=(jax.sharding.AxisType.Explicit,),
+                       axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices[:num_workers])
 
 
@@ -135,11 +153,11 @@ def replicate_workers(tree, num_workers: int):
 def shard_workers(tree, mesh, axis_name: str = "workers"):
   """Places a stacked pytree on ``mesh``: worker i's slice on worker i's device."""
   import jax  # pylint: disable=g-import-not-at-top
-  # Full-rank specs, P('workers', None, ...), as jit gives its outputs: a shorter
-  # but equivalent spec would be a different key of jit's dispatch cache.
-  return jax.tree.map(
-      lambda leaf: jax.device_put(leaf, jax.sharding.NamedSharding(
-          mesh, jax.P(axis_name, *([None] * (jax.numpy.ndim(leaf) - 1))))), tree)
+  # P(axis_name), exactly what a worker_map'd step returns: an equivalent but
+  # differently written spec (P(axis_name, None)) is another key of jit's dispatch
+  # cache, so the first step would be dispatched twice.
+  sharding = jax.sharding.NamedSharding(mesh, jax.P(axis_name))
+  return jax.device_put(tree, sharding)
 
 
 def _check_worker_axis(args, num_workers: int, axis_name: str):
@@ -159,8 +177,9 @@ def worker_map(fn: Callable, mesh, *, axis_name: str = "workers") -> Callable:
 
   Every argument and result is a pytree whose leaves carry a leading worker axis
   (stacked per-worker values); ``fn`` sees one worker's slice without that axis,
-  and may use collectives over ``axis_name`` (the transforms do). Inputs are
-  resharded onto ``mesh`` if needed.
+  and may use collectives over ``axis_name`` (the transforms do). Inputs not yet
+  on ``mesh`` are moved there (place them once with `shard_workers` to avoid
+  the copy at every call).
 
   Args:
     fn: per-worker function of pytrees.
@@ -190,8 +209,6 @@ def worker_map(fn: Callable, mesh, *, axis_name: str = "workers") -> Callable:
 
   def wrapper(*args):
     _check_worker_axis(args, num_workers, axis_name)
-    sharding = jax.sharding.NamedSharding(mesh, spec)
-    args = jax.tree.map(lambda leaf: jax.sharding.reshard(leaf, sharding), args)
     return mapped(*args)
 
   return wrapper
