@@ -17,17 +17,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from jax_aldsgd import _checks
+
 Edge = tuple[int, int]
 Matching = tuple[Edge, ...]
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{name} must be an integer, got {value!r} of type "
-                    f"{type(value).__name__}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-  return int(value)
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -84,7 +77,7 @@ class Topology:
   allow_disconnected: bool = dataclasses.field(default=False, compare=False)
 
   def __post_init__(self):
-    n = _check_int("num_workers", self.num_workers, 2)
+    n = _checks.check_integer("num_workers", self.num_workers, 2)
     if isinstance(self.matchings, (str, bytes)) or not isinstance(
         self.matchings, Iterable):
       raise TypeError("matchings must be a sequence of matchings (each a sequence "
@@ -207,7 +200,7 @@ def _cycle_matchings(nodes: Sequence[int]) -> list[list[Edge]]:
 
 def ring(num_workers: int) -> Topology:
   """Cycle ``0 - 1 - ... - (n-1) - 0``: 2 matchings for even n, 3 for odd n."""
-  n = _check_int("num_workers", num_workers, 2)
+  n = _checks.check_integer("num_workers", num_workers, 2)
   return Topology(n, _cycle_matchings(list(range(n))))
 
 
@@ -217,8 +210,8 @@ def torus(rows: int, cols: int) -> Topology:
   Each row and each column is a cycle; a dimension of size 2 contributes a single
   edge (not a doubled one), and a dimension of size 1 contributes none.
   """
-  rows = _check_int("rows", rows, 1)
-  cols = _check_int("cols", cols, 1)
+  rows = _checks.check_integer("rows", rows, 1)
+  cols = _checks.check_integer("cols", cols, 1)
   if rows * cols < 2:
     raise ValueError(f"torus({rows}, {cols}) has {rows * cols} worker; it needs "
                      "at least 2.")
@@ -239,7 +232,7 @@ def complete(num_workers: int) -> Topology:
 
   Uses the circle method of round-robin tournaments.
   """
-  n = _check_int("num_workers", num_workers, 2)
+  n = _checks.check_integer("num_workers", num_workers, 2)
   slots = list(range(n)) + ([None] if n % 2 else [])
   size = len(slots)
   matchings = []
@@ -252,7 +245,7 @@ def complete(num_workers: int) -> Topology:
 
 def exponential(num_workers: int) -> Topology:
   """Exponential graph: worker i is linked to ``i +/- 2^k (mod n)`` for ``2^k < n``."""
-  n = _check_int("num_workers", num_workers, 2)
+  n = _checks.check_integer("num_workers", num_workers, 2)
   edges = set()
   hop = 1
   while hop < n:
@@ -272,10 +265,10 @@ def erdos_renyi(num_workers: int, p: float, seed: int = 0, *,
   disconnected raises (try a larger ``p`` or another ``seed``) unless
   ``allow_disconnected=True``.
   """
-  n = _check_int("num_workers", num_workers, 2)
+  n = _checks.check_integer("num_workers", num_workers, 2)
   if not (isinstance(p, numbers.Real) and 0.0 < p <= 1.0):
     raise ValueError(f"p must be a probability in (0, 1], got {p!r}.")
-  rng = np.random.default_rng(_check_int("seed", seed, 0))
+  rng = np.random.default_rng(_checks.check_integer("seed", seed, 0))
   upper = np.triu(rng.random((n, n)) < p, k=1)
   edges = list(zip(*np.nonzero(upper)))
   if not edges:
@@ -291,10 +284,10 @@ def random_geometric(num_workers: int, radius: float, seed: int = 0, *,
   Drawn from ``numpy.random.default_rng(seed)``; a disconnected draw raises unless
   ``allow_disconnected=True``.
   """
-  n = _check_int("num_workers", num_workers, 2)
+  n = _checks.check_integer("num_workers", num_workers, 2)
   if not (isinstance(radius, numbers.Real) and radius > 0 and np.isfinite(radius)):
     raise ValueError(f"radius must be a positive finite number, got {radius!r}.")
-  rng = np.random.default_rng(_check_int("seed", seed, 0))
+  rng = np.random.default_rng(_checks.check_integer("seed", seed, 0))
   points = rng.random((n, 2))
   distance = np.linalg.norm(points[:, None] - points[None], axis=-1)
   edges = list(zip(*np.nonzero(np.triu(distance <= radius, k=1))))
@@ -329,7 +322,7 @@ def from_edges(num_workers: int, edges: Iterable, *,
   Raises:
     ValueError: on self-loops, out-of-range nodes, repeated edges, or no edges.
   """
-  n = _check_int("num_workers", num_workers, 2)
+  n = _checks.check_integer("num_workers", num_workers, 2)
   clean: list[Edge] = []
   seen = set()
   for raw in edges:
