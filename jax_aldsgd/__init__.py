@@ -8,6 +8,7 @@ from jax_aldsgd import schedules as schedules
 from jax_aldsgd import topologies as topologies
 from jax_aldsgd._alias import aldsgd as aldsgd
 from jax_aldsgd._alias import dsgd as dsgd
+from jax_aldsgd._alias import local_sgd as local_sgd
 from jax_aldsgd._gossip import GossipState as GossipState
 from jax_aldsgd._gossip import allreduce as allreduce
 from jax_aldsgd._gossip import gossip as gossip
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdjacentLeaderState", "GossipState", "Topology", "adjacent_leader", "aldsgd",
-    "allreduce", "dsgd", "emulate_cpu_devices", "gossip", "replicate_workers",
-    "schedules", "shard_workers", "stack_workers", "topologies", "unstack_workers",
-    "worker_map", "worker_mesh",
+    "allreduce", "dsgd", "emulate_cpu_devices", "gossip", "local_sgd",
+    "replicate_workers", "schedules", "shard_workers", "stack_workers",
+    "topologies", "unstack_workers", "worker_map", "worker_mesh",
 ]

@@ -11,8 +11,22 @@ from jax_aldsgd._leader import adjacent_leader
 from jax_aldsgd._schedules import Schedule
 
 
-def _local_sgd(learning_rate, momentum, weight_decay):
-  """``x_hat = x - lr (g + wd x)``, with PyTorch-style momentum on ``g + wd x``."""
+def local_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.0,
+              weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """The local step of the reference: ``x_hat = x - lr (g + wd x)``.
+
+  PyTorch-style SGD: weight decay is added to the gradient, and momentum (if
+  ``momentum > 0``) accumulates ``g + wd x``. On its own (no communication) it is
+  the "local SGD" baseline; `dsgd` and `aldsgd` chain it with gossip or AL-DSGD.
+
+  Args:
+    learning_rate: a float or an optax schedule of the step.
+    momentum: heavy-ball momentum in [0, 1) (0 disables it, as in the reference).
+    weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
   if not callable(learning_rate):
     _checks.check_real("learning_rate", learning_rate, low=0.0)
   _checks.check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
@@ -53,7 +67,7 @@ def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     >>> opt = ald.dsgd(0.4, schedule, weight_decay=5e-4)
   """
   return optax.chain(
-      _local_sgd(learning_rate, momentum, weight_decay),
+      local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
       gossip(schedule, axis_name, skip_nonfinite=skip_nonfinite),
   )
 
@@ -88,7 +102,7 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     >>> opt = ald.aldsgd(0.4, schedule, weight_decay=5e-4)
   """
   return optax.chain(
-      _local_sgd(learning_rate, momentum, weight_decay),
+      local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
       adjacent_leader(schedule, axis_name, c1=c1, c2=c2, p1=p1, p2=p2,
                       pull_every=pull_every, skip_nonfinite=skip_nonfinite),
   )

@@ -1,0 +1,43 @@
+r"""Runs the paper's experiments: ``python -m experiments.cifar --config=... --workdir=...``.
+
+Config overrides go on the command line, e.g. ``--config.method=matcha
+--config.num_epochs=3``. Rerunning the same command resumes from the workdir's
+latest checkpoint; SIGINT/SIGTERM save a checkpoint before exiting.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+import jax_aldsgd
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for metrics, plots and checkpoints.")
+config_flags.DEFINE_config_file(
+    "config", None, "Training config file, e.g. experiments/cifar/configs/default.py.",
+    lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  # Orbax logs every checkpoint step at INFO; keep the console for progress.
+  logging.set_verbosity(logging.WARNING)
+  # Before JAX starts: on a machine without accelerators the workers run on
+  # emulated CPU devices (harmless where accelerators exist: JAX uses those).
+  jax_aldsgd.emulate_cpu_devices(config.num_workers)
+  from experiments.cifar import train  # pylint: disable=g-import-not-at-top
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
+  except train.TrainingInterrupted as stopped:
+    print(stopped, file=sys.stderr)
+    sys.exit(128 + stopped.signum if stopped.signum else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)

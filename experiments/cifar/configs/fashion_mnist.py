@@ -1,0 +1,29 @@
+"""Fashion-MNIST, offline on a laptop: AL-DSGD on D-PSGD, 8 workers, SmallCNN.
+
+The paper's protocol (8 workers, graph pair (0, 1) rotated, batch 16 per worker,
+different initializations, weight decay 5e-4, no momentum) on the real data that
+installs offline (Debian's dataset-fashion-mnist IDX files), with a small CNN and
+a few epochs so that it finishes in minutes on a 2-core CPU.
+
+Command:
+
+    python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py \
+        --workdir=workdirs/fmnist_aldsgd_dpsgd
+
+Other methods: --config.method=allreduce|dpsgd|dpsgd_reference|matcha|aldsgd_matcha.
+Hardware: 2 CPU cores (8 emulated devices). Runtime and result: see README.
+"""
+
+from experiments.cifar.configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = "fashion_mnist"
+  config.data_source = "idx"
+  config.model = "small_cnn"
+  config.learning_rate = 0.1
+  config.num_epochs = 4
+  config.lr_decay_epochs = (3,)
+  config.eval_batch_size = 1000
+  return config

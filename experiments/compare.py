@@ -1,0 +1,117 @@
+r"""Compares finished or running experiments: one plot and a markdown table.
+
+    python -m experiments.compare WORKDIR [WORKDIR ...] [--out=comparison.png]
+        [--target=0.85]
+
+Reads each workdir's ``metrics.jsonl`` and ``config.json`` and writes one PNG with
+test accuracy (mean over workers, and the worst worker dashed) against epoch and
+against communicated bytes per worker; prints a markdown table with, per run, the
+final and best mean accuracy, the final worst worker, the averaged model's final
+accuracy, the epochs to reach the target mean accuracy and the bytes sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from experiments.cifar import report
+
+
+def load_run(workdir: str | pathlib.Path) -> dict:
+  workdir = pathlib.Path(workdir)
+  records = report.MetricsLog(workdir / "metrics.jsonl").read()
+  if not records:
+    raise ValueError(f"{workdir} has no metrics yet (no {workdir}/metrics.jsonl "
+                     "records); point at a workdir of experiments.cifar.")
+  config_path = workdir / "config.json"
+  config = json.loads(config_path.read_text()) if config_path.exists() else {}
+  return dict(name=workdir.name, config=config, records=records)
+
+
+def summarize(run: dict, target: float) -> dict:
+  accuracy = np.array([r["test_accuracy"] for r in run["records"]])
+  mean = accuracy.mean(1)
+  reached = np.flatnonzero(mean >= target)
+  last = run["records"][-1]
+  return dict(
+      name=run["name"], method=run["config"].get("method", "?"),
+      epochs=len(run["records"]), final_mean=mean[-1], best_mean=mean.max(),
+      final_worst=accuracy[-1].min(),
+      worst_worker=int(np.argmin(accuracy[-1])),
+      averaged_model=last["test_accuracy_averaged_model"],
+      epochs_to_target=int(reached[0]) + 1 if len(reached) else None,
+      gbytes=last["bytes_sent_mean"] / 1e9,
+  )
+
+
+def markdown_table(rows: list[dict], target: float) -> str:
+  lines = [
+      f"| run | method | epochs | final mean acc | best mean acc | final worst "
+      f"worker | averaged model | epochs to {target:.0%} | GB sent per worker |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    to_target = "not reached" if r["epochs_to_target"] is None else str(
+        r["epochs_to_target"])
+    lines.append(
+        f"| {r['name']} | {r['method']} | {r['epochs']} | {r['final_mean']:.2%} | "
+        f"{r['best_mean']:.2%} | {r['final_worst']:.2%} (worker "
+        f"{r['worst_worker']}) | {r['averaged_model']:.2%} | {to_target} | "
+        f"{r['gbytes']:.3f} |")
+  return "\n".join(lines)
+
+
+def plot(runs: list[dict], out: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (by_epoch, by_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for k, run in enumerate(runs):
+    color = f"C{k}"
+    accuracy = np.array([r["test_accuracy"] for r in run["records"]]) * 100
+    epochs = [r["epoch"] + 1 for r in run["records"]]
+    gbytes = [r["bytes_sent_mean"] / 1e9 for r in run["records"]]
+    label = f"{run['name']} ({run['config'].get('method', '?')})"
+    by_epoch.plot(epochs, accuracy.mean(1), color=color, lw=2, label=label)
+    by_epoch.plot(epochs, accuracy.min(1), color=color, lw=1, ls="--")
+    by_bytes.plot(gbytes, accuracy.mean(1), color=color, lw=2, marker=".",
+                  label=label)
+  by_epoch.set(xlabel="epoch", ylabel="test accuracy (%)",
+               title="mean over workers (solid), worst worker (dashed)")
+  by_bytes.set(xlabel="GB sent per worker", ylabel="mean test accuracy (%)",
+               title="accuracy vs communication")
+  for ax in (by_epoch, by_bytes):
+    ax.grid(alpha=0.3)
+  by_epoch.legend(fontsize=8)
+  fig.tight_layout()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("workdirs", nargs="+", help="experiments.cifar workdirs")
+  parser.add_argument("--out", default="comparison.png", help="PNG to write")
+  parser.add_argument("--target", type=float, default=0.85,
+                      help="target mean test accuracy, a fraction in (0, 1]")
+  args = parser.parse_args(argv)
+  if not 0.0 < args.target <= 1.0:
+    parser.error(f"--target must be a fraction in (0, 1], got {args.target}.")
+  try:
+    runs = [load_run(w) for w in args.workdirs]
+  except ValueError as e:
+    parser.error(str(e))
+  plot(runs, pathlib.Path(args.out))
+  print(markdown_table([summarize(r, args.target) for r in runs], args.target))
+  print(f"\nplot: {args.out}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,123 @@
+"""experiments.cifar end to end on mock data: training, resume, refusal, compare."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import compare
+from experiments.cifar import checkpoint as checkpoint_lib
+from experiments.cifar import report
+from experiments.cifar import train
+from experiments.cifar.configs import default
+
+
+def tiny_config(**overrides):
+  config = default.get_config()
+  config.update(dict(model="small_cnn", batch_size=2, num_epochs=2,
+                     learning_rate=0.05, lr_decay_epochs=(1,), eval_batch_size=16,
+                     progress_bar=False, plots=False))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture
+def mock_cifar():
+  with tfds.testing.mock_data(num_examples=48,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    yield
+
+
+def _comparable(records):
+  return [{k: v for k, v in r.items() if k not in report.TIMING_FIELDS}
+          for r in records]
+
+
+def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
+  config = tiny_config(plots=True)
+  record = train.train_and_evaluate(config, str(tmp_path))
+  records = report.MetricsLog(tmp_path / "metrics.jsonl").read()
+  assert [r["epoch"] for r in records] == [0, 1]
+  assert record == records[-1]
+  n = config.num_workers
+  for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss",
+              "consensus_distance", "bytes_sent"):
+    assert len(record[key]) == n, key
+  assert all(np.isfinite(record["train_loss"]))
+  assert 0.0 <= record["test_accuracy_averaged_model"] <= 1.0
+  # 48 images, 8 workers -> shards of 6 -> 3 steps of batch 2 per epoch.
+  assert record["step"] == 6
+  assert record["learning_rate"] == pytest.approx(0.005)  # x0.1 after epoch 1
+  # Bytes from the schedule: the active degrees of each step times the message.
+  schedule = train.build_schedule(config)
+  params = train.final_params(tmp_path)
+  num_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params))
+  degrees = sum(schedule.active_degrees(k) for k in range(6))
+  np.testing.assert_array_equal(record["bytes_sent"],
+                                degrees * 4 * (num_params + 2))
+  assert (tmp_path / "plots" / "test_accuracy.png").stat().st_size > 0
+  assert (tmp_path / "plots" / "consensus_distance.png").stat().st_size > 0
+  assert json.loads((tmp_path / "config.json").read_text())["method"] == (
+      "aldsgd_dpsgd")
+
+
+@pytest.mark.parametrize("method", ["matcha", "allreduce"])
+def test_other_methods_run(mock_cifar, tmp_path, method):
+  record = train.train_and_evaluate(tiny_config(method=method, num_epochs=1),
+                                    str(tmp_path))
+  assert all(np.isfinite(record["train_loss"]))
+  if method == "allreduce":  # all workers hold the same model after a step
+    np.testing.assert_allclose(record["consensus_distance"], 0.0, atol=1e-5)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(mock_cifar, tmp_path):
+  whole, parts = tmp_path / "whole", tmp_path / "parts"
+  train.train_and_evaluate(tiny_config(), str(whole))
+  # Stop mid-epoch (after 2 steps), then exactly at an epoch's end (step 3),
+  # then run to the end: three invocations of the same command.
+  for stop in (2, 1):
+    with pytest.raises(train.TrainingInterrupted, match="stop_after_steps"):
+      train.train_and_evaluate(tiny_config(stop_after_steps=stop), str(parts))
+  train.train_and_evaluate(tiny_config(), str(parts))
+  assert _comparable(report.MetricsLog(parts / "metrics.jsonl").read()) == (
+      _comparable(report.MetricsLog(whole / "metrics.jsonl").read()))
+  a = train.final_params(whole)
+  b = train.final_params(parts)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_resume_refuses_a_different_config(mock_cifar, tmp_path):
+  with pytest.raises(train.TrainingInterrupted):
+    train.train_and_evaluate(tiny_config(stop_after_steps=1), str(tmp_path))
+  with pytest.raises(checkpoint_lib.ConfigMismatchError) as error:
+    train.train_and_evaluate(tiny_config(method="dpsgd", model="resnet20"),
+                             str(tmp_path))
+  message = str(error.value)
+  assert "method: checkpoint has 'aldsgd_dpsgd', config has 'dpsgd'" in message
+  assert "model: checkpoint has 'small_cnn', config has 'resnet20'" in message
+  assert "new --workdir" in message
+
+
+def test_compare_table_and_plot(tmp_path, capsys):
+  for name, accuracies in (("a", [0.5, 0.7, 0.8]), ("b", [0.6, 0.65, 0.9])):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"method": name}))
+    log = report.MetricsLog(workdir / "metrics.jsonl")
+    for epoch, acc in enumerate(accuracies):
+      log.append(dict(epoch=epoch, test_accuracy=[acc, acc - 0.1],
+                      test_accuracy_averaged_model=acc + 0.01,
+                      bytes_sent_mean=1e9 * (epoch + 1)))
+  out = tmp_path / "cmp.png"
+  assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
+                       "--target", "0.7"]) == 0
+  table = capsys.readouterr().out
+  # a: mean over workers per epoch 0.45, 0.65, 0.75 -> reaches 0.7 at epoch 3.
+  assert "| a | a | 3 | 75.00% | 75.00% | 70.00% (worker 1) | 81.00% | 3 |" in table
+  assert "| b | b | 3 | 85.00% | 85.00% | 80.00% (worker 1) | 91.00% | 3 |" in table
+  assert out.stat().st_size > 0
+  with pytest.raises(SystemExit):
+    compare.main([str(tmp_path / "missing")])
