@@ -46,16 +46,18 @@ def emulate_cpu_devices(num_devices: int, *,
   * ``PJRT_NPROC`` to at least ``2 N``: with fewer CPU threads than devices, XLA's
     CPU collectives can deadlock when programs run back to back (seen for N = 2
     to 16 on 2-core machines); with it, thousands of steps run clean;
-  * ``--xla_cpu_collective_call_terminate_timeout_seconds``, so that a collective
-    that still gets stuck aborts with XLA's message instead of hanging forever.
+  * XLA's CPU collective timeouts (``--xla_cpu_collective_call_warn_stuck_timeout_
+    seconds`` and ``..._terminate_timeout_seconds``), so that a collective that
+    still gets stuck aborts the program with XLA's message ("Termination timeout
+    for `collective permute ...` exceeded") instead of hanging forever.
 
   Call it at the top of the program (or in ``conftest.py``), before any JAX
   operation. Calling it again with the same count once JAX runs is a no-op.
 
   Args:
     num_devices: number of CPU devices to emulate, ``>= 1``.
-    collective_timeout_seconds: seconds a CPU collective may wait for its peers
-      before XLA terminates the program; ``None`` keeps XLA's default (so does a
+    collective_timeout_seconds: about how many seconds a CPU collective may wait
+      for its peers before XLA terminates the program; ``None`` keeps XLA's default (so does a
       jaxlib older than 0.8.0, which does not know the flag).
 
   Raises:
@@ -84,10 +86,14 @@ def emulate_cpu_devices(num_devices: int, *,
   flags += f" --xla_force_host_platform_device_count={num_devices}"
   if (collective_timeout_seconds is not None
       and _jaxlib_version() >= _TIMEOUT_FLAG_SINCE):
-    flags = re.sub(r"--xla_cpu_collective_call_terminate_timeout_seconds=\S*", "",
-                   flags)
-    flags += (" --xla_cpu_collective_call_terminate_timeout_seconds="
-              f"{collective_timeout_seconds}")
+    # XLA first waits warn_stuck seconds (logging that a rendezvous may be stuck),
+    # then terminate seconds more before aborting: split the budget between them.
+    warn = max(1, collective_timeout_seconds // 2)
+    for flag, seconds in (("warn_stuck_timeout", warn),
+                          ("terminate_timeout",
+                           max(1, collective_timeout_seconds - warn))):
+      name = f"--xla_cpu_collective_call_{flag}_seconds"
+      flags = re.sub(name + r"=\S*", "", flags) + f" {name}={seconds}"
   os.environ["XLA_FLAGS"] = " ".join(flags.split())
   nproc = int(os.environ.get("PJRT_NPROC", "0") or 0)
   os.environ["PJRT_NPROC"] = str(max(nproc, 2 * num_devices))

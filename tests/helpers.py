@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,3 +94,26 @@ def reference_run(x0, problem, steps, schedule, *, lr, weight_decay=0.0,
       x = reference.adjacent_leader(x_hat, losses, matchings, active, weights,
                                     pull=pull, **coefficients)
   return x
+
+
+def write_idx(path, array, magic):
+  """Writes a gzip'd IDX file (magic 2051 for images, 2049 for labels)."""
+  header = magic.to_bytes(4, "big") + b"".join(
+      size.to_bytes(4, "big") for size in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(directory, train=256, test=64, seed=0):
+  """A tiny Fashion-MNIST in Debian's IDX layout: class k is a bright band k."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for split, count in (("train", train), ("t10k", test)):
+    labels = rng.integers(0, 10, size=count)
+    images = rng.integers(0, 60, size=(count, 28, 28))
+    for k in range(10):
+      images[labels == k, 2 * k:2 * k + 4, :] += 180
+    write_idx(directory / f"{split}-images-idx3-ubyte.gz", images, 2051)
+    write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels, 2049)
+  return directory

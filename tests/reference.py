@@ -35,16 +35,40 @@ def mixing_matrix(num_workers, matchings, active, weights):
   return w
 
 
-def gossip(x_hat, matchings, active, weights):
-  """Step 5: v = W x_hat."""
-  return mixing_matrix(len(x_hat), matchings, active, weights) @ x_hat
+def gossip(x_hat, matchings, active, weights, skip=None):
+  """Step 5: v = W x_hat; workers in ``skip`` are left out of others' averages."""
+  if skip is None or not np.any(skip):
+    return mixing_matrix(len(x_hat), matchings, active, weights) @ x_hat
+  v = np.array(x_hat, dtype=float)
+  for matching, on, alpha in zip(matchings, active, weights):
+    if on:
+      for i, j in matching:
+        for a, b in ((i, j), (j, i)):
+          if not skip[b]:
+            v[a] += alpha * (x_hat[b] - x_hat[a])
+  return v
+
+
+def _first_best(candidates, key, eligible):
+  """First candidate with the best key among eligible ones (self if none is)."""
+  chosen = [j for j in candidates if eligible[j]]
+  if not chosen:
+    return candidates[0]
+  return chosen[int(np.argmin([key(j) for j in chosen]))]
 
 
 def adjacent_leader(x_hat, losses, matchings, active, weights, *, c1, c2, p1, p2,
-                    pull=True):
-  """Steps 5-6 of one AL-DSGD iteration for all workers."""
+                    pull=True, healthy=None, skip_unhealthy=False):
+  """Steps 5-6 of one AL-DSGD iteration for all workers.
+
+  ``healthy`` (default: all) marks workers whose loss and parameters are finite;
+  the others are never chosen as leader or max-degree node, and with
+  ``skip_unhealthy`` they are also left out of their neighbours' gossip.
+  """
   n = len(x_hat)
-  v = gossip(x_hat, matchings, active, weights)
+  healthy = np.ones(n, bool) if healthy is None else np.asarray(healthy)
+  v = gossip(x_hat, matchings, active, weights,
+             skip=~healthy if skip_unhealthy else None)
   if not pull:
     return v
   neighbours = neighbour_lists(n, matchings, active)
@@ -54,8 +78,8 @@ def adjacent_leader(x_hat, losses, matchings, active, weights, *, c1, c2, p1, p2
     if not neighbours[i]:
       continue
     candidates = [i] + neighbours[i]
-    leader = candidates[int(np.argmin([losses[j] for j in candidates]))]
-    top = candidates[int(np.argmax([degrees[j] for j in candidates]))]
+    leader = _first_best(candidates, lambda j: losses[j], healthy)
+    top = _first_best(candidates, lambda j: -degrees[j], healthy)
     y = (1 - c1 - c2) * v[i] + c1 * x_hat[leader] + c2 * x_hat[top]
     out[i] = y - p1 * (y - x_hat[leader]) - p2 * (y - x_hat[top])
   return out

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.cifar import input_pipeline as ip
+from tests import helpers
 
 CIFAR10 = ip.DATASETS["cifar10"]
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -246,18 +247,11 @@ def test_idx_is_only_for_fashion_mnist():
 # --- IDX ------------------------------------------------------------------------
 
 
-def write_idx(path, array, magic):
-  header = magic.to_bytes(4, "big") + b"".join(
-      size.to_bytes(4, "big") for size in array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_idx_files(tmp_path):
   images, _ = tagged_images(7, shape=(28, 28))
   labels = np.arange(7) % 10
-  write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, 2051)
-  write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels, 2049)
+  helpers.write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, 2051)
+  helpers.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels, 2049)
   x, y = ip.load_split("fashion_mnist", "test", source="idx", data_dir=tmp_path)
   assert x.shape == (7, 28, 28, 1) and x.dtype == np.uint8
   assert y.dtype == np.int32
@@ -267,7 +261,7 @@ def test_idx_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-"
                      "mnist"):
     ip.load_split("fashion_mnist", "train", source="idx", data_dir=tmp_path)
-  write_idx(tmp_path / "bad.gz", labels, 2050)
+  helpers.write_idx(tmp_path / "bad.gz", labels, 2050)
   with pytest.raises(ValueError, match="magic number 2050"):
     ip.read_idx(tmp_path / "bad.gz")
   with gzip.open(tmp_path / "short.gz", "wb") as f:

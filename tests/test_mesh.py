@@ -27,7 +27,8 @@ def test_emulate_cpu_devices_in_a_fresh_process():
   assert out[0] == "3" and out[1] == "6"
   assert "--xla_force_host_platform_device_count=3" in out[2:]
   assert "--xla_force_host_platform_device_count=2" not in out[2:]
-  assert any("collective_call_terminate_timeout_seconds=60" in f for f in out[2:])
+  assert "--xla_cpu_collective_call_warn_stuck_timeout_seconds=30" in out[2:]
+  assert "--xla_cpu_collective_call_terminate_timeout_seconds=30" in out[2:]
 
 
 def test_emulate_cpu_devices_after_jax_started():

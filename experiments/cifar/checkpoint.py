@@ -5,15 +5,23 @@ state (the schedule's step counter is part of the optimizer state), the epoch's
 running metric sums, and JSON metadata: the global step, the data-order position
 (epoch, step within the epoch), communicated bytes, elapsed time and the
 fingerprint of the config fields that define the run. Saves are synchronous and
-atomic (orbax writes a temporary directory and renames it when complete).
+atomic (orbax writes a temporary directory and renames it when complete), so a
+crash mid-write leaves the previous checkpoint as the latest one. The metadata
+also holds a checksum of the state's contents: a checkpoint that fails to load or
+whose contents do not match it (truncated or corrupted files) is moved aside to
+``<directory>-corrupt/`` and the previous good one is used instead.
 """
 
 from __future__ import annotations
 
 import pathlib
+import shutil
+import time
+import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -55,6 +63,48 @@ def check_fingerprint(saved: dict[str, Any], config, directory) -> None:
         "to resume.")
 
 
+class CorruptCheckpointError(RuntimeError):
+  """No checkpoint in the directory can be restored intact."""
+
+
+def _mix32(x):
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def _as_uint32(leaf):
+  if leaf.dtype.itemsize == 4:
+    return jax.lax.bitcast_convert_type(leaf, jnp.uint32).ravel()
+  if leaf.dtype.itemsize == 2:
+    return jax.lax.bitcast_convert_type(leaf, jnp.uint16).astype(jnp.uint32).ravel()
+  if leaf.dtype.itemsize == 1:
+    return jax.lax.bitcast_convert_type(leaf, jnp.uint8).astype(jnp.uint32).ravel()
+  return jax.lax.bitcast_convert_type(leaf, jnp.uint32).ravel()  # 8 bytes -> 2 words
+
+
+@jax.jit
+def _checksum(leaves):
+  total = jnp.uint32(0)
+  for k, leaf in enumerate(leaves):
+    words = _as_uint32(jnp.asarray(leaf))
+    index = jnp.arange(words.size, dtype=jnp.uint32)
+    total = total + _mix32(jnp.sum(_mix32(words ^ _mix32(index + jnp.uint32(k))))
+                           + jnp.uint32(k))
+  return total
+
+
+def state_checksum(state) -> int:
+  """A 32-bit hash of every bit of every array in ``state`` (sharding-independent).
+
+  Integer arithmetic wraps identically everywhere and the sum is order-free, so
+  the value does not depend on how arrays are sharded or on the platform.
+  """
+  return int(_checksum(jax.tree.leaves(state)))
+
+
 class Checkpointer:
   """Saves and restores run state under ``directory`` (keeps the last ``keep``)."""
 
@@ -72,13 +122,46 @@ class Checkpointer:
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
     if step in self._manager.all_steps():
       return
+    meta = dict(meta, checksum=state_checksum(state))
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     self._manager.wait_until_finished()
 
-  def read_meta(self, step: int) -> dict[str, Any]:
-    return self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
+  def restore_latest(self, like, check_meta=None
+                    ) -> tuple[Any, dict[str, Any]] | None:
+    """Restores the newest intact checkpoint (see `restore`); None if there is none.
+
+    A checkpoint that cannot be read or fails its checksum is moved aside to
+    ``<directory>-corrupt/`` with a warning, and the previous one is tried.
+
+    Args:
+      like: the state pytree to restore into (structure, shapes, shardings).
+      check_meta: called with a checkpoint's metadata before its state is read;
+        what it raises (e.g. `ConfigMismatchError`) propagates untouched.
+
+    Raises:
+      CorruptCheckpointError: if checkpoints exist but none is intact.
+    """
+    problems = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        meta = self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+      except Exception as error:  # pylint: disable=broad-except
+        self._set_aside(step, error, problems)
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        return self.restore(step, like)
+      except Exception as error:  # pylint: disable=broad-except
+        self._set_aside(step, error, problems)
+    if problems:
+      raise CorruptCheckpointError(
+          f"no intact checkpoint in {self.directory} (the corrupt ones were moved "
+          f"to {self.directory}-corrupt):\n  " + "\n  ".join(problems) +
+          "\nStart again with a new --workdir (or remove this one's checkpoints).")
+    return None
 
   def restore(self, step: int, like) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` with the structure, shapes and shardings of ``like``."""
@@ -86,7 +169,29 @@ class Checkpointer:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    state, meta = restored["state"], restored["meta"]
+    found = state_checksum(state)
+    if meta.get("checksum") != found:
+      raise CorruptCheckpointError(
+          f"contents do not match their checksum (saved {meta.get('checksum')}, "
+          f"read {found})")
+    return state, meta
+
+  def _set_aside(self, step: int, error: Exception, problems: list[str]) -> None:
+    problems.append(f"step {step}: {type(error).__name__}: {error}"[:500])
+    moved = self._move_aside(step)
+    warnings.warn(f"checkpoint {step} in {self.directory} is unreadable or corrupt "
+                  f"({problems[-1]}); moved it to {moved} and trying the previous "
+                  "checkpoint.", stacklevel=3)
+
+  def _move_aside(self, step: int) -> pathlib.Path:
+    target = self.directory.parent / f"{self.directory.name}-corrupt"
+    target.mkdir(parents=True, exist_ok=True)
+    destination = target / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0:
+      shutil.move(str(self.directory / str(step)), destination)
+    self._manager.reload()
+    return destination
 
   def restore_arrays(self, step: int) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` without a target: host NumPy arrays, for inspection."""

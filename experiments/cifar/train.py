@@ -127,7 +127,7 @@ class Workers:
   opt_state: Any
   loss_sum: jax.Array  # (n,) running sums over the current epoch
   correct_sum: jax.Array
-  nonfinite_sum: jax.Array  # (n,) steps whose loss was NaN/Inf this epoch
+  nonfinite_sum: jax.Array  # (n,) steps leaving a NaN/Inf loss or parameters
 
   def tree(self):
     return dict(params=self.params, batch_stats=self.batch_stats,
@@ -178,7 +178,10 @@ def make_steps(graphdef, tx, mesh):
     updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
     params = optax.apply_updates(params, updates)
     correct = jnp.mean(jnp.argmax(logits, -1) == labels)
-    finite = jnp.isfinite(loss)
+    # The parameters too: XLA's CPU max may drop NaNs (relu(NaN) = 0), so a NaN
+    # batch can give a finite loss and NaN gradients.
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(params)]))
     # A diverged worker's NaN must not wipe out its epoch's other statistics.
     return (params, new_stats, opt_state, loss_sum + jnp.where(finite, loss, 0),
             correct_sum + correct, nonfinite_sum + (~finite), loss)
@@ -313,13 +316,82 @@ class _StopRequest:
 # The loop.
 
 
+def _choice(config, name, valid):
+  value = config[name]
+  if value not in valid:
+    raise ValueError(f"config.{name}={value!r} is not valid; choose one of "
+                     f"{', '.join(map(str, valid))} (e.g. --config.{name}="
+                     f"{next(iter(valid))}).")
+
+
+def _integer(config, name, minimum):
+  value = config[name]
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+      value < minimum):
+    raise ValueError(f"config.{name}={value!r} must be an integer >= {minimum}.")
+
+
+def _real(config, name, low, high=None, low_open=False, high_open=False):
+  value = config[name]
+  ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and
+        np.isfinite(value) and (value > low if low_open else value >= low) and
+        (high is None or (value < high if high_open else value <= high)))
+  if not ok:
+    interval = (f"{'(' if low_open else '['}{low}, "
+                f"{'inf' if high is None else high}{')' if high_open else ']'}")
+    raise ValueError(f"config.{name}={value!r} must be a finite number in "
+                     f"{interval}.")
+
+
 def validate_config(config) -> None:
-  if config.method not in METHODS:
-    raise ValueError(f"config.method={config.method!r} is not a known method; "
-                     f"valid methods are {', '.join(METHODS)}.")
-  if config.topology not in TOPOLOGIES:
-    raise ValueError(f"config.topology={config.topology!r} is not known; valid "
-                     f"topologies are {', '.join(TOPOLOGIES)}.")
+  """Checks every field a run reads; messages name the field, value and fix."""
+  _choice(config, "method", METHODS)
+  _choice(config, "dataset", tuple(input_pipeline.DATASETS))
+  _choice(config, "data_source", input_pipeline.SOURCES)
+  _choice(config, "model", tuple(models.MODELS))
+  _choice(config, "topology", TOPOLOGIES)
+  _choice(config, "graph_variant", ("pairs", "triples"))
+  graph_ids = config.graph_ids
+  if isinstance(graph_ids, int):
+    graph_ids = (graph_ids,)
+  if (not isinstance(graph_ids, (tuple, list)) or not graph_ids or
+      not all(isinstance(g, int) and not isinstance(g, bool) for g in graph_ids)):
+    raise ValueError(f"config.graph_ids={config.graph_ids!r} must be a non-empty "
+                     "tuple of paper graph ids in step order, e.g. (1, 0).")
+  for name, minimum in (("num_workers", 2), ("batch_size", 1),
+                        ("eval_batch_size", 1), ("num_epochs", 1), ("seed", 0),
+                        ("matcha_seed", 0), ("pull_every", 1),
+                        ("max_steps_per_epoch", 0), ("max_eval_examples", 0),
+                        ("stop_after_steps", 0), ("workers_per_device", 1)):
+    _integer(config, name, minimum)
+  _real(config, "learning_rate", 0.0, low_open=True)
+  _real(config, "lr_decay_factor", 0.0, 1.0, low_open=True)
+  _real(config, "momentum", 0.0, 1.0, high_open=True)
+  _real(config, "weight_decay", 0.0)
+  _real(config, "matcha_budget", 0.0, 1.0, low_open=True)
+  for name in ("c1", "c2", "p1", "p2"):
+    _real(config, name, 0.0, 1.0)
+  for a, b in (("c1", "c2"), ("p1", "p2")):
+    if config[a] + config[b] > 1:
+      raise ValueError(f"config.{a} + config.{b} = {config[a]} + {config[b]} must "
+                       "be <= 1 (they are averaging weights).")
+  decay = config.lr_decay_epochs
+  if not isinstance(decay, (tuple, list)) or not all(
+      isinstance(e, (int, float)) and not isinstance(e, bool) and e >= 0
+      for e in decay) or list(decay) != sorted(decay):
+    raise ValueError(f"config.lr_decay_epochs={decay!r} must be an increasing tuple "
+                     "of epochs, e.g. (100, 150); () for a constant rate.")
+  for name in ("same_init", "skip_nonfinite", "progress_bar", "plots"):
+    if not isinstance(config[name], bool):
+      raise ValueError(f"config.{name}={config[name]!r} must be True or False.")
+  if config.num_workers % config.workers_per_device:
+    raise ValueError(
+        f"config.num_workers={config.num_workers} is not divisible by "
+        f"config.workers_per_device={config.workers_per_device}; every device "
+        "holds the same number of workers.")
+  if config.data_source == "idx" and config.dataset != "fashion_mnist":
+    raise ValueError(f"config.data_source='idx' reads Debian's Fashion-MNIST files, "
+                     f"but config.dataset={config.dataset!r}; use data_source='tfds'.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -342,6 +414,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
   n = config.num_workers
+  # Cheap checks first: a wrong device count or graph fails before data loads.
+  mesh = ald.worker_mesh(n)
+  schedule = build_schedule(config)
   info = input_pipeline.DATASETS[config.dataset]
   data_dir = config.data_dir or None
   train_images, train_labels = input_pipeline.load_split(
@@ -358,8 +433,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
 
-  mesh = ald.worker_mesh(n)
-  schedule = build_schedule(config)
   lr_fn = learning_rate_schedule(config, steps_per_epoch)
   tx = build_optimizer(config, schedule, lr_fn)
   graphdef, params, batch_stats = init_models(config, info, mesh)
@@ -377,13 +450,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   meta = dict(global_step=0, epoch=0, step_in_epoch=0, bytes_sent=[0] * n,
               time_train_s=0.0, time_total_s=0.0,
               fingerprint=checkpoint_lib.fingerprint(config))
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    checkpoint_lib.check_fingerprint(
-        checkpointer.read_meta(latest)["fingerprint"], config,
-        checkpointer.directory)
-    restored, meta = checkpointer.restore(latest, state.tree())
+  resumed = checkpointer.restore_latest(
+      state.tree(), check_meta=lambda saved: checkpoint_lib.check_fingerprint(
+          saved["fingerprint"], config, checkpointer.directory))
+  if resumed is not None:
+    restored, meta = resumed
     state = Workers(**restored)
+    meta.pop("checksum", None)
   records = log.keep_epochs_before(meta["epoch"]) if is_main else []
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))

@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Workers and communication.
   config.num_workers = 8
+  config.workers_per_device = 1  # >1: several workers share a device (vmap)
   config.topology = "paper"  # paper | ring | torus | exponential | complete
   # Paper graphs in step order: the reference uses graph g+1 at even steps and
   # graph g at odd steps, so the pair (0, 1) is (1, 0) here. One id: no rotation.

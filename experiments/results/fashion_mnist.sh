@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Reproduces experiments/results/fashion_mnist.{md,png}: every method on
+# Fashion-MNIST (Debian's offline IDX files), 8 workers, graph pair (0, 1) rotated,
+# SmallCNN, batch 16 per worker, seed 1234, 10 epochs (lr 0.1, x0.1 at epochs 7, 9).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-workdirs/fmnist}
+for method in allreduce dpsgd dpsgd_reference matcha aldsgd_dpsgd aldsgd_matcha; do
+  python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py \
+    --workdir="$out/$method" --config.method="$method" --config.num_epochs=10 \
+    --config.lr_decay_epochs='(7, 9)' --config.progress_bar=False
+done
+python -m experiments.compare "$out"/{allreduce,dpsgd,dpsgd_reference,matcha,aldsgd_dpsgd,aldsgd_matcha} \
+  --out experiments/results/fashion_mnist.png --target 0.85 \
+  > experiments/results/fashion_mnist.md

@@ -1,0 +1,227 @@
+"""Reliability: bad configs, a diverging worker, corrupt checkpoints, kills, hangs."""
+
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments.cifar import checkpoint as checkpoint_lib
+from experiments.cifar import input_pipeline
+from experiments.cifar import report
+from experiments.cifar import train
+from tests import helpers
+from tests.test_train import tiny_config
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def _clean_env():
+  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(method="gossip"), "config.method='gossip' is not valid; choose one of "
+     "allreduce, dpsgd, dpsgd_reference, matcha, aldsgd_dpsgd, aldsgd_matcha"),
+    (dict(model="resnet18"), "config.model='resnet18' is not valid; choose one of "
+     "resnet50, resnet20"),
+    (dict(dataset="mnist"), "config.dataset='mnist' is not valid; choose one of "
+     "cifar10, cifar100, fashion_mnist"),
+    (dict(topology="star"), "config.topology='star' is not valid"),
+    (dict(num_workers=1), "config.num_workers=1 must be an integer >= 2"),
+    (dict(batch_size=0), "config.batch_size=0 must be an integer >= 1"),
+    (dict(learning_rate=float("nan")), "config.learning_rate=nan must be a finite"),
+    (dict(learning_rate=-0.1), "config.learning_rate=-0.1 must be a finite number "
+     "in \\(0.0, inf\\]"),
+    (dict(weight_decay=float("inf")), "config.weight_decay=inf must be a finite"),
+    (dict(momentum=1.0), "config.momentum=1.0 must be a finite number in"),
+    (dict(matcha_budget=0.0), "config.matcha_budget=0.0 must be"),
+    (dict(c1=0.95), "config.c1 \\+ config.c2 = 0.95 \\+ 0.1 must be <= 1"),
+    (dict(p2=-0.2), "config.p2=-0.2 must be"),
+    (dict(lr_decay_epochs=(150, 100)), "must be an increasing tuple"),
+    (dict(graph_ids=()), "config.graph_ids=\\(\\) must be a non-empty tuple"),
+    (dict(workers_per_device=3), "config.num_workers=8 is not divisible by "
+     "config.workers_per_device=3"),
+    (dict(data_source="idx"), "reads Debian's Fashion-MNIST files, but "
+     "config.dataset='cifar10'"),
+])
+def test_bad_config_fields(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(tiny_config(**overrides))
+
+
+def test_bad_runtime_combinations(tmp_path):
+  with tfds.testing.mock_data(num_examples=48,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    with pytest.raises(ValueError, match="32 workers need 32 devices"):
+      train.train_and_evaluate(tiny_config(num_workers=32, graph_ids=(0,),
+                                           topology="ring"), str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="paper graph 10 has 16 workers but "
+                       "config.num_workers is 8"):
+      train.train_and_evaluate(tiny_config(graph_ids=(10,)), str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="fewer than batch_size 16"):
+      train.train_and_evaluate(tiny_config(batch_size=16), str(tmp_path / "c"))
+
+
+def test_diverging_worker_is_isolated_and_reported(tmp_path, monkeypatch):
+  """Worker 3's data turns to NaN from step 2 on; with skip_nonfinite the others
+  stay finite and keep training, and the metrics name worker 3."""
+  original = input_pipeline.WorkerBatches.batch
+
+  def poisoned(self, epoch, step):
+    images, labels = original(self, epoch, step)
+    if epoch * 100 + step >= 2:
+      images[3] = np.nan
+    return images, labels
+
+  monkeypatch.setattr(input_pipeline.WorkerBatches, "batch", poisoned)
+  with tfds.testing.mock_data(num_examples=48,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    train.train_and_evaluate(tiny_config(skip_nonfinite=True), str(tmp_path))
+  records = report.MetricsLog(tmp_path / "metrics.jsonl").read()
+  others = [w for w in range(8) if w != 3]
+  for record in records:
+    assert record["params_finite"][3] is False
+    assert all(record["params_finite"][w] for w in others)
+    assert record["nonfinite_steps"][3] > 0
+    assert all(record["nonfinite_steps"][w] == 0 for w in others)
+    assert all(np.isfinite(record["train_loss"][w]) for w in others)
+    assert all(np.isfinite(record["test_loss"][w]) for w in others)
+  params = train.final_params(tmp_path)
+  for leaf in jax.tree.leaves(params):
+    assert np.isfinite(leaf[others]).all()
+
+
+def _corrupt(step_dir: pathlib.Path):
+  """Flips bytes in the middle of the largest file of a checkpoint."""
+  files = [f for f in step_dir.rglob("*") if f.is_file()]
+  victim = max(files, key=lambda f: f.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+  victim.write_bytes(bytes(data))
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  config = tiny_config(num_epochs=3)
+  with tfds.testing.mock_data(num_examples=48,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    train.train_and_evaluate(config, str(tmp_path / "whole"))
+    parts = tmp_path / "parts"
+    with pytest.raises(train.TrainingInterrupted):
+      train.train_and_evaluate(tiny_config(num_epochs=3, stop_after_steps=7),
+                               str(parts))
+    steps = sorted(int(p.name) for p in (parts / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert steps == [6, 7]
+    _corrupt(parts / "checkpoints" / "7")
+    with pytest.warns(UserWarning, match="checkpoint 7 .* is unreadable or corrupt"):
+      train.train_and_evaluate(config, str(parts))
+  assert any((tmp_path / "parts" / "checkpoints-corrupt").iterdir())
+  a = train.final_params(tmp_path / "whole")
+  b = train.final_params(parts)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_all_checkpoints_corrupt_is_a_clear_error(tmp_path):
+  with tfds.testing.mock_data(num_examples=48,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    with pytest.raises(train.TrainingInterrupted):
+      train.train_and_evaluate(tiny_config(stop_after_steps=4), str(tmp_path))
+    for step_dir in (tmp_path / "checkpoints").iterdir():
+      if step_dir.name.isdigit():
+        _corrupt(step_dir)
+    with pytest.raises(checkpoint_lib.CorruptCheckpointError,
+                       match="(?s)no intact checkpoint.*new --workdir"):
+      with pytest.warns(UserWarning):
+        train.train_and_evaluate(tiny_config(), str(tmp_path))
+
+
+def _run_command(workdir, data_dir):
+  return [sys.executable, "-m", "experiments.cifar",
+          "--config=experiments/cifar/configs/fashion_mnist.py",
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+          "--config.batch_size=4", "--config.num_epochs=5",
+          "--config.lr_decay_epochs=(4,)", "--config.eval_batch_size=64",
+          "--config.progress_bar=False", "--config.plots=False"]
+
+
+def _wait_for_epochs(workdir, count, process, timeout=240):
+  deadline = time.monotonic() + timeout
+  log = report.MetricsLog(pathlib.Path(workdir) / "metrics.jsonl")
+  while time.monotonic() < deadline:
+    if len(log.read()) >= count:
+      return
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.05)
+  raise AssertionError(f"{workdir}: {count} epochs not reached in {timeout} s")
+
+
+def test_sigterm_and_sigkill_then_resume_equals_uninterrupted(tmp_path):
+  """Real processes: one uninterrupted run; another stopped by SIGTERM, restarted,
+  killed by SIGKILL at a random moment, restarted to the end. Same bits."""
+  data = helpers.fake_fashion_mnist(tmp_path / "data")
+  whole, parts = tmp_path / "whole", tmp_path / "parts"
+  subprocess.run(_run_command(whole, data), cwd=ROOT, env=_clean_env(),
+                 check=True, capture_output=True, timeout=300)
+
+  process = subprocess.Popen(_run_command(parts, data), cwd=ROOT, env=_clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  _wait_for_epochs(parts, 1, process)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM, stderr.decode()[-2000:]
+  assert b"rerun the same command to resume" in stderr
+
+  process = subprocess.Popen(_run_command(parts, data), cwd=ROOT, env=_clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  _wait_for_epochs(parts, 2, process)
+  time.sleep(random.uniform(0.0, 1.0))
+  process.kill()
+  process.communicate(timeout=60)
+  assert process.returncode == -signal.SIGKILL  # killed before finishing
+
+  subprocess.run(_run_command(parts, data), cwd=ROOT, env=_clean_env(),
+                 check=True, capture_output=True, timeout=300)
+  comparable = lambda d: [
+      {k: v for k, v in r.items() if k not in report.TIMING_FIELDS}
+      for r in report.MetricsLog(d / "metrics.jsonl").read()]
+  assert comparable(parts) == comparable(whole)
+  assert len(comparable(whole)) == 5
+  a, b = train.final_params(whole), train.final_params(parts)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+HANG = """
+import jax_aldsgd as ald
+ald.emulate_cpu_devices(4, collective_timeout_seconds=4)
+import jax, jax.numpy as jnp
+from jax import lax
+
+def step(x):
+  # Only worker 0 enters the collective: its peers never arrive.
+  me = lax.axis_index("workers")
+  return lax.cond(me == 0, lambda v: lax.ppermute(v, "workers", [(0, 1), (1, 0)]),
+                  lambda v: v, x)
+
+print(jax.jit(ald.worker_map(step, ald.worker_mesh(4)))(jnp.ones((4, 3))))
+"""
+
+
+def test_a_stuck_collective_fails_in_seconds():
+  started = time.monotonic()
+  result = subprocess.run([sys.executable, "-c", HANG], env=_clean_env(),
+                          capture_output=True, text=True, timeout=120)
+  elapsed = time.monotonic() - started
+  assert result.returncode != 0
+  assert "Termination timeout" in result.stderr
+  assert elapsed < 60, elapsed
