@@ -15,6 +15,8 @@ from jax_aldsgd._gossip import gossip as gossip
 from jax_aldsgd._leader import AdjacentLeaderState as AdjacentLeaderState
 from jax_aldsgd._leader import adjacent_leader as adjacent_leader
 from jax_aldsgd._mesh import emulate_cpu_devices as emulate_cpu_devices
+from jax_aldsgd._mesh import gather_workers as gather_workers
+from jax_aldsgd._mesh import initialize_multihost as initialize_multihost
 from jax_aldsgd._mesh import replicate_workers as replicate_workers
 from jax_aldsgd._mesh import shard_workers as shard_workers
 from jax_aldsgd._mesh import stack_workers as stack_workers
@@ -27,7 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdjacentLeaderState", "GossipState", "Topology", "adjacent_leader", "aldsgd",
-    "allreduce", "dsgd", "emulate_cpu_devices", "gossip", "local_sgd",
+    "allreduce", "dsgd", "emulate_cpu_devices", "gather_workers", "gossip",
+    "initialize_multihost", "local_sgd",
     "replicate_workers", "schedules", "shard_workers", "stack_workers",
     "topologies", "unstack_workers", "worker_map", "worker_mesh",
 ]

@@ -10,6 +10,7 @@ branch and an inactive matching sends nothing at run time.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -62,10 +63,28 @@ def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
   return buffer, unpack
 
 
-def worker_index(axis_name: str, schedule: Schedule | None = None) -> jax.Array:
-  """This worker's index on ``axis_name``, checking the axis matches the schedule."""
+# The vmap axis of the workers that share a device (see worker_map's
+# workers_per_device). When it is bound, transforms see one worker each (vmapped)
+# and the exchange works on the device's whole block of workers at once.
+LOCAL_AXIS = "local_workers"
+
+
+def workers_per_device() -> int:
+  """How many workers share this device: the size of `LOCAL_AXIS`, or 1."""
   try:
-    size = lax.axis_size(axis_name)
+    return lax.axis_size(LOCAL_AXIS)
+  except NameError:
+    return 1
+
+
+def worker_index(axis_name: str, schedule: Schedule | None = None) -> jax.Array:
+  """This worker's global index, checking the worker count matches the schedule.
+
+  Worker ``d * k + b`` is local worker b of device d when k workers share each
+  device (`LOCAL_AXIS` bound), else simply device d.
+  """
+  try:
+    devices = lax.axis_size(axis_name)
     index = lax.axis_index(axis_name)
   except NameError:
     raise ValueError(
@@ -73,10 +92,16 @@ def worker_index(axis_name: str, schedule: Schedule | None = None) -> jax.Array:
         f"jax.shard_map over a mesh axis named {axis_name!r}, one worker per "
         "device (see jax_aldsgd.worker_map), or pass the axis_name your mesh "
         "uses.") from None
+  per_device = workers_per_device()
+  if per_device > 1:
+    index = index * per_device + lax.axis_index(LOCAL_AXIS)
+  size = devices * per_device
   if schedule is not None and size != schedule.num_workers:
+    layout = (f"{devices} devices" if per_device == 1 else
+              f"{devices} devices x {per_device} workers per device = {size}")
     raise ValueError(
         f"the schedule has {schedule.num_workers} workers but the mesh axis "
-        f"{axis_name!r} has {size} devices; build the mesh with "
+        f"{axis_name!r} holds {layout}; build the mesh with "
         f"jax_aldsgd.worker_mesh({schedule.num_workers}) or a schedule over {size} "
         "workers.")
   return index
@@ -113,13 +138,17 @@ def exchange(buffer: jax.Array, schedule: Schedule, step: jax.Array,
   partners = jnp.asarray(schedule.slot_partners)  # (S, n)
   my_partner = partners[:, me]  # (S,)
   degrees = jnp.sum(flags[:, None] & (partners >= 0), axis=0)  # (n,)
-  received = []
-  for s in range(schedule.num_slots):
-    pairs = _pairs(schedule.slot_partners[s])
-    received.append(
-        lax.cond(flags[s],
-                 lambda b, pairs=pairs: lax.ppermute(b, axis_name, pairs),
-                 jnp.zeros_like, buffer))
+  per_device = workers_per_device()
+  if per_device == 1:
+    received = []
+    for s in range(schedule.num_slots):
+      pairs = _pairs(schedule.slot_partners[s])
+      received.append(
+          lax.cond(flags[s],
+                   lambda b, pairs=pairs: lax.ppermute(b, axis_name, pairs),
+                   jnp.zeros_like, buffer))
+  else:
+    received = _block_exchange(schedule, axis_name, per_device)(buffer, step)
   return Exchange(
       flags=flags,
       present=flags & (my_partner >= 0),
@@ -128,3 +157,116 @@ def exchange(buffer: jax.Array, schedule: Schedule, step: jax.Array,
       degrees=degrees,
       received=received,
   )
+
+
+# ----------------------------------------------------------------------------
+# Several workers per device.
+
+
+class _Round(NamedTuple):
+  """One ppermute of a slot's cross-device traffic.
+
+  Attributes:
+    pairs: (source device, destination device) pairs; each device sends at most
+      one message and receives at most one.
+    send_rows: ``(D, m)`` local rows each device packs into its message.
+    receive_rows: ``(D, k)`` row of the received message holding each local
+      worker's partner, or -1.
+  """
+
+  pairs: tuple[tuple[int, int], ...]
+  send_rows: np.ndarray
+  receive_rows: np.ndarray
+
+
+@functools.lru_cache(maxsize=64)
+def block_plan(schedule: Schedule, num_devices: int, per_device: int):
+  """Per slot: in-device partner rows ``(D, k)`` (or -1) and cross-device rounds.
+
+  Cross-device traffic of a slot is grouped into one message per (source device,
+  destination device) pair; messages are coloured greedily into rounds in which
+  every device sends and receives at most one message, one ``ppermute`` each.
+  """
+  k = per_device
+  plans = []
+  for partners in schedule.slot_partners:
+    local = np.full((num_devices, k), -1, np.int32)
+    messages: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for worker, partner in enumerate(partners):
+      if partner < 0:
+        continue
+      device, row = divmod(worker, k)
+      source, source_row = divmod(int(partner), k)
+      if source == device:
+        local[device, row] = source_row
+      else:
+        messages.setdefault((source, device), []).append((source_row, row))
+    rounds: list[dict[tuple[int, int], list]] = []
+    for (source, destination), rows in sorted(messages.items()):
+      for members in rounds:
+        if all(source != a and destination != b for a, b in members):
+          members[(source, destination)] = rows
+          break
+      else:
+        rounds.append({(source, destination): rows})
+    plan_rounds = []
+    for members in rounds:
+      width = max(len(rows) for rows in members.values())
+      send_rows = np.zeros((num_devices, width), np.int32)
+      receive_rows = np.full((num_devices, k), -1, np.int32)
+      for (source, destination), rows in members.items():
+        for position, (source_row, row) in enumerate(rows):
+          send_rows[source, position] = source_row
+          receive_rows[destination, row] = position
+      plan_rounds.append(_Round(tuple(members), send_rows, receive_rows))
+    plans.append((local, tuple(plan_rounds)))
+  return tuple(plans)
+
+
+def _take_rows(block, rows):
+  """``block[rows]`` with zeros where ``rows`` is -1."""
+  return jnp.where((rows >= 0)[:, None], block[jnp.maximum(rows, 0)], 0)
+
+
+def _block_exchange(schedule: Schedule, axis_name: str, per_device: int):
+  """The exchange of a device's whole block of ``per_device`` workers.
+
+  Transforms call it per worker under ``jax.vmap`` over `LOCAL_AXIS`; its
+  batching rule receives the device's ``(k, L)`` block of buffers and returns, per
+  slot, each local worker's partner buffer: in-device partners by indexing,
+  others through the slot's ``ppermute`` rounds (under ``lax.cond`` on the slot's
+  flag, as in the one-worker-per-device layout).
+  """
+  num_devices = lax.axis_size(axis_name)
+  plans = block_plan(schedule, num_devices, per_device)
+
+  @jax.custom_batching.custom_vmap
+  def exchange_block(buffer, step):
+    # Only traced for output shapes: under worker_map's vmap the rule runs.
+    del step
+    return [jnp.zeros_like(buffer) for _ in plans]
+
+  @exchange_block.def_vmap
+  def rule(axis_size, in_batched, buffer, step):
+    del axis_size
+    if not in_batched[0]:
+      buffer = jnp.broadcast_to(buffer, (per_device,) + buffer.shape)
+    step = step[0] if in_batched[1] else step  # every local worker's step agrees
+    flags = schedule._active(step, jnp)
+    device = lax.axis_index(axis_name)
+    received = []
+    for s, (local, rounds) in enumerate(plans):
+
+      def receive(block, local=local, rounds=rounds):  # (k, L) -> (k, L)
+        out = _take_rows(block, jnp.asarray(local)[device])
+        for plan in rounds:
+          message = block[jnp.asarray(plan.send_rows)[device]]  # (m, L)
+          message = lax.ppermute(message, axis_name, plan.pairs)
+          rows = jnp.asarray(plan.receive_rows)[device]
+          out = jnp.where((rows >= 0)[:, None], message[jnp.maximum(rows, 0)], out)
+        return out
+
+      received.append(lax.cond(flags[s], receive, jnp.zeros_like, buffer))
+    return received, [True] * len(received)
+
+  return exchange_block

@@ -99,34 +99,45 @@ def emulate_cpu_devices(num_devices: int, *,
   os.environ["PJRT_NPROC"] = str(max(nproc, 2 * num_devices))
 
 
-def worker_mesh(num_workers: int | None = None, *, devices=None,
-                axis_name: str = "workers"):
-  """A 1-D ``jax.sharding.Mesh`` with one worker per device.
+def worker_mesh(num_workers: int | None = None, *, workers_per_device: int = 1,
+                devices=None, axis_name: str = "workers"):
+  """A 1-D ``jax.sharding.Mesh`` over the devices that hold the workers.
 
   Args:
-    num_workers: number of workers; defaults to the number of devices.
+    num_workers: number of workers; defaults to the number of devices times
+      ``workers_per_device``.
+    workers_per_device: workers that share each device (``worker_map`` vmaps
+      over them); ``num_workers`` must be divisible by it.
     devices: the devices to use (default: ``jax.devices()``, all processes').
     axis_name: the mesh axis name the transforms communicate over.
 
   Raises:
-    ValueError: if there are fewer devices than workers.
+    ValueError: if there are fewer devices than ``num_workers /
+      workers_per_device``, or the division is not exact.
   """
   import jax  # pylint: disable=g-import-not-at-top
   devices = list(jax.devices() if devices is None else devices)
+  per_device = _checks.check_integer("workers_per_device", workers_per_device, 1)
   if num_workers is None:
-    num_workers = len(devices)
+    num_workers = len(devices) * per_device
   num_workers = _checks.check_integer("num_workers", num_workers, 1)
-  if len(devices) < num_workers:
+  if num_workers % per_device:
+    raise ValueError(f"num_workers={num_workers} is not divisible by "
+                     f"workers_per_device={per_device}; every device holds the same "
+                     "number of workers.")
+  needed = num_workers // per_device
+  if len(devices) < needed:
+    hint = (f"call jax_aldsgd.emulate_cpu_devices({needed}) before JAX starts, or "
+            f"put more workers on each device (workers_per_device)")
     raise ValueError(
-        f"{num_workers} workers need {num_workers} devices (one worker per device), "
-        f"but only {len(devices)} are available. On CPU, call "
-        f"jax_aldsgd.emulate_cpu_devices({num_workers}) before JAX starts.")
+        f"{num_workers} workers need {needed} devices ({per_device} per device), "
+        f"but only {len(devices)} are available. On CPU, {hint}.")
   # Auto axes: with Explicit axes (make_mesh's default) every worker-stacked array
   # carries its sharding in its type, and everyday code such as params["w"][4]
   # fails with a ShardingTypeError. shard_map works the same on both.
-  return jax.make_mesh((num_workers,), (axis_name,),
+  return jax.make_mesh((needed,), (axis_name,),
                        axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices[:num_workers])
+                       devices=devices[:needed])
 
 
 def stack_workers(trees: Sequence):
@@ -157,13 +168,73 @@ def replicate_workers(tree, num_workers: int):
 
 
 def shard_workers(tree, mesh, axis_name: str = "workers"):
-  """Places a stacked pytree on ``mesh``: worker i's slice on worker i's device."""
+  """Places a stacked pytree on ``mesh``: worker i's slice on worker i's device.
+
+  Works across processes (multi-host): each process transfers only the slices
+  of its own devices, from the host value it holds. Global arrays that are
+  already distributed are resharded instead.
+  """
   import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   # P(axis_name), exactly what a worker_map'd step returns: an equivalent but
   # differently written spec (P(axis_name, None)) is another key of jit's dispatch
   # cache, so the first step would be dispatched twice.
   sharding = jax.sharding.NamedSharding(mesh, jax.P(axis_name))
-  return jax.device_put(tree, sharding)
+
+  def put(leaf):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      return jax.device_put(leaf, sharding)
+    host = np.asarray(leaf)
+    host = host.astype(jax.dtypes.canonicalize_dtype(host.dtype), copy=False)
+    return jax.make_array_from_callback(host.shape, sharding,
+                                        lambda index: host[index])
+
+  return jax.tree.map(put, tree)
+
+
+def gather_workers(tree):
+  """A stacked pytree as host NumPy arrays with every worker, from any process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def get(leaf):
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable or (
+        leaf.is_fully_replicated):
+      return np.asarray(leaf)
+    return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+
+  return jax.tree.map(get, tree)
+
+
+def initialize_multihost(coordinator_address: str | None = None,
+                         num_processes: int | None = None,
+                         process_id: int | None = None) -> None:
+  """Starts JAX's multi-controller runtime: one process per host, one mesh.
+
+  A thin wrapper of ``jax.distributed.initialize`` that also selects CPU
+  collectives that work across processes (gloo), so CPU-only clusters and
+  loopback tests work like TPU pods and GPU clusters. With no arguments JAX
+  detects the cluster (TPU pods, SLURM, Open MPI, Kubernetes). Call it before any
+  other JAX operation, after `emulate_cpu_devices` if that is used; afterwards
+  ``jax.devices()`` (and so `worker_mesh`) spans every process's devices.
+
+  Args:
+    coordinator_address: ``host:port`` of process 0.
+    num_processes: number of processes.
+    process_id: this process's index in ``[0, num_processes)``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if num_processes is not None:
+    num_processes = _checks.check_integer("num_processes", num_processes, 1)
+  if process_id is not None:
+    process_id = _checks.check_integer("process_id", process_id, 0)
+    if num_processes is not None and process_id >= num_processes:
+      raise ValueError(f"process_id={process_id} must be < num_processes="
+                       f"{num_processes}.")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
 
 
 def _check_worker_axis(args, num_workers: int, axis_name: str):
@@ -178,7 +249,8 @@ def _check_worker_axis(args, num_workers: int, axis_name: str):
           "jax_aldsgd.stack_workers or replicate_workers.")
 
 
-def worker_map(fn: Callable, mesh, *, axis_name: str = "workers") -> Callable:
+def worker_map(fn: Callable, mesh, *, axis_name: str = "workers",
+               workers_per_device: int = 1) -> Callable:
   """Runs ``fn`` once per worker, each on its own device, via ``jax.shard_map``.
 
   Every argument and result is a pytree whose leaves carry a leading worker axis
@@ -187,10 +259,17 @@ def worker_map(fn: Callable, mesh, *, axis_name: str = "workers") -> Callable:
   on ``mesh`` are moved there (place them once with `shard_workers` to avoid
   the copy at every call).
 
+  With ``workers_per_device = k > 1``, worker ``d * k + b`` is the b-th of k
+  workers on device d: ``fn`` is vmapped over them (axis name
+  ``jax_aldsgd._exchange.LOCAL_AXIS``), and the transforms exchange with partners
+  on the same device by indexing and with others by ``ppermute``. The results
+  equal the one-worker-per-device layout's.
+
   Args:
     fn: per-worker function of pytrees.
     mesh: a mesh with axis ``axis_name`` (see `worker_mesh`).
     axis_name: the workers' mesh axis.
+    workers_per_device: workers per device (as given to `worker_mesh`).
 
   Returns:
     A function of stacked pytrees; wrap it in ``jax.jit``.
@@ -200,14 +279,18 @@ def worker_map(fn: Callable, mesh, *, axis_name: str = "workers") -> Callable:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax_aldsgd._exchange import LOCAL_AXIS  # pylint: disable=g-import-not-at-top
   if axis_name not in mesh.axis_names:
     raise ValueError(f"mesh has axes {mesh.axis_names}, not {axis_name!r}; build it "
                      "with jax_aldsgd.worker_mesh or pass its axis_name.")
-  num_workers = mesh.shape[axis_name]
+  per_device = _checks.check_integer("workers_per_device", workers_per_device, 1)
+  num_workers = mesh.shape[axis_name] * per_device
   spec = jax.P(axis_name)
 
   def per_block(*args):
-    # Each device holds a (1, ...) block of every stacked input.
+    if per_device > 1:  # a (k, ...) block of every stacked input
+      return jax.vmap(fn, axis_name=LOCAL_AXIS)(*args)
+    # A (1, ...) block of every stacked input.
     out = fn(*jax.tree.map(lambda leaf: leaf[0], args))
     return jax.tree.map(lambda leaf: jnp.expand_dims(leaf, 0), out)
 

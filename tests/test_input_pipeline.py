@@ -398,3 +398,13 @@ def test_probe_times_out(monkeypatch):
   start = time.monotonic()
   assert "no answer" in ip._probe("https://example.invalid/x", 0.2)
   assert time.monotonic() - start < 2
+
+
+def test_batch_of_some_workers_is_their_rows_of_the_full_batch():
+  batches = make_batches(augment=True)
+  images, labels = batches.batch(2, 3)
+  some_images, some_labels = batches.batch(2, 3, workers=[5, 1])
+  np.testing.assert_array_equal(some_images, images[[5, 1]])
+  np.testing.assert_array_equal(some_labels, labels[[5, 1]])
+  with pytest.raises(ValueError, match="must be in \\[0, 8\\)"):
+    batches.batch(2, 3, workers=[8])

@@ -83,7 +83,7 @@ def _apply(tx, mesh, loss_shape=()):
 def test_schedule_and_mesh_size_mismatch():
   tx = ald.gossip(S.full(T.paper_graph(0)))
   with pytest.raises(ValueError, match="schedule has 8 workers but the mesh axis "
-                     "'workers' has 4 devices"):
+                     "'workers' holds 4 devices"):
     _apply(tx, ald.worker_mesh(4))
 
 

@@ -19,6 +19,15 @@ flags.DEFINE_string("workdir", None, "Directory for metrics, plots and checkpoin
 config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. experiments/cifar/configs/default.py.",
     lock_config=True)
+flags.DEFINE_bool(
+    "distributed", False,
+    "Run under JAX's multi-controller runtime (jax.distributed.initialize): one "
+    "process per host. Without the three flags below JAX detects the cluster "
+    "(TPU pods, SLURM, Open MPI, Kubernetes).")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0 (implies --distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,9 +37,16 @@ def main(argv):
   config = FLAGS.config
   # Orbax logs every checkpoint step at INFO; keep the console for progress.
   logging.set_verbosity(logging.WARNING)
+  distributed = FLAGS.distributed or FLAGS.coordinator_address is not None
+  devices = config.num_workers // max(config.workers_per_device, 1)
+  if distributed and FLAGS.num_processes:
+    devices = max(devices // FLAGS.num_processes, 1)
   # Before JAX starts: on a machine without accelerators the workers run on
   # emulated CPU devices (harmless where accelerators exist: JAX uses those).
-  jax_aldsgd.emulate_cpu_devices(config.num_workers)
+  jax_aldsgd.emulate_cpu_devices(devices)
+  if distributed:
+    jax_aldsgd.initialize_multihost(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
   from experiments.cifar import train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(config, FLAGS.workdir)

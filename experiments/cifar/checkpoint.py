@@ -114,7 +114,8 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=False, create=True),
-        item_names=("state", "meta"))
+        item_handlers=dict(state=ocp.StandardCheckpointHandler(),
+                           meta=ocp.JsonCheckpointHandler()))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -190,13 +191,22 @@ class Checkpointer:
     destination = target / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
     if jax.process_index() == 0:
       shutil.move(str(self.directory / str(step)), destination)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
     self._manager.reload()
     return destination
 
   def restore_arrays(self, step: int) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` without a target: host NumPy arrays, for inspection."""
+    # Onto one local device, whatever devices or processes saved it.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    structure = self._manager.item_metadata(step)["state"]
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        structure)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     return jax.tree.map(np.asarray, restored["state"]), restored["meta"]
 
   def close(self) -> None:

@@ -506,24 +506,37 @@ class WorkerBatches:
     start = int(step) * self.batch_size
     return self.epoch_indices(epoch)[:, start:start + self.batch_size]
 
-  def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """The batch of every worker at ``step`` (0-based, within ``epoch``).
+  def batch(self, epoch: int, step: int,
+            workers=None) -> tuple[np.ndarray, np.ndarray]:
+    """The batch of every worker (or of ``workers``) at ``step`` within ``epoch``.
+
+    Each worker's augmentation draws come from its own stream (seed, epoch, step,
+    worker), so a process that feeds only its own workers (multi-host) builds
+    exactly their rows of the full batch.
 
     Args:
       epoch: non-negative integer.
       step: integer in ``[0, steps_per_epoch)``.
+      workers: worker indices to build (default: all, in order).
 
     Returns:
-      ``(images, labels)``: float32 ``(num_workers, batch_size, H, W, C)``,
+      ``(images, labels)``: float32 ``(len(workers), batch_size, H, W, C)``,
       augmented if ``augment`` and normalized, and int32
-      ``(num_workers, batch_size)``.
+      ``(len(workers), batch_size)``.
     """
     indices = self.batch_indices(epoch, step)
+    if workers is None:
+      workers = range(self.num_workers)
+    workers = [int(w) for w in workers]
+    if any(not 0 <= w < self.num_workers for w in workers):
+      raise ValueError(f"workers {workers} must be in [0, {self.num_workers}).")
+    indices = indices[workers]
     images = self.images[indices]  # (workers, batch, H, W, C) uint8
     if self.augment:
-      rng = np.random.default_rng(
-          [self.seed, _AUGMENT_STREAM, int(epoch), int(step)])
-      images = random_crop_flip(images, rng)
+      images = np.stack([
+          random_crop_flip(images[row], np.random.default_rng(
+              [self.seed, _AUGMENT_STREAM, int(epoch), int(step), worker]))
+          for row, worker in enumerate(workers)])
     return normalize(images, self.mean, self.std), self.labels[indices]
 
 

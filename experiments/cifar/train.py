@@ -157,7 +157,7 @@ def init_models(config, info, mesh):
   return graphdef, stack(params), stack(stats)
 
 
-def make_steps(graphdef, tx, mesh):
+def make_steps(graphdef, tx, mesh, per_device=1):
   """Jitted train and evaluation steps over all workers."""
 
   def forward(params, batch_stats, images, train):
@@ -186,7 +186,7 @@ def make_steps(graphdef, tx, mesh):
     return (params, new_stats, opt_state, loss_sum + jnp.where(finite, loss, 0),
             correct_sum + correct, nonfinite_sum + (~finite), loss)
 
-  train = jax.jit(ald.worker_map(train_step, mesh),
+  train = jax.jit(ald.worker_map(train_step, mesh, workers_per_device=per_device),
                   donate_argnums=(0, 1, 2, 3, 4, 5))
 
   def evaluate(params, batch_stats, images, labels, mask):
@@ -197,18 +197,17 @@ def make_steps(graphdef, tx, mesh):
 
   workers, rep = jax.P("workers"), jax.P()
 
-  # Every worker evaluates its own model on the same (replicated) test batch.
+  # Every worker evaluates its own model on the same (replicated) test batch;
+  # a device holds a (per_device, ...) block of workers.
   def eval_own(params, batch_stats, images, labels, mask):
-    squeeze = lambda t: jax.tree.map(lambda a: a[0], t)
-    loss, correct = evaluate(squeeze(params), squeeze(batch_stats), images, labels,
-                             mask)
-    return loss[None], correct[None]
+    return jax.vmap(evaluate, in_axes=(0, 0, None, None, None))(
+        params, batch_stats, images, labels, mask)
 
   eval_workers = jax.jit(jax.shard_map(
       eval_own, mesh=mesh, in_specs=(workers, workers, rep, rep, rep),
       out_specs=(workers, workers)))
 
-  # The averaged model, on a test batch split across the workers' devices.
+  # The averaged model, on a test batch split across the devices.
   def eval_shared(params, batch_stats, images, labels, mask):
     loss, correct = evaluate(params, batch_stats, images[0], labels[0], mask[0])
     return (jax.lax.psum(loss, "workers"), jax.lax.psum(correct, "workers"))
@@ -246,9 +245,9 @@ class Steps:
   average: Any
 
 
-def _eval_arrays(images, labels, batch_size, num_workers, info):
-  """Normalized test set, padded to whole batches divisible by the workers."""
-  batch_size = -(-batch_size // num_workers) * num_workers
+def _eval_arrays(images, labels, batch_size, num_devices, info):
+  """Normalized test set, padded to whole batches divisible by the devices."""
+  batch_size = -(-batch_size // num_devices) * num_devices
   count = len(images)
   total = -(-count // batch_size) * batch_size
   mask = np.zeros(total, np.float32)
@@ -260,30 +259,60 @@ def _eval_arrays(images, labels, batch_size, num_workers, info):
   return x, y, mask, batch_size
 
 
-def evaluate_all(state: Workers, test, steps, mesh, num_workers):
+def _place(array, mesh, spec):
+  """A host array as a global array on ``mesh`` (each process its own shards)."""
+  sharding = jax.sharding.NamedSharding(mesh, spec)
+  return jax.make_array_from_callback(array.shape, sharding, lambda i: array[i])
+
+
+def evaluate_all(state: Workers, test, steps, mesh):
   """Per-worker and averaged-model test loss and accuracy over the test set."""
-  eval_workers, eval_average, average = (steps.eval_workers, steps.eval_average,
-                                          steps.average)
   x, y, mask, batch_size = test
+  num_devices = mesh.shape["workers"]
   count = mask.sum()
   own_loss = own_correct = 0.0
   avg_loss = avg_correct = 0.0
-  mean_params, mean_stats = average(state.params), average(state.batch_stats)
+  mean_params = steps.average(state.params)
+  mean_stats = steps.average(state.batch_stats)
+  everyone, split_spec = jax.P(), jax.P("workers")
   for start in range(0, len(x), batch_size):
     sl = slice(start, start + batch_size)
-    loss, correct = eval_workers(state.params, state.batch_stats, x[sl], y[sl],
-                                 mask[sl])
+    batch = [_place(a[sl], mesh, everyone) for a in (x, y, mask)]
+    loss, correct = steps.eval_workers(state.params, state.batch_stats, *batch)
     own_loss, own_correct = own_loss + loss, own_correct + correct
-    split = lambda a: a.reshape((num_workers, -1) + a.shape[1:])
-    loss, correct = eval_average(mean_params, mean_stats, split(x[sl]),
-                                 split(y[sl]), split(mask[sl]))
+    split = [_place(a[sl].reshape((num_devices, -1) + a.shape[1:]), mesh, split_spec)
+             for a in (x, y, mask)]
+    loss, correct = steps.eval_average(mean_params, mean_stats, *split)
     avg_loss, avg_correct = avg_loss + loss, avg_correct + correct
+  own_loss, own_correct, avg_loss, avg_correct = ald.gather_workers(
+      (own_loss, own_correct, avg_loss, avg_correct))
   return dict(
-      test_loss=(np.asarray(own_loss) / count).tolist(),
-      test_accuracy=(np.asarray(own_correct) / count).tolist(),
+      test_loss=(own_loss / count).tolist(),
+      test_accuracy=(own_correct / count).tolist(),
       test_loss_averaged_model=float(avg_loss / count),
       test_accuracy_averaged_model=float(avg_correct / count),
   )
+
+
+class _Feeder:
+  """Builds each step's global batch; a process computes only its own workers'."""
+
+  def __init__(self, batches, mesh, num_workers):
+    self._batches = batches
+    self._sharding = jax.sharding.NamedSharding(mesh, jax.P("workers"))
+    index_map = self._sharding.addressable_devices_indices_map((num_workers,))
+    self._local = sorted({w for (rows,) in index_map.values()
+                          for w in range(*rows.indices(num_workers))})
+    self._row = {w: r for r, w in enumerate(self._local)}
+    self._n = num_workers
+
+  def __call__(self, epoch, step):
+    images, labels = self._batches.batch(epoch, step, workers=self._local)
+    return tuple(
+        jax.make_array_from_callback(
+            (self._n,) + a.shape[1:], self._sharding,
+            lambda i, a=a: a[[self._row[w] for w in range(*i[0].indices(self._n))]])
+        for a in (images, labels))
 
 
 # ----------------------------------------------------------------------------
@@ -415,7 +444,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     workdir.mkdir(parents=True, exist_ok=True)
   n = config.num_workers
   # Cheap checks first: a wrong device count or graph fails before data loads.
-  mesh = ald.worker_mesh(n)
+  per_device = config.workers_per_device
+  mesh = ald.worker_mesh(n, workers_per_device=per_device)
+  num_devices = n // per_device
   schedule = build_schedule(config)
   info = input_pipeline.DATASETS[config.dataset]
   data_dir = config.data_dir or None
@@ -437,13 +468,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   tx = build_optimizer(config, schedule, lr_fn)
   graphdef, params, batch_stats = init_models(config, info, mesh)
   num_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params))
-  opt_state = jax.jit(ald.worker_map(tx.init, mesh))(params)
+  opt_state = jax.jit(ald.worker_map(tx.init, mesh,
+                                     workers_per_device=per_device))(params)
   # Three distinct buffers: the train step donates each of them.
   zeros = lambda dtype: ald.shard_workers(jnp.zeros((n,), dtype), mesh)
   state = Workers(params, batch_stats, opt_state, zeros(jnp.float32),
                   zeros(jnp.float32), zeros(jnp.int32))
-  steps = make_steps(graphdef, tx, mesh)
-  test = _eval_arrays(test_images, test_labels, config.eval_batch_size, n, info)
+  steps = make_steps(graphdef, tx, mesh, per_device)
+  feed = _Feeder(batches, mesh, n)
+  test = _eval_arrays(test_images, test_labels, config.eval_batch_size,
+                      num_devices, info)
 
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints")
   log = report.MetricsLog(workdir / "metrics.jsonl")
@@ -475,7 +509,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       bar = _progress(config, is_main, epoch, steps_per_epoch, meta["step_in_epoch"])
       train_started = time.perf_counter()
       for step_in_epoch in range(meta["step_in_epoch"], steps_per_epoch):
-        images, labels = batches.batch(epoch, step_in_epoch)
+        images, labels = feed(epoch, step_in_epoch)
         *arrays, loss = steps.train(*state.tree().values(), images, labels)
         state = Workers(*arrays)
         global_step = meta["global_step"]
@@ -489,7 +523,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if bar is not None:
           bar.update(1)
           if step_in_epoch % 10 == 0:
-            bar.set_postfix(loss=f"{float(jnp.mean(loss)):.4f}")
+            bar.set_postfix(loss=f"{np.mean(ald.gather_workers(loss)):.4f}")
         reason = None
         if stop.signum is not None:
           reason = signal.Signals(stop.signum).name
@@ -509,15 +543,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         bar.close()
 
       epoch_steps = steps_per_epoch
+      sums = ald.gather_workers(dict(
+          loss=state.loss_sum, correct=state.correct_sum,
+          nonfinite=state.nonfinite_sum,
+          consensus=steps.consensus(state.params),
+          finite=steps.all_finite(state.params)))
       record = dict(
           epoch=epoch, step=meta["global_step"],
           learning_rate=float(lr_fn(meta["global_step"] - 1)),
-          train_loss=(np.asarray(state.loss_sum) / epoch_steps).tolist(),
-          train_accuracy=(np.asarray(state.correct_sum) / epoch_steps).tolist(),
-          **evaluate_all(state, test, steps, mesh, n),
-          consensus_distance=np.asarray(steps.consensus(state.params)).tolist(),
-          nonfinite_steps=np.asarray(state.nonfinite_sum).tolist(),
-          params_finite=np.asarray(steps.all_finite(state.params)).tolist(),
+          train_loss=(sums["loss"] / epoch_steps).tolist(),
+          train_accuracy=(sums["correct"] / epoch_steps).tolist(),
+          **evaluate_all(state, test, steps, mesh),
+          consensus_distance=sums["consensus"].tolist(),
+          nonfinite_steps=sums["nonfinite"].tolist(),
+          params_finite=sums["finite"].tolist(),
           bytes_sent=meta["bytes_sent"],
           bytes_sent_mean=float(np.mean(meta["bytes_sent"])),
           time_train_s=meta["time_train_s"],

@@ -1,0 +1,90 @@
+"""Multi-process runs (JAX's multi-controller runtime, CPU collectives on loopback)."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from experiments.cifar import report
+from experiments.cifar import train
+from tests import helpers
+
+ROOT = pathlib.Path(__file__).parents[1]
+TIMEOUT = 300
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env():
+  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
+
+
+def _run_together(commands):
+  """Starts all commands at once; waits for all; fails with their output."""
+  processes = [subprocess.Popen(c, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for c in commands]
+  outputs = []
+  try:
+    for p in processes:
+      outputs.append(p.communicate(timeout=TIMEOUT)[0])
+  finally:
+    for p in processes:
+      p.kill()
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-3000:]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  """2 processes x 4 devices give the same parameters as 1 process x 8."""
+  job = str(ROOT / "tests" / "multihost_job.py")
+  port = _free_port()
+  _run_together([[sys.executable, job, str(i), "2", str(port), str(tmp_path / "two")]
+                 for i in range(2)])
+  _run_together([[sys.executable, job, "0", "1", "0", str(tmp_path / "one")]])
+  two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+  for method in ("dsgd", "aldsgd"):
+    assert np.isfinite(one[method]).all()
+    np.testing.assert_array_equal(two[method], one[method])
+
+
+def test_experiment_runner_across_two_processes(tmp_path):
+  """experiments.cifar with --num_processes=2 equals the one-process run; only
+  process 0 writes metrics."""
+  data = helpers.fake_fashion_mnist(tmp_path / "data")
+  common = ["-m", "experiments.cifar",
+            "--config=experiments/cifar/configs/fashion_mnist.py",
+            f"--config.data_dir={data}", "--config.batch_size=4",
+            "--config.num_epochs=2", "--config.lr_decay_epochs=(1,)",
+            "--config.eval_batch_size=64", "--config.progress_bar=False",
+            "--config.plots=False"]
+  port = _free_port()
+  _run_together([[sys.executable, *common, f"--workdir={tmp_path / 'two'}",
+                  f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                  f"--process_id={i}"] for i in range(2)])
+  _run_together([[sys.executable, *common, f"--workdir={tmp_path / 'one'}"]])
+  one = report.MetricsLog(tmp_path / "one" / "metrics.jsonl").read()
+  two = report.MetricsLog(tmp_path / "two" / "metrics.jsonl").read()
+  assert len(one) == len(two) == 2
+  # Sums over workers (the averaged model, the consensus distance's mean) are
+  # all-reduces whose order of addition differs between in-process and gloo
+  # collectives: equal to float32 rounding. Everything per worker is exact.
+  across_workers = ("consensus_distance", "test_loss_averaged_model",
+                    "test_accuracy_averaged_model")
+  for a, b in zip(one, two):
+    for key in a:
+      if key in across_workers:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, err_msg=key)
+      elif key not in report.TIMING_FIELDS:
+        assert b[key] == a[key], key
+  for x, y in zip(jax.tree.leaves(train.final_params(tmp_path / "two")),
+                  jax.tree.leaves(train.final_params(tmp_path / "one"))):
+    np.testing.assert_array_equal(x, y)
