@@ -1,13 +1,20 @@
 r"""Compares finished or running experiments: one plot and a markdown table.
 
     python -m experiments.compare WORKDIR [WORKDIR ...] [--out=comparison.png]
-        [--target=0.85]
+        [--target=0.85] [--gbit 1 10 [--latency-us 50] [--node-gbit G]
+        [--concurrent]]
 
 Reads each workdir's ``metrics.jsonl`` and ``config.json`` and writes one PNG with
 test accuracy (mean over workers, and the worst worker dashed) against epoch and
 against communicated bytes per worker; prints a markdown table with, per run, the
 final and best mean accuracy, the final worst worker, the averaged model's final
 accuracy, the epochs to reach the target mean accuracy and the bytes sent.
+
+With ``--gbit``, each run's wall-clock is also simulated on networks of those link
+speeds (`jax_aldsgd.NetworkModel`): the measured training time plus the simulated
+communication time of every step (gossip: one round per active matching; all-
+reduce: a ring). The PNG gets one panel of accuracy against simulated time per
+speed, and a second table gives the simulated time to the target and in total.
 """
 
 from __future__ import annotations
@@ -49,6 +56,61 @@ def summarize(run: dict, target: float) -> dict:
   )
 
 
+def _step_bytes(run: dict):
+  """(schedule or None, bytes per message or per all-reduce) from a run's records.
+
+  The trainer records cumulative bytes per worker, which equal the message size
+  times each worker's summed active degree (gossip) or the steps times
+  2 (n - 1) / n of the model (ring all-reduce), so the sizes follow exactly.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments.cifar import train  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(run["config"])
+  last = run["records"][-1]
+  steps, sent = last["step"], last["bytes_sent_mean"]
+  if config.method == "local" or not sent:
+    return None, 0.0
+  if config.method == "allreduce":
+    n = config.num_workers
+    return None, sent / (steps * 2 * (n - 1) / n)
+  schedule = train.build_schedule(config)
+  degree_sum = sum(schedule.active_degrees(k).mean() for k in range(steps))
+  return schedule, sent / degree_sum
+
+
+def simulated_seconds(run: dict, network) -> np.ndarray:
+  """Measured training time + simulated communication, at each record's end."""
+  schedule, size = _step_bytes(run)
+  ends = [r["step"] for r in run["records"]]
+  if schedule is not None:
+    per_step = network.gossip_times(schedule, ends[-1], size)
+    comm = np.concatenate([[0.0], np.cumsum(per_step)])[ends]
+  elif size:
+    n = run["config"]["num_workers"]
+    comm = np.array(ends) * network.allreduce_time(n, size)
+  else:
+    comm = np.zeros(len(ends))
+  return np.array([r["time_train_s"] for r in run["records"]]) + comm
+
+
+def time_table(runs: list[dict], networks: list, target: float) -> str:
+  lines = ["| run | method | " + " | ".join(
+      f"{net}: time to {target:.0%} | total" for net in networks) + " |",
+           "|---|---|" + "---|---|" * len(networks)]
+  for run in runs:
+    mean = np.array([r["test_accuracy"] for r in run["records"]]).mean(1)
+    cells = []
+    for net in networks:
+      seconds = simulated_seconds(run, net)
+      reached = np.flatnonzero(mean >= target)
+      cells.append("not reached" if not len(reached) else
+                   f"{seconds[reached[0]]:.1f} s")
+      cells.append(f"{seconds[-1]:.1f} s")
+    lines.append(f"| {run['name']} | {run['config'].get('method', '?')} | " +
+                 " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict], target: float) -> str:
   lines = [
       f"| run | method | epochs | final mean acc | best mean acc | final worst "
@@ -66,11 +128,24 @@ def markdown_table(rows: list[dict], target: float) -> str:
   return "\n".join(lines)
 
 
-def plot(runs: list[dict], out: pathlib.Path) -> None:
+def plot(runs: list[dict], out: pathlib.Path, networks=()) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (by_epoch, by_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
+  rows = 1 + (len(networks) + 1) // 2
+  fig, axes = plt.subplots(rows, 2, figsize=(12, 4.5 * rows), squeeze=False)
+  axes = axes.ravel()
+  by_epoch, by_bytes = axes[:2]
+  for ax in axes[2 + len(networks):]:
+    ax.set_visible(False)
+  for ax, net in zip(axes[2:], networks):
+    for k, run in enumerate(runs):
+      accuracy = np.array([r["test_accuracy"] for r in run["records"]]) * 100
+      ax.plot(simulated_seconds(run, net), accuracy.mean(1), color=f"C{k}", lw=2,
+              marker=".", label=run["name"])
+    ax.set(xlabel="simulated wall-clock (s)", ylabel="mean test accuracy (%)",
+           title=str(net))
+    ax.grid(alpha=0.3)
   for k, run in enumerate(runs):
     color = f"C{k}"
     accuracy = np.array([r["test_accuracy"] for r in run["records"]]) * 100
@@ -87,6 +162,8 @@ def plot(runs: list[dict], out: pathlib.Path) -> None:
                title="accuracy vs communication")
   for ax in (by_epoch, by_bytes):
     ax.grid(alpha=0.3)
+  fig.suptitle("compute time measured on this machine, communication simulated"
+               if networks else "", fontsize=9)
   by_epoch.legend(fontsize=8)
   fig.tight_layout()
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,15 +177,31 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="comparison.png", help="PNG to write")
   parser.add_argument("--target", type=float, default=0.85,
                       help="target mean test accuracy, a fraction in (0, 1]")
+  parser.add_argument("--gbit", type=float, nargs="*", default=[],
+                      help="simulate networks with these link speeds (Gbit/s)")
+  parser.add_argument("--latency-us", type=float, default=50.0,
+                      help="per-message latency of the simulated network")
+  parser.add_argument("--node-gbit", type=float, default=None,
+                      help="optional per-node bandwidth cap (Gbit/s)")
+  parser.add_argument("--concurrent", action="store_true",
+                      help="all of a step's gossip messages in flight at once")
   args = parser.parse_args(argv)
   if not 0.0 < args.target <= 1.0:
     parser.error(f"--target must be a fraction in (0, 1], got {args.target}.")
+  import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
   try:
+    networks = [ald.NetworkModel.from_gbit(g, latency_s=args.latency_us * 1e-6,
+                                           node_gbit=args.node_gbit,
+                                           concurrent=args.concurrent)
+                for g in args.gbit]
     runs = [load_run(w) for w in args.workdirs]
   except ValueError as e:
     parser.error(str(e))
-  plot(runs, pathlib.Path(args.out))
+  plot(runs, pathlib.Path(args.out), networks)
   print(markdown_table([summarize(r, args.target) for r in runs], args.target))
+  if networks:
+    print("\nSimulated wall-clock (measured compute + simulated communication):\n")
+    print(time_table(runs, networks, args.target))
   print(f"\nplot: {args.out}", file=sys.stderr)
   return 0
 

@@ -23,12 +23,13 @@ from jax_aldsgd._mesh import stack_workers as stack_workers
 from jax_aldsgd._mesh import unstack_workers as unstack_workers
 from jax_aldsgd._mesh import worker_map as worker_map
 from jax_aldsgd._mesh import worker_mesh as worker_mesh
+from jax_aldsgd._network import NetworkModel as NetworkModel
 from jax_aldsgd._topology import Topology as Topology
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdjacentLeaderState", "GossipState", "Topology", "adjacent_leader", "aldsgd",
+    "AdjacentLeaderState", "GossipState", "NetworkModel", "Topology", "adjacent_leader", "aldsgd",
     "allreduce", "dsgd", "emulate_cpu_devices", "gather_workers", "gossip",
     "initialize_multihost", "local_sgd",
     "replicate_workers", "schedules", "shard_workers", "stack_workers",

@@ -142,3 +142,24 @@ def test_two_workers_per_device_matches_one(mock_cifar, tmp_path):
   for x, y in zip(jax.tree.leaves(train.final_params(one)),
                   jax.tree.leaves(train.final_params(two))):
     np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+
+
+def test_compare_simulated_wall_clock(tmp_path, capsys):
+  """Simulated time = measured time + steps x (rounds x (L + B / b)), closed form."""
+  config = default.get_config()
+  config.update(dict(method="dpsgd", topology="ring", graph_ids=(0,)))
+  workdir = tmp_path / "ring"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config.to_json())
+  message = 3e5  # bytes; a ring of 8 under D-PSGD: degree 2 at every step
+  log = report.MetricsLog(workdir / "metrics.jsonl")
+  for epoch in range(2):
+    steps = 100 * (epoch + 1)
+    log.append(dict(epoch=epoch, step=steps, test_accuracy=[0.9] * 8,
+                    test_accuracy_averaged_model=0.9, time_train_s=7.0 * steps,
+                    bytes_sent_mean=2 * message * steps))
+  assert compare.main([str(workdir), "--out", str(tmp_path / "c.png"), "--gbit",
+                       "1", "--latency-us", "100", "--target", "0.5"]) == 0
+  out = capsys.readouterr().out
+  per_step = 2 * (100e-6 + message / 1.25e8)  # two matchings per step
+  assert f"| {100 * (7.0 + per_step):.1f} s | {200 * (7.0 + per_step):.1f} s |" in out

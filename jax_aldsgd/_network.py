@@ -1,0 +1,119 @@
+"""Simulated communication time: what a step's exchanges would cost on a network.
+
+Training runs on one machine cannot show what a slow network does to gossip and
+all-reduce. `NetworkModel` turns each step's exchanges into seconds from a few
+numbers (per-message latency, per-link bandwidth, optionally a per-node bandwidth
+cap), so that measured compute time plus simulated communication time gives the
+wall-clock a run would take on that network (the paper's communication-constrained
+comparison).
+
+Models (``B`` = bytes of one message, ``L`` = latency, ``b`` = link bandwidth,
+``c`` = node bandwidth cap, ``d_i`` = active degree of worker i):
+
+* gossip, ``sequential`` (what the transforms do: one ``ppermute`` per active
+  matching, one after the other; inside a matching every pair exchanges in both
+  directions at once): ``sum over active matchings of (L + B / min(b, c))``;
+* gossip, ``concurrent`` (all of a step's messages in flight together, each node's
+  traffic sharing its cap): ``L + B * max(1 / b, max_i d_i / c)``;
+* ring all-reduce of a model of ``M`` bytes over n workers: ``2 (n - 1)`` latency
+  terms and ``2 (n - 1) / n * M`` bytes per worker: ``2 (n - 1) L + 2 (n - 1) M /
+  (n min(b, c))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jax_aldsgd import _checks
+from jax_aldsgd._schedules import Schedule
+
+
+def _positive(name, value, allow_none=False):
+  if allow_none and value is None:
+    return None
+  _checks.check_real(name, value, low=0.0, low_open=True)
+  return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkModel:
+  """Latency/bandwidth model of the network between workers.
+
+  Args:
+    latency_s: seconds per message (per matching round, per all-reduce hop).
+    link_bandwidth: bytes per second of one link, each direction.
+    node_bandwidth: optional cap (bytes per second) on a node's total traffic in
+      each direction; ``None`` means links never share a bottleneck.
+    concurrent: if True, a step's gossip messages are all in flight at once
+      (see the module docstring); the default, False, models the transforms'
+      one-matching-after-another exchanges.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> net = ald.NetworkModel.from_gbit(1.0, latency_s=50e-6)
+    >>> round(net.allreduce_time(8, 4e6), 6)  # 4 MB model, 8 workers
+    0.056701
+  """
+
+  latency_s: float
+  link_bandwidth: float
+  node_bandwidth: float | None = None
+  concurrent: bool = False
+
+  def __post_init__(self):
+    _checks.check_real("latency_s", self.latency_s, low=0.0)
+    _positive("link_bandwidth", self.link_bandwidth)
+    _positive("node_bandwidth", self.node_bandwidth, allow_none=True)
+
+  @classmethod
+  def from_gbit(cls, link_gbit: float, *, latency_s: float = 50e-6,
+                node_gbit: float | None = None,
+                concurrent: bool = False) -> NetworkModel:
+    """A model from bandwidths in Gbit/s (1 Gbit/s = 1.25e8 bytes/s)."""
+    _positive("link_gbit", link_gbit)
+    _positive("node_gbit", node_gbit, allow_none=True)
+    return cls(latency_s, link_gbit * 1.25e8,
+               None if node_gbit is None else node_gbit * 1.25e8, concurrent)
+
+  @property
+  def _bottleneck(self) -> float:
+    if self.node_bandwidth is None:
+      return self.link_bandwidth
+    return min(self.link_bandwidth, self.node_bandwidth)
+
+  def gossip_time(self, schedule: Schedule, step: int,
+                  message_bytes: float) -> float:
+    """Seconds for the exchanges of ``schedule`` at ``step``."""
+    active = schedule.active(step)
+    if not active.any():
+      return 0.0
+    if not self.concurrent:
+      return float(active.sum()) * (self.latency_s + message_bytes /
+                                    self._bottleneck)
+    busiest = schedule.active_degrees(step).max()
+    per_byte = 1.0 / self.link_bandwidth
+    if self.node_bandwidth is not None:
+      per_byte = max(per_byte, busiest / self.node_bandwidth)
+    return self.latency_s + message_bytes * per_byte
+
+  def gossip_times(self, schedule: Schedule, num_steps: int,
+                   message_bytes: float) -> np.ndarray:
+    """``(num_steps,)`` seconds of steps ``0 .. num_steps - 1``."""
+    return np.array([self.gossip_time(schedule, k, message_bytes)
+                     for k in range(num_steps)])
+
+  def allreduce_time(self, num_workers: int, model_bytes: float) -> float:
+    """Seconds of one ring all-reduce of ``model_bytes`` over ``num_workers``."""
+    n = _checks.check_integer("num_workers", num_workers, 1)
+    hops = 2 * (n - 1)
+    return hops * self.latency_s + hops / n * model_bytes / self._bottleneck
+
+  def __str__(self) -> str:
+    gbit = lambda v: f"{v / 1.25e8:g} Gbit/s"
+    cap = "" if self.node_bandwidth is None else f", node cap {gbit(self.node_bandwidth)}"
+    mode = ", concurrent" if self.concurrent else ""
+    return (f"{gbit(self.link_bandwidth)} links, "
+            f"{self.latency_s * 1e6:g} us latency{cap}{mode}")
+
