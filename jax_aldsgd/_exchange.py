@@ -111,16 +111,16 @@ def _pairs(partners: np.ndarray) -> tuple[tuple[int, int], ...]:
   return tuple((int(i), int(j)) for i, j in enumerate(partners) if j >= 0)
 
 
-class Exchange(NamedTuple):
-  """What one step's exchange gives a worker.
+class Neighbourhood(NamedTuple):
+  """What a worker knows about this step's exchanges without communicating.
 
   Attributes:
     flags: ``(S,)`` bool, which slots are active this step (same on all workers).
     present: ``(S,)`` bool, whether this worker has a partner in each active slot.
     partner: ``(S,)`` int, this worker's partner per slot (0 where it has none).
-    weight: ``(S,)`` neighbour weight of each slot.
+    weight: scalar neighbour weight ``alpha`` of this step's graph (all active
+      slots belong to one graph; 0 when none is active).
     degrees: ``(n,)`` active degree of every worker, computed locally.
-    received: S buffers, the partner's buffer where present, else zeros.
   """
 
   flags: jax.Array
@@ -128,35 +128,51 @@ class Exchange(NamedTuple):
   partner: jax.Array
   weight: jax.Array
   degrees: jax.Array
-  received: list[jax.Array]
 
 
-def exchange(buffer: jax.Array, schedule: Schedule, step: jax.Array,
-             me: jax.Array, axis_name: str) -> Exchange:
-  """Sends ``buffer`` along every active slot of ``schedule`` at ``step``."""
+def neighbourhood(schedule: Schedule, step: jax.Array, me: jax.Array,
+                  dtype) -> Neighbourhood:
   flags = schedule._active(step, jnp)  # (S,)
   partners = jnp.asarray(schedule.slot_partners)  # (S, n)
   my_partner = partners[:, me]  # (S,)
-  degrees = jnp.sum(flags[:, None] & (partners >= 0), axis=0)  # (n,)
-  per_device = workers_per_device()
-  if per_device == 1:
-    received = []
-    for s in range(schedule.num_slots):
-      pairs = _pairs(schedule.slot_partners[s])
-      received.append(
-          lax.cond(flags[s],
-                   lambda b, pairs=pairs: lax.ppermute(b, axis_name, pairs),
-                   jnp.zeros_like, buffer))
-  else:
-    received = _block_exchange(schedule, axis_name, per_device)(buffer, step)
-  return Exchange(
+  return Neighbourhood(
       flags=flags,
       present=flags & (my_partner >= 0),
       partner=jnp.maximum(my_partner, 0),
-      weight=jnp.asarray(schedule.slot_weight, buffer.dtype),
-      degrees=degrees,
-      received=received,
+      # A schedule runs one graph per step (rotating: one child at a time).
+      weight=jnp.max(jnp.where(flags, jnp.asarray(schedule.slot_weight, dtype), 0)),
+      degrees=jnp.sum(flags[:, None] & (partners >= 0), axis=0),  # (n,)
   )
+
+
+def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
+         combine: Callable, carry, inputs):
+  """Exchanges ``buffer`` slot by slot, folding each received buffer into ``carry``.
+
+  For each slot s in order, if it is active: ``carry = combine(s, carry,
+  received, inputs)``, where ``received`` is the partner's buffer (zeros for a
+  worker without a partner in s; ``combine`` must ignore it there). The receive
+  and the combine of a slot sit in one ``lax.cond`` branch and the next slot's
+  branch consumes this one's carry, so the slots run in order and at most one
+  received buffer is alive at a time (memory: one buffer, not one per matching).
+
+  ``combine`` sees one worker; every per-worker value it needs must come through
+  ``carry`` or ``inputs`` (not a closure), because with several workers per
+  device the fold runs on the whole block (see `workers_per_device`).
+  """
+  per_device = workers_per_device()
+  if per_device > 1:
+    return _block_fold(schedule, axis_name, per_device, combine)(
+        buffer, step, carry, inputs)
+  flags = schedule._active(step, jnp)
+  for s in range(schedule.num_slots):
+    pairs = _pairs(schedule.slot_partners[s])
+
+    def receive_and_combine(c, s=s, pairs=pairs):
+      return combine(s, c, lax.ppermute(buffer, axis_name, pairs), inputs)
+
+    carry = lax.cond(flags[s], receive_and_combine, lambda c: c, carry)
+  return carry
 
 
 # ----------------------------------------------------------------------------
@@ -228,45 +244,50 @@ def _take_rows(block, rows):
   return jnp.where((rows >= 0)[:, None], block[jnp.maximum(rows, 0)], 0)
 
 
-def _block_exchange(schedule: Schedule, axis_name: str, per_device: int):
-  """The exchange of a device's whole block of ``per_device`` workers.
+def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
+                combine: Callable):
+  """`fold` over a device's whole block of ``per_device`` workers.
 
   Transforms call it per worker under ``jax.vmap`` over `LOCAL_AXIS`; its
-  batching rule receives the device's ``(k, L)`` block of buffers and returns, per
-  slot, each local worker's partner buffer: in-device partners by indexing,
-  others through the slot's ``ppermute`` rounds (under ``lax.cond`` on the slot's
-  flag, as in the one-worker-per-device layout).
+  batching rule receives the device's blocks and, per slot under ``lax.cond``
+  on the slot's flag, gathers each local worker's partner buffer (in-device
+  partners by indexing, others through the slot's ``ppermute`` rounds) and
+  applies ``combine`` to every local worker (vmapped).
   """
   num_devices = lax.axis_size(axis_name)
   plans = block_plan(schedule, num_devices, per_device)
 
   @jax.custom_batching.custom_vmap
-  def exchange_block(buffer, step):
+  def fold_block(buffer, step, carry, inputs):
     # Only traced for output shapes: under worker_map's vmap the rule runs.
-    del step
-    return [jnp.zeros_like(buffer) for _ in plans]
+    del buffer, step, inputs
+    return carry
 
-  @exchange_block.def_vmap
-  def rule(axis_size, in_batched, buffer, step):
+  @fold_block.def_vmap
+  def rule(axis_size, in_batched, buffer, step, carry, inputs):
     del axis_size
-    if not in_batched[0]:
-      buffer = jnp.broadcast_to(buffer, (per_device,) + buffer.shape)
-    step = step[0] if in_batched[1] else step  # every local worker's step agrees
+    batched_buffer, batched_step, batched_carry, batched_inputs = in_batched
+    widen = lambda x, b: x if b else jnp.broadcast_to(x, (per_device,) + x.shape)
+    buffer = widen(buffer, batched_buffer)
+    carry = jax.tree.map(widen, carry, batched_carry)
+    inputs = jax.tree.map(widen, inputs, batched_inputs)
+    step = step[0] if batched_step else step  # every local worker's step agrees
     flags = schedule._active(step, jnp)
     device = lax.axis_index(axis_name)
-    received = []
     for s, (local, rounds) in enumerate(plans):
 
-      def receive(block, local=local, rounds=rounds):  # (k, L) -> (k, L)
-        out = _take_rows(block, jnp.asarray(local)[device])
+      def receive_and_combine(c, s=s, local=local, rounds=rounds):
+        received = _take_rows(buffer, jnp.asarray(local)[device])  # (k, L)
         for plan in rounds:
-          message = block[jnp.asarray(plan.send_rows)[device]]  # (m, L)
+          message = buffer[jnp.asarray(plan.send_rows)[device]]  # (m, L)
           message = lax.ppermute(message, axis_name, plan.pairs)
           rows = jnp.asarray(plan.receive_rows)[device]
-          out = jnp.where((rows >= 0)[:, None], message[jnp.maximum(rows, 0)], out)
-        return out
+          received = jnp.where((rows >= 0)[:, None],
+                               message[jnp.maximum(rows, 0)], received)
+        return jax.vmap(lambda c1, r1, i1: combine(s, c1, r1, i1))(
+            c, received, inputs)
 
-      received.append(lax.cond(flags[s], receive, jnp.zeros_like, buffer))
-    return received, [True] * len(received)
+      carry = lax.cond(flags[s], receive_and_combine, lambda c: c, carry)
+    return carry, jax.tree.map(lambda _: True, carry)
 
-  return exchange_block
+  return fold_block

@@ -45,9 +45,10 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
   incoming updates (so ``x_hat = x + u`` is the local step's result), worker i
   moves to (ALGORITHM.md section 2, step 5)
 
-    ``v_i = x_hat_i + sum_{s active, i matched in s} alpha_s (x_hat_{j_s(i)} - x_hat_i)``
+    ``v_i = x_hat_i + alpha_k sum_{s active, i matched in s} (x_hat_{j_s(i)} - x_hat_i)``
 
-  i.e. ``v = W_k x_hat`` with ``W_k = I - sum_{s in A_k} alpha_s L_s``; the returned
+  i.e. ``v = W_k x_hat`` with ``W_k = I - alpha_k sum_{s in A_k} L_s`` (``alpha_k``
+  of the step's graph: a rotating schedule runs one graph per step); the returned
   updates are ``v - x``. Each active matching costs one ``ppermute`` of the
   parameters; inactive matchings cost none.
 
@@ -88,14 +89,21 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     if skip_nonfinite:
       extras = (_all_finite(x_hat),)
     buffer, unpack = _exchange.pack(x_hat, extras)
-    ex = _exchange.exchange(buffer, schedule, state.count, me, axis_name)
-    # v - x_hat = sum_s alpha_s [present_s] (x_hat_partner - x_hat).
-    delta = jnp.zeros_like(buffer)
-    for s, received in enumerate(ex.received):
-      use = ex.present[s]
+    near = _exchange.neighbourhood(schedule, state.count, me, buffer.dtype)
+
+    # v - x_hat = alpha sum_{s present} (x_hat_partner - x_hat). The fold only adds
+    # differences and alpha multiplies once: no multiply-add for XLA to contract
+    # into an FMA in one device layout and not in another.
+    def combine(s, total, received, inputs):
+      own, present = inputs
+      use = present[s]
       if skip_nonfinite:
         use = use & (received[-1] > 0.5)
-      delta = delta + jnp.where(use, ex.weight[s] * (received - buffer), 0)
+      return total + jnp.where(use, received - own, 0)
+
+    delta = near.weight * _exchange.fold(
+        buffer, schedule, state.count, axis_name, combine, jnp.zeros_like(buffer),
+        (buffer, near.present))
     delta_tree, _ = unpack(delta)
     new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates,
                                delta_tree)

@@ -133,29 +133,35 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     x_hat = jax.tree.map(jnp.add, params, updates)
     healthy = _all_finite(x_hat) * jnp.isfinite(loss).astype(jnp.float32)
     buffer, unpack = _exchange.pack(x_hat, (loss, healthy))
-    ex = _exchange.exchange(buffer, schedule, step, me, axis_name)
+    near = _exchange.neighbourhood(schedule, step, me, buffer.dtype)
     self_ok = healthy > 0.5
 
     # Visit S_i = [i] + N_i in order, keeping (as differences to x_hat_i) the
     # running gossip sum, the first strict argmin of the loss and the first strict
     # argmax of the active degree among healthy entries; self is entry 0.
-    gossip_sum = jnp.zeros_like(buffer)
-    leader = jnp.zeros_like(buffer)  # x_hat_b - x_hat_i
-    target = jnp.zeros_like(buffer)  # x_hat_m - x_hat_i
-    best_loss = jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf)
-    best_degree = jnp.where(self_ok, ex.degrees[me], -1)
-    for s, received in enumerate(ex.received):
-      diff = received - buffer
-      neighbour_ok = ex.present[s] & (received[-1] > 0.5)
-      mixes = neighbour_ok if skip_nonfinite else ex.present[s]
-      gossip_sum = gossip_sum + jnp.where(mixes, ex.weight[s] * diff, 0)
+    def combine(s, carry, received, inputs):
+      gossip_sum, leader, target, best_loss, best_degree = carry
+      own, present, partner_degree = inputs
+      diff = received - own
+      neighbour_ok = present[s] & (received[-1] > 0.5)
+      mixes = neighbour_ok if skip_nonfinite else present[s]
+      gossip_sum = gossip_sum + jnp.where(mixes, diff, 0)  # alpha applied below
       better = neighbour_ok & (received[-2] < best_loss)
       best_loss = jnp.where(better, received[-2], best_loss)
       leader = jnp.where(better, diff, leader)
-      degree = ex.degrees[ex.partner[s]]
-      higher = neighbour_ok & (degree > best_degree)
-      best_degree = jnp.where(higher, degree, best_degree)
+      higher = neighbour_ok & (partner_degree[s] > best_degree)
+      best_degree = jnp.where(higher, partner_degree[s], best_degree)
       target = jnp.where(higher, diff, target)
+      return gossip_sum, leader, target, best_loss, best_degree
+
+    zeros = jnp.zeros_like(buffer)
+    start = (zeros, zeros, zeros,  # gossip sum, x_hat_b - x_hat_i, x_hat_m - x_hat_i
+             jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf),
+             jnp.where(self_ok, near.degrees[me], -1))
+    gossip_sum, leader, target, _, _ = _exchange.fold(
+        buffer, schedule, step, axis_name, combine, start,
+        (buffer, near.present, near.degrees[near.partner]))
+    gossip_sum = near.weight * gossip_sum
 
     dtype = buffer.dtype
     keep = (1 - p1 - p2)

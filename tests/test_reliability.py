@@ -75,10 +75,11 @@ def test_diverging_worker_is_isolated_and_reported(tmp_path, monkeypatch):
   stay finite and keep training, and the metrics name worker 3."""
   original = input_pipeline.WorkerBatches.batch
 
-  def poisoned(self, epoch, step):
-    images, labels = original(self, epoch, step)
-    if epoch * 100 + step >= 2:
-      images[3] = np.nan
+  def poisoned(self, epoch, step, workers=None):
+    images, labels = original(self, epoch, step, workers)
+    rows = list(range(self.num_workers) if workers is None else workers)
+    if epoch * 100 + step >= 2 and 3 in rows:
+      images[rows.index(3)] = np.nan
     return images, labels
 
   monkeypatch.setattr(input_pipeline.WorkerBatches, "batch", poisoned)
