@@ -37,7 +37,7 @@ def check_integer(name: str, value, minimum: int) -> int:
     raise TypeError(f"{name} must be an integer, got {value!r} of type "
                     f"{type(value).__name__}.")
   if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
   return int(value)
 
 

@@ -145,6 +145,17 @@ def neighbourhood(schedule: Schedule, step: jax.Array, me: jax.Array,
   )
 
 
+def _runtime_flags(schedule: Schedule, step: jax.Array) -> jax.Array:
+  """The step's flags, kept opaque to XLA even where they are constant.
+
+  A constant-true predicate (e.g. `full`'s) would let XLA inline the
+  conditional, and with it the ordering that `fold` relies on: the exchanges
+  could then all be hoisted ahead of the combines, every received buffer alive
+  at once. ``step >= 0`` is always true but XLA cannot prove it.
+  """
+  return schedule._active(step, jnp) & (step >= 0)
+
+
 def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
          combine: Callable, carry, inputs):
   """Exchanges ``buffer`` slot by slot, folding each received buffer into ``carry``.
@@ -164,7 +175,7 @@ def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
   if per_device > 1:
     return _block_fold(schedule, axis_name, per_device, combine)(
         buffer, step, carry, inputs)
-  flags = schedule._active(step, jnp)
+  flags = _runtime_flags(schedule, step)
   for s in range(schedule.num_slots):
     pairs = _pairs(schedule.slot_partners[s])
 
@@ -272,7 +283,7 @@ def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
     carry = jax.tree.map(widen, carry, batched_carry)
     inputs = jax.tree.map(widen, inputs, batched_inputs)
     step = step[0] if batched_step else step  # every local worker's step agrees
-    flags = schedule._active(step, jnp)
+    flags = _runtime_flags(schedule, step)
     device = lax.axis_index(axis_name)
     for s, (local, rounds) in enumerate(plans):
 

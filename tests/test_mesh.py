@@ -36,7 +36,7 @@ def test_emulate_cpu_devices_after_jax_started():
   ald.emulate_cpu_devices(16)  # what conftest asked for: a no-op
   with pytest.raises(RuntimeError, match="called after JAX started"):
     ald.emulate_cpu_devices(8)
-  with pytest.raises(ValueError, match="num_devices must be >= 1"):
+  with pytest.raises(ValueError, match="num_devices must be an integer >= 1"):
     ald.emulate_cpu_devices(0)
 
 

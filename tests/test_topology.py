@@ -34,7 +34,7 @@ def test_properties_of_a_small_graph():
 
 
 @pytest.mark.parametrize("num_workers,matchings,message", [
-    (1, [[(0, 1)]], "num_workers must be >= 2"),
+    (1, [[(0, 1)]], "num_workers must be an integer >= 2"),
     (4, [[(0, 4)]], "node 4 in edge \\(0, 4\\) is out of range"),
     (4, [[(-1, 2)]], "out of range"),
     (4, [[(1, 1)]], "self-loop"),

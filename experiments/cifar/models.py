@@ -32,12 +32,13 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jax_aldsgd import _checks
 
 # PyTorch's BatchNorm2d defaults: running = 0.9 running + 0.1 batch.
 BATCH_NORM_MOMENTUM = 0.9
@@ -133,7 +134,17 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + shortcut)
 
 
-class ResNet50Cifar(nnx.Module):
+class _CifarResNet(nnx.Module):
+  """Stem (conv1, bn1), ``stages``, global average pool, ``linear``."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _check_images(x, self.in_channels, type(self).__name__)
+    x = nnx.relu(self.bn1(self.conv1(x)))
+    x = self.stages(x)
+    return self.linear(_global_average_pool(x))
+
+
+class ResNet50Cifar(_CifarResNet):
   """The paper's CIFAR "ResNet-50": a narrow bottleneck ResNet, ~546k parameters.
 
   3x3 stem to 16 channels, then stages of [3, 4, 6] bottleneck blocks with
@@ -165,12 +176,6 @@ class ResNet50Cifar(nnx.Module):
       stages.append(nnx.Sequential(*blocks))
     self.stages = nnx.Sequential(*stages)
     self.linear = _linear(channels, num_classes, rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    _check_images(x, self.in_channels, type(self).__name__)
-    x = nnx.relu(self.bn1(self.conv1(x)))
-    x = self.stages(x)
-    return self.linear(_global_average_pool(x))
 
 
 # --- ResNet-20 (He et al., 2016) ---
@@ -205,7 +210,7 @@ class BasicBlock(nnx.Module):
     return nnx.relu(y + shortcut)
 
 
-class ResNet20(nnx.Module):
+class ResNet20(_CifarResNet):
   """CIFAR ResNet-20 (He et al., 2016), ~0.27M parameters.
 
   3x3 convolution to 16 channels, three stages of 3 basic blocks with 16/32/64
@@ -234,12 +239,6 @@ class ResNet20(nnx.Module):
       stages.append(nnx.Sequential(*blocks))
     self.stages = nnx.Sequential(*stages)
     self.linear = _linear(channels, num_classes, rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    _check_images(x, self.in_channels, type(self).__name__)
-    x = nnx.relu(self.bn1(self.conv1(x)))
-    x = self.stages(x)
-    return self.linear(_global_average_pool(x))
 
 
 # --- Wide ResNet (Zagoruyko & Komodakis, 2016) ---
@@ -295,11 +294,11 @@ class WideResNet(nnx.Module):
     Raises:
       ValueError: if ``depth`` is not ``6 n + 4`` or ``widen_factor < 1``.
     """
-    depth = _check_integer("depth", depth, 10)
+    depth = _checks.check_integer("depth", depth, 10)
     if (depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6 n + 4 (e.g. 16, 22, 28, 40), "
                        f"got {depth}.")
-    widen_factor = _check_integer("widen_factor", widen_factor, 1)
+    widen_factor = _checks.check_integer("widen_factor", widen_factor, 1)
     blocks_per_stage = (depth - 4) // 6
     self.in_channels = in_channels
     self.conv1 = _conv(in_channels, 16, 3, use_bias=False, rngs=rngs)
@@ -425,15 +424,6 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
-def _check_integer(name: str, value, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{name} must be an integer, got {value!r} of type "
-                    f"{type(value).__name__}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
-  return int(value)
-
-
 def create_model(name: str, *, num_classes: int, in_channels: int,
                  rngs: nnx.Rngs) -> nnx.Module:
   """Builds the model registered as ``name`` in `MODELS`, in train mode.
@@ -458,8 +448,8 @@ def create_model(name: str, *, num_classes: int, in_channels: int,
   if name not in MODELS:
     raise ValueError(f"unknown model name {name!r}; valid names are "
                      f"{', '.join(repr(valid) for valid in MODELS)}.")
-  num_classes = _check_integer("num_classes", num_classes, 2)
-  in_channels = _check_integer("in_channels", in_channels, 1)
+  num_classes = _checks.check_integer("num_classes", num_classes, 2)
+  in_channels = _checks.check_integer("in_channels", in_channels, 1)
   return MODELS[name](in_channels=in_channels, num_classes=num_classes, rngs=rngs)
 
 

@@ -1,0 +1,70 @@
+"""The benchmark's byte accounting against the compiled HLO, and its quick mode."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import jax_aldsgd as ald
+from experiments import benchmark
+from jax_aldsgd import schedules as S
+from jax_aldsgd import topologies as T
+
+
+def _compiled_gossip_hlo(schedule, transform, size=37):
+  n = schedule.num_workers
+  mesh = ald.worker_mesh(n)
+  tx = optax.chain(optax.sgd(0.1), transform(schedule))
+
+  def step(params, state):
+    loss, grads = jax.value_and_grad(lambda p: jnp.sum(p ** 2))(params)
+    updates, state = tx.update(grads, state, params, loss=loss)
+    return optax.apply_updates(params, updates), state
+
+  params = jnp.ones((n, size))
+  state = jax.jit(ald.worker_map(tx.init, mesh))(params)
+  return jax.jit(ald.worker_map(step, mesh)).lower(params, state).compile().as_text()
+
+
+@pytest.mark.parametrize("transform,extras", [(ald.gossip, 0),
+                                              (ald.adjacent_leader, 2)])
+def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
+  schedule = S.rotating([S.matcha(T.paper_graph(1), 0.5, seed=4),
+                         S.full(T.paper_graph(0))])
+  hlo = _compiled_gossip_hlo(schedule, transform)
+  message = 4 * (37 + extras)  # float32 parameters, plus loss and health flag
+  permutes = benchmark.hlo_permutes(hlo)
+  assert len(permutes) == schedule.num_slots
+  assert {size for size, _ in permutes} == {message}
+  sent = benchmark.check_bytes_against_hlo(schedule, message, hlo, range(20), 8)
+  # Independently: the mean over workers and steps of (active degree x message).
+  degrees = [sum(len(m) for m, on in zip(
+      [m for g in schedule.graphs for m in g.matchings], schedule.active(k)) if on)
+             * 2 / 8 for k in range(20)]
+  assert sent == pytest.approx(message * sum(degrees) / 20)
+  with pytest.raises(AssertionError, match="the schedule expects"):
+    benchmark.check_bytes_against_hlo(schedule, message + 4, hlo, range(3), 8)
+
+
+def test_quick_benchmark_runs(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
+  out = tmp_path / "bench.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--quick", "--json", str(out)],
+      cwd=os.path.dirname(os.path.dirname(__file__)), env=env, capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  methods = [r["method"] for r in report["main"]]
+  assert methods == list(benchmark.METHODS)
+  for row in report["main"]:
+    assert row["step_s"] > 0 and row["compile_s"] > 0
+    assert row["peak_bytes_per_device"] > 0
+    assert (row["bytes_per_worker_step"] > 0) == (row["method"] != "local")
+  assert [r[0]["workers"] for r in report["scaling"]] == [4, 8]
+  assert "| aldsgd_dpsgd |" in result.stdout
