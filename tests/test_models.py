@@ -302,3 +302,52 @@ def test_create_model_validates_sizes(kwargs, error, pattern):
 def test_wide_resnet_rejects_bad_depth():
   with pytest.raises(ValueError, match=r"6 n \+ 4.*got 27"):
     models.WideResNet(27, 10, in_channels=3, num_classes=10, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("stride,use_bias,height", [(1, True, 8), (2, False, 8),
+                                                    (2, True, 7)])
+def test_pointwise_conv_is_pytorch_1x1_convolution(stride, use_bias, height):
+  # NumPy: a 1x1 convolution with padding 0 and stride s reads pixels (s*i, s*j)
+  # and multiplies their channels by the (in, out) kernel, for every pixel.
+  conv = models._conv(5, 3, 1, stride=stride, use_bias=use_bias, rngs=fast_rngs(1))
+  assert isinstance(conv, models.PointwiseConv)
+  assert conv.kernel[...].shape == (1, 1, 5, 3)
+  x = np.random.default_rng(0).normal(size=(2, height, height, 5)).astype(np.float32)
+  out_size = (height - 1) // stride + 1  # PyTorch: floor((H - 1) / s) + 1
+  kernel = np.asarray(conv.kernel[...], np.float64)[0, 0]
+  expected = np.zeros((2, out_size, out_size, 3))
+  for i in range(out_size):
+    for j in range(out_size):
+      expected[:, i, j] = x[:, stride * i, stride * j].astype(np.float64) @ kernel
+  if use_bias:
+    expected += np.asarray(conv.bias[...], np.float64)
+  got = np.asarray(jax.jit(lambda v: conv(v))(x))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_gradients(stride):
+  # NumPy: for y = x[::s, ::s] @ K (+ b) and upstream gradient g, dK is the sum
+  # over batch and output pixels of x_pixel (outer) g_pixel, db the sum of g,
+  # and dx scatters g @ K^T back to the strided pixels (zero elsewhere).
+  conv = models._conv(4, 6, 1, stride=stride, use_bias=True, rngs=fast_rngs(2))
+  graphdef, params = nnx.split(conv)
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(3, 6, 6, 4)).astype(np.float32)
+  out = (6 - 1) // stride + 1
+  g = rng.normal(size=(3, out, out, 6)).astype(np.float32)
+
+  def f(params, x):
+    return jnp.sum(nnx.merge(graphdef, params)(x) * g)
+
+  dparams, dx = jax.jit(jax.grad(f, argnums=(0, 1)))(params, x)
+  kernel = np.asarray(params["kernel"][...], np.float64)[0, 0]
+  xs = x[:, ::stride, ::stride].astype(np.float64)
+  want_dk = np.einsum("bhwi,bhwo->io", xs, g)
+  want_dx = np.zeros_like(x, np.float64)
+  want_dx[:, ::stride, ::stride] = g @ kernel.T
+  np.testing.assert_allclose(np.asarray(dparams["kernel"][...])[0, 0], want_dk,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dparams["bias"][...]), g.sum((0, 1, 2)),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-5, atol=1e-5)

@@ -31,12 +31,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from jax_aldsgd import _checks
 
@@ -59,11 +61,63 @@ def _torch_uniform(fan_in: int | None = None):
   return init
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pointwise(x: jax.Array, kernel: jax.Array, precision) -> jax.Array:
+  """``x @ kernel`` over the channel axis: (..., in) x (in, out) -> (..., out)."""
+  return jnp.einsum("...i,io->...o", x, kernel, precision=precision)
+
+
+def _pointwise_fwd(x, kernel, precision):
+  return _pointwise(x, kernel, precision), (x, kernel)
+
+
+def _pointwise_bwd(precision, residuals, g):
+  x, kernel = residuals
+  dx = jnp.einsum("...o,io->...i", g, kernel, precision=precision)
+  # The kernel gradient contracts the pixels, the leading axis of both operands.
+  # Written this way XLA keeps both operands as they are; autodiff's version
+  # leads XLA's CPU layout assignment to transpose the output gradient first and
+  # then run a slow Eigen contraction (8x slower on its own, 15% of a ResNet-50
+  # backward pass). The result is bitwise the same.
+  dkernel = lax.dot_general(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]),
+                            (((0,), (0,)), ((), ())), precision=precision)
+  return dx, dkernel
+
+
+_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+class PointwiseConv(nnx.Conv):
+  """A 1x1 convolution (no padding, optional stride) computed as a matrix product.
+
+  Same parameters (``kernel`` of shape (1, 1, in, out), ``bias``) and the same
+  function as ``nnx.Conv``; a stride s keeps pixels (s*i, s*j) as PyTorch does.
+  Why: XLA's CPU backend turns a 1x1 convolution's kernel gradient into a
+  convolution whose window is the whole feature map, with the activations
+  re-laid out batch-minor first; as matrix products (with the kernel gradient's
+  operand order fixed, see ``_pointwise_bwd``) both passes are plain GEMMs.
+  Measured on one core (jax 0.10.2), one worker's forward + backward of the
+  paper's ResNet-50 at batch 16: 0.70x the time with ``nnx.Conv``; the two
+  agree to 1.6e-14 in float64.
+  """
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    stride = self.strides if isinstance(self.strides, int) else self.strides[0]
+    if stride != 1:
+      inputs = inputs[..., ::stride, ::stride, :]
+    kernel = self.kernel[...]
+    bias = self.bias[...] if self.bias is not None else None
+    inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias),
+                                              dtype=self.dtype)
+    y = _pointwise(inputs, kernel[0, 0], self.precision)
+    return y if bias is None else y + bias
+
+
 def _conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
           use_bias: bool, rngs: nnx.Rngs) -> nnx.Conv:
   """A square convolution padded like PyTorch's ``padding=kernel_size // 2``."""
   pad = kernel_size // 2
-  return nnx.Conv(
+  return (PointwiseConv if kernel_size == 1 else nnx.Conv)(
       in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
       padding=((pad, pad), (pad, pad)), use_bias=use_bias,
       kernel_init=_torch_uniform(),
