@@ -130,6 +130,18 @@ def _batch_norm(num_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
                        epsilon=BATCH_NORM_EPSILON, rngs=rngs)
 
 
+def _projection(in_channels: int, out_channels: int, stride: int, *,
+                use_bias: bool, rngs: nnx.Rngs) -> nnx.Sequential | None:
+  """A residual block's shortcut: strided 1x1 convolution + BatchNorm when the
+  shape changes (He et al.'s option B), None (identity) otherwise."""
+  if stride == 1 and in_channels == out_channels:
+    return None
+  return nnx.Sequential(
+      _conv(in_channels, out_channels, 1, stride=stride, use_bias=use_bias,
+            rngs=rngs),
+      _batch_norm(out_channels, rngs))
+
+
 def _linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(in_features, out_features, kernel_init=_torch_uniform(),
                     bias_init=_torch_uniform(in_features), rngs=rngs)
@@ -172,13 +184,8 @@ class Bottleneck(nnx.Module):
     self.bn2 = _batch_norm(planes, rngs)
     self.conv3 = _conv(planes, out_channels, 1, use_bias=True, rngs=rngs)
     self.bn3 = _batch_norm(out_channels, rngs)
-    if stride != 1 or in_channels != out_channels:
-      self.shortcut = nnx.Sequential(
-          _conv(in_channels, out_channels, 1, stride=stride, use_bias=True,
-                rngs=rngs),
-          _batch_norm(out_channels, rngs))
-    else:
-      self.shortcut = None
+    self.shortcut = _projection(in_channels, out_channels, stride,
+                                use_bias=True, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
@@ -249,13 +256,8 @@ class BasicBlock(nnx.Module):
     self.bn1 = _batch_norm(out_channels, rngs)
     self.conv2 = _conv(out_channels, out_channels, 3, use_bias=False, rngs=rngs)
     self.bn2 = _batch_norm(out_channels, rngs)
-    if stride != 1 or in_channels != out_channels:
-      self.shortcut = nnx.Sequential(
-          _conv(in_channels, out_channels, 1, stride=stride, use_bias=False,
-                rngs=rngs),
-          _batch_norm(out_channels, rngs))
-    else:
-      self.shortcut = None
+    self.shortcut = _projection(in_channels, out_channels, stride,
+                                use_bias=False, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
