@@ -115,7 +115,6 @@ class Neighbourhood(NamedTuple):
   """What a worker knows about this step's exchanges without communicating.
 
   Attributes:
-    flags: ``(S,)`` bool, which slots are active this step (same on all workers).
     present: ``(S,)`` bool, whether this worker has a partner in each active slot.
     partner: ``(S,)`` int, this worker's partner per slot (0 where it has none).
     weight: scalar neighbour weight ``alpha`` of this step's graph (all active
@@ -123,7 +122,6 @@ class Neighbourhood(NamedTuple):
     degrees: ``(n,)`` active degree of every worker, computed locally.
   """
 
-  flags: jax.Array
   present: jax.Array
   partner: jax.Array
   weight: jax.Array
@@ -136,7 +134,6 @@ def neighbourhood(schedule: Schedule, step: jax.Array, me: jax.Array,
   partners = jnp.asarray(schedule.slot_partners)  # (S, n)
   my_partner = partners[:, me]  # (S,)
   return Neighbourhood(
-      flags=flags,
       present=flags & (my_partner >= 0),
       partner=jnp.maximum(my_partner, 0),
       # A schedule runs one graph per step (rotating: one child at a time).

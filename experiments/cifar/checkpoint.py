@@ -76,13 +76,11 @@ def _mix32(x):
 
 
 def _as_uint32(leaf):
-  if leaf.dtype.itemsize == 4:
-    return jax.lax.bitcast_convert_type(leaf, jnp.uint32).ravel()
-  if leaf.dtype.itemsize == 2:
-    return jax.lax.bitcast_convert_type(leaf, jnp.uint16).astype(jnp.uint32).ravel()
-  if leaf.dtype.itemsize == 1:
-    return jax.lax.bitcast_convert_type(leaf, jnp.uint8).astype(jnp.uint32).ravel()
-  return jax.lax.bitcast_convert_type(leaf, jnp.uint32).ravel()  # 8 bytes -> 2 words
+  narrow = {1: jnp.uint8, 2: jnp.uint16}.get(leaf.dtype.itemsize)
+  if narrow is not None:
+    return jax.lax.bitcast_convert_type(leaf, narrow).astype(jnp.uint32).ravel()
+  # 4 bytes -> 1 word, 8 bytes -> 2 words.
+  return jax.lax.bitcast_convert_type(leaf, jnp.uint32).ravel()
 
 
 @jax.jit

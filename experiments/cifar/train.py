@@ -274,13 +274,13 @@ def evaluate_all(state: Workers, test, steps, mesh):
   avg_loss = avg_correct = 0.0
   mean_params = steps.average(state.params)
   mean_stats = steps.average(state.batch_stats)
-  everyone, split_spec = jax.P(), jax.P("workers")
+  everyone = jax.P()
   for start in range(0, len(x), batch_size):
     sl = slice(start, start + batch_size)
     batch = [_place(a[sl], mesh, everyone) for a in (x, y, mask)]
     loss, correct = steps.eval_workers(state.params, state.batch_stats, *batch)
     own_loss, own_correct = own_loss + loss, own_correct + correct
-    split = [_place(a[sl].reshape((num_devices, -1) + a.shape[1:]), mesh, split_spec)
+    split = [ald.shard_workers(a[sl].reshape((num_devices, -1) + a.shape[1:]), mesh)
              for a in (x, y, mask)]
     loss, correct = steps.eval_average(mean_params, mean_stats, *split)
     avg_loss, avg_correct = avg_loss + loss, avg_correct + correct
