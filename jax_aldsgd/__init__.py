@@ -11,9 +11,12 @@ from jax_aldsgd._alias import dsgd as dsgd
 from jax_aldsgd._alias import local_sgd as local_sgd
 from jax_aldsgd._gossip import GossipState as GossipState
 from jax_aldsgd._gossip import allreduce as allreduce
+from jax_aldsgd._gossip import allreduce_bytes as allreduce_bytes
+from jax_aldsgd._gossip import gossip_message_bytes as gossip_message_bytes
 from jax_aldsgd._gossip import gossip as gossip
 from jax_aldsgd._leader import AdjacentLeaderState as AdjacentLeaderState
 from jax_aldsgd._leader import adjacent_leader as adjacent_leader
+from jax_aldsgd._leader import adjacent_leader_message_bytes as adjacent_leader_message_bytes
 from jax_aldsgd._mesh import emulate_cpu_devices as emulate_cpu_devices
 from jax_aldsgd._mesh import gather_workers as gather_workers
 from jax_aldsgd._mesh import initialize_multihost as initialize_multihost
@@ -29,9 +32,29 @@ from jax_aldsgd._topology import Topology as Topology
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdjacentLeaderState", "GossipState", "NetworkModel", "Topology", "adjacent_leader", "aldsgd",
-    "allreduce", "dsgd", "emulate_cpu_devices", "gather_workers", "gossip",
-    "initialize_multihost", "local_sgd",
-    "replicate_workers", "schedules", "shard_workers", "stack_workers",
-    "topologies", "unstack_workers", "worker_map", "worker_mesh",
+    "AdjacentLeaderState",
+    "GossipState",
+    "NetworkModel",
+    "Topology",
+    "adjacent_leader",
+    "adjacent_leader_message_bytes",
+    "aldsgd",
+    "allreduce",
+    "allreduce_bytes",
+    "dsgd",
+    "emulate_cpu_devices",
+    "gather_workers",
+    "gossip",
+    "gossip_message_bytes",
+    "initialize_multihost",
+    "local_sgd",
+    "optax",
+    "replicate_workers",
+    "schedules",
+    "shard_workers",
+    "stack_workers",
+    "topologies",
+    "unstack_workers",
+    "worker_map",
+    "worker_mesh",
 ]

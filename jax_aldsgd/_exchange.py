@@ -1,4 +1,4 @@
-"""The one place that calls ``ppermute``: per-slot exchange under ``lax.cond``.
+"""The one place that communicates: per-slot ``ppermute`` under ``lax.cond``, and the mean.
 
 Every worker packs what it sends (its post-local-step parameters ``x_hat`` and, for
 AL-DSGD, its loss and a health flag) into one flat buffer, so one matching costs
@@ -31,6 +31,21 @@ def check_float_leaves(tree, what: str) -> None:
           "a separate collection).")
 
 
+def _buffer_dtype(leaves):
+  return jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
+
+
+def message_bytes(tree, num_extras: int = 0) -> int:
+  """Bytes of the buffer `pack` builds from ``tree`` and ``num_extras`` scalars.
+
+  ``tree`` holds one worker's leaves (arrays or ``jax.ShapeDtypeStruct``); this is
+  what one ``ppermute`` of that message carries.
+  """
+  leaves = jax.tree.leaves(tree)
+  size = sum(int(np.prod(leaf.shape)) for leaf in leaves) + num_extras
+  return int(np.dtype(_buffer_dtype(leaves)).itemsize * size)
+
+
 def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
   """Flattens a pytree (and scalar extras) into one 1-D buffer.
 
@@ -43,7 +58,7 @@ def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     the tree's original shapes and dtypes.
   """
   leaves, treedef = jax.tree.flatten(tree)
-  dtype = jnp.result_type(jnp.float32, *leaves)
+  dtype = _buffer_dtype(leaves)
   sizes = [int(np.prod(jnp.shape(leaf))) for leaf in leaves]
   parts = [jnp.ravel(leaf).astype(dtype) for leaf in leaves]
   parts += [jnp.reshape(e, (1,)).astype(dtype) for e in extras]
@@ -105,6 +120,31 @@ def worker_index(axis_name: str, schedule: Schedule | None = None) -> jax.Array:
         f"jax_aldsgd.worker_mesh({schedule.num_workers}) or a schedule over {size} "
         "workers.")
   return index
+
+
+def mean_over_workers(buffer: jax.Array, axis_name: str) -> jax.Array:
+  """The mean of ``buffer`` over every worker (all-reduce), whatever the layout.
+
+  With several workers per device (`LOCAL_AXIS` bound) the mean runs over the
+  device's block first and then across devices, so it covers all workers, not
+  each local index separately.
+  """
+  if workers_per_device() == 1:
+    return lax.pmean(buffer, axis_name)
+
+  @jax.custom_batching.custom_vmap
+  def block_mean(x):
+    return x  # only traced for the output shape: under worker_map the rule runs
+
+  @block_mean.def_vmap
+  def rule(axis_size, in_batched, block):
+    (batched,) = in_batched
+    if not batched:  # every local worker holds the same value
+      return lax.pmean(block, axis_name), False
+    mean = lax.pmean(jnp.mean(block, axis=0), axis_name)
+    return jnp.broadcast_to(mean, (axis_size,) + mean.shape), True
+
+  return block_mean(buffer)
 
 
 def _pairs(partners: np.ndarray) -> tuple[tuple[int, int], ...]:

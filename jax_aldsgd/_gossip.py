@@ -7,9 +7,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
 from jax_aldsgd import _exchange
+from jax_aldsgd import _network
 from jax_aldsgd._schedules import Schedule
 
 
@@ -85,9 +85,7 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     check_params(params, "gossip")
     me = _exchange.worker_index(axis_name, schedule)
     x_hat = jax.tree.map(jnp.add, params, updates)
-    extras = ()
-    if skip_nonfinite:
-      extras = (_all_finite(x_hat),)
+    extras = (_all_finite(x_hat),) if skip_nonfinite else ()  # see gossip_message_bytes
     buffer, unpack = _exchange.pack(x_hat, extras)
     near = _exchange.neighbourhood(schedule, state.count, me, buffer.dtype)
 
@@ -110,6 +108,28 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     return new_updates, GossipState(count=state.count + 1)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def gossip_message_bytes(params, *, skip_nonfinite: bool = False) -> int:
+  """Bytes one worker sends along one active matching under `gossip`.
+
+  The message is the packed parameters (float32, or wider if a leaf is), plus a
+  health flag with ``skip_nonfinite``.
+
+  Args:
+    params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
+    skip_nonfinite: as given to `gossip`.
+  """
+  return _exchange.message_bytes(params, 1 if skip_nonfinite else 0)
+
+
+def allreduce_bytes(num_workers: int, params) -> float:
+  """Bytes each worker sends per step of `allreduce`, as a ring all-reduce.
+
+  ``2 (n - 1) / n`` of the packed parameters (reduce-scatter, then all-gather).
+  """
+  return _network.ring_allreduce_fraction(num_workers) * _exchange.message_bytes(
+      params)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -144,7 +164,7 @@ def allreduce(axis_name: str = "workers") -> optax.GradientTransformationExtraAr
     _exchange.worker_index(axis_name)
     x_hat = jax.tree.map(jnp.add, params, updates)
     buffer, unpack = _exchange.pack(x_hat)
-    mean_tree, _ = unpack(lax.pmean(buffer, axis_name))
+    mean_tree, _ = unpack(_exchange.mean_over_workers(buffer, axis_name))
     new_updates = jax.tree.map(lambda m, x: (m - x).astype(x.dtype), mean_tree,
                                params)
     return new_updates, state

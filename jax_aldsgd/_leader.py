@@ -51,6 +51,17 @@ def check_pull_coefficients(c1, c2, p1, p2, pull_every):
                      f"steps; 1 pulls at every step), got {pull_every!r}.")
 
 
+def adjacent_leader_message_bytes(params) -> int:
+  """Bytes one worker sends along one active matching under `adjacent_leader`.
+
+  The packed parameters plus two scalars: the loss and a health flag.
+
+  Args:
+    params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
+  """
+  return _exchange.message_bytes(params, 2)
+
+
 def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
                     c1: float = 0.3, c2: float = 0.1, p1: float = 0.2,
                     p2: float = 0.2, pull_every: int = 1,
@@ -132,7 +143,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     step = state.count
     x_hat = jax.tree.map(jnp.add, params, updates)
     healthy = _all_finite(x_hat) * jnp.isfinite(loss).astype(jnp.float32)
-    buffer, unpack = _exchange.pack(x_hat, (loss, healthy))
+    buffer, unpack = _exchange.pack(x_hat, (loss, healthy))  # 2 extras: see above
     near = _exchange.neighbourhood(schedule, step, me, buffer.dtype)
     self_ok = healthy > 0.5
 

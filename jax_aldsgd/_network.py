@@ -30,6 +30,12 @@ from jax_aldsgd import _checks
 from jax_aldsgd._schedules import Schedule
 
 
+def ring_allreduce_fraction(num_workers: int) -> float:
+  """Share of the model each worker sends in a ring all-reduce: ``2 (n - 1) / n``."""
+  n = _checks.check_integer("num_workers", num_workers, 1)
+  return 2 * (n - 1) / n
+
+
 def _positive(name, value, allow_none=False):
   if allow_none and value is None:
     return None
@@ -107,8 +113,8 @@ class NetworkModel:
   def allreduce_time(self, num_workers: int, model_bytes: float) -> float:
     """Seconds of one ring all-reduce of ``model_bytes`` over ``num_workers``."""
     n = _checks.check_integer("num_workers", num_workers, 1)
-    hops = 2 * (n - 1)
-    return hops * self.latency_s + hops / n * model_bytes / self._bottleneck
+    return (2 * (n - 1) * self.latency_s +
+            ring_allreduce_fraction(n) * model_bytes / self._bottleneck)
 
   def __str__(self) -> str:
     gbit = lambda v: f"{v / 1.25e8:g} Gbit/s"

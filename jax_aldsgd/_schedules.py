@@ -116,6 +116,14 @@ class Schedule(abc.ABC):
     """``(n,)`` active degree ``d_i^k`` of every worker at ``step``."""
     return (self.active(step)[:, None] & (self.slot_partners >= 0)).sum(0)
 
+  def sent_bytes(self, step: int, message_bytes: float) -> np.ndarray:
+    """``(n,)`` bytes each worker sends at ``step``: active degree x message size.
+
+    ``message_bytes`` is one message's size, e.g. from
+    `jax_aldsgd.gossip_message_bytes` or `jax_aldsgd.adjacent_leader_message_bytes`.
+    """
+    return self.active_degrees(step) * message_bytes
+
   def mixing_matrix(self, step: int) -> np.ndarray:
     """Dense gossip matrix ``W_k = I - sum_{active slots} alpha_s L_s`` at ``step``."""
     n = self.num_workers
