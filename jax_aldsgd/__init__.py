@@ -27,6 +27,7 @@ from jax_aldsgd._mesh import unstack_workers as unstack_workers
 from jax_aldsgd._mesh import worker_map as worker_map
 from jax_aldsgd._mesh import worker_mesh as worker_mesh
 from jax_aldsgd._network import NetworkModel as NetworkModel
+from jax_aldsgd._schedules import Schedule as Schedule
 from jax_aldsgd._topology import Topology as Topology
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "AdjacentLeaderState",
     "GossipState",
     "NetworkModel",
+    "Schedule",
     "Topology",
     "adjacent_leader",
     "adjacent_leader_message_bytes",

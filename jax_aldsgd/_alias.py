@@ -26,6 +26,25 @@ def local_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.0,
 
   Returns:
     An ``optax.GradientTransformation``.
+
+  Example:
+    Without communication every worker reaches its own target:
+
+    >>> import jax, jax.numpy as jnp, optax, jax_aldsgd as ald
+    >>> mesh = ald.worker_mesh(8)  # on CPU: ald.emulate_cpu_devices(8) before JAX starts
+    >>> tx = ald.local_sgd(0.1)
+    >>> def step(w, state, target):  # one worker's view: its w and its target
+    ...   loss, grad = jax.value_and_grad(lambda w: jnp.sum((w - target) ** 2))(w)
+    ...   updates, state = tx.update(grad, state, w, loss=loss)
+    ...   return optax.apply_updates(w, updates), state
+    >>> step = jax.jit(ald.worker_map(step, mesh))
+    >>> target = jnp.arange(16.0).reshape(8, 2)  # (workers, parameters)
+    >>> w = jnp.zeros((8, 2))
+    >>> state = jax.jit(ald.worker_map(tx.init, mesh))(w)
+    >>> for _ in range(50):
+    ...   w, state = step(w, state, target)
+    >>> [round(float(v)) for v in w[:, 0]]
+    [0, 2, 4, 6, 8, 10, 12, 14]
   """
   if not callable(learning_rate):
     _checks.check_real("learning_rate", learning_rate, low=0.0)
@@ -62,9 +81,25 @@ def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Example:
-    >>> import jax_aldsgd as ald
+    Eight workers, each pulled toward its own target, agree on the average
+    target (gossip keeps the workers' mean; 7.5 here):
+
+    >>> import jax, jax.numpy as jnp, optax, jax_aldsgd as ald
+    >>> mesh = ald.worker_mesh(8)  # on CPU: ald.emulate_cpu_devices(8) before JAX starts
     >>> schedule = ald.schedules.matcha(ald.topologies.paper_graph(0), budget=0.5)
-    >>> opt = ald.dsgd(0.4, schedule, weight_decay=5e-4)
+    >>> tx = ald.dsgd(0.1, schedule)
+    >>> def step(w, state, target):  # one worker's view: its w and its target
+    ...   loss, grad = jax.value_and_grad(lambda w: jnp.sum((w - target) ** 2))(w)
+    ...   updates, state = tx.update(grad, state, w, loss=loss)
+    ...   return optax.apply_updates(w, updates), state
+    >>> step = jax.jit(ald.worker_map(step, mesh))
+    >>> target = jnp.arange(16.0).reshape(8, 2)  # (workers, parameters)
+    >>> w = jnp.zeros((8, 2))
+    >>> state = jax.jit(ald.worker_map(tx.init, mesh))(w)
+    >>> for _ in range(50):
+    ...   w, state = step(w, state, target)
+    >>> round(float(w.mean()), 3), bool(w.std(0).max() < 1.0)
+    (7.5, True)
   """
   return optax.chain(
       local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
@@ -95,11 +130,28 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     ``loss=``.
 
   Example:
-    >>> import jax_aldsgd as ald
+    Eight workers, each pulled toward its own target, on the reference's
+    rotating graph pair; AL-DSGD pulls toward the neighbor with the lowest loss,
+    so the workers agree near the targets that are easiest to reach from their
+    neighborhoods (its mixing does not keep the mean):
+
+    >>> import jax, jax.numpy as jnp, optax, jax_aldsgd as ald
+    >>> mesh = ald.worker_mesh(8)  # on CPU: ald.emulate_cpu_devices(8) before JAX starts
     >>> g0, g1 = ald.topologies.paper_graph(0), ald.topologies.paper_graph(1)
-    >>> schedule = ald.schedules.rotating([ald.schedules.full(g1),
-    ...                                    ald.schedules.full(g0)])
-    >>> opt = ald.aldsgd(0.4, schedule, weight_decay=5e-4)
+    >>> schedule = ald.schedules.rotating([ald.schedules.full(g1), ald.schedules.full(g0)])
+    >>> tx = ald.aldsgd(0.1, schedule)
+    >>> def step(w, state, target):  # one worker's view: its w and its target
+    ...   loss, grad = jax.value_and_grad(lambda w: jnp.sum((w - target) ** 2))(w)
+    ...   updates, state = tx.update(grad, state, w, loss=loss)
+    ...   return optax.apply_updates(w, updates), state
+    >>> step = jax.jit(ald.worker_map(step, mesh))
+    >>> target = jnp.arange(16.0).reshape(8, 2)  # (workers, parameters)
+    >>> w = jnp.zeros((8, 2))
+    >>> state = jax.jit(ald.worker_map(tx.init, mesh))(w)
+    >>> for _ in range(50):
+    ...   w, state = step(w, state, target)
+    >>> bool(w.std(0).max() < 1.0)
+    True
   """
   return optax.chain(
       local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),

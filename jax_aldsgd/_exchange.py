@@ -170,7 +170,7 @@ class Neighbourhood(NamedTuple):
 
 def neighbourhood(schedule: Schedule, step: jax.Array, me: jax.Array,
                   dtype) -> Neighbourhood:
-  flags = schedule._active(step, jnp)  # (S,)
+  flags = schedule.slot_flags(step, jnp)  # (S,)
   partners = jnp.asarray(schedule.slot_partners)  # (S, n)
   my_partner = partners[:, me]  # (S,)
   return Neighbourhood(
@@ -190,7 +190,7 @@ def _runtime_flags(schedule: Schedule, step: jax.Array) -> jax.Array:
   could then all be hoisted ahead of the combines, every received buffer alive
   at once. ``step >= 0`` is always true but XLA cannot prove it.
   """
-  return schedule._active(step, jnp) & (step >= 0)
+  return schedule.slot_flags(step, jnp) & (step >= 0)
 
 
 def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,

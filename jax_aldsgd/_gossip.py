@@ -65,9 +65,25 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Example:
-    >>> import optax, jax_aldsgd as ald
+    After any local optimizer; eight workers, each pulled toward its own target,
+    agree on the average target (gossip keeps the mean, 7.5 here):
+
+    >>> import jax, jax.numpy as jnp, optax, jax_aldsgd as ald
+    >>> mesh = ald.worker_mesh(8)  # on CPU: ald.emulate_cpu_devices(8) before JAX starts
     >>> schedule = ald.schedules.full(ald.topologies.ring(8))
-    >>> opt = optax.chain(optax.sgd(0.1), ald.gossip(schedule))
+    >>> tx = optax.chain(optax.sgd(0.1), ald.gossip(schedule))
+    >>> def step(w, state, target):  # one worker's view: its w and its target
+    ...   loss, grad = jax.value_and_grad(lambda w: jnp.sum((w - target) ** 2))(w)
+    ...   updates, state = tx.update(grad, state, w, loss=loss)
+    ...   return optax.apply_updates(w, updates), state
+    >>> step = jax.jit(ald.worker_map(step, mesh))
+    >>> target = jnp.arange(16.0).reshape(8, 2)  # (workers, parameters)
+    >>> w = jnp.zeros((8, 2))
+    >>> state = jax.jit(ald.worker_map(tx.init, mesh))(w)
+    >>> for _ in range(50):
+    ...   w, state = step(w, state, target)
+    >>> round(float(w.mean()), 3), bool(w.std(0).max() < 1.5)
+    (7.5, True)
 
   References:
     Lian et al., 2017, "Can Decentralized Algorithms Outperform Centralized
@@ -152,6 +168,25 @@ def allreduce(axis_name: str = "workers") -> optax.GradientTransformationExtraAr
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Example:
+    Every worker ends each step at the workers' mean:
+
+    >>> import jax, jax.numpy as jnp, optax, jax_aldsgd as ald
+    >>> mesh = ald.worker_mesh(8)  # on CPU: ald.emulate_cpu_devices(8) before JAX starts
+    >>> tx = optax.chain(optax.sgd(0.1), ald.allreduce())
+    >>> def step(w, state, target):  # one worker's view: its w and its target
+    ...   loss, grad = jax.value_and_grad(lambda w: jnp.sum((w - target) ** 2))(w)
+    ...   updates, state = tx.update(grad, state, w, loss=loss)
+    ...   return optax.apply_updates(w, updates), state
+    >>> step = jax.jit(ald.worker_map(step, mesh))
+    >>> target = jnp.arange(16.0).reshape(8, 2)  # (workers, parameters)
+    >>> w = jnp.zeros((8, 2))
+    >>> state = jax.jit(ald.worker_map(tx.init, mesh))(w)
+    >>> for _ in range(50):
+    ...   w, state = step(w, state, target)
+    >>> [round(float(v), 3) for v in w[:, 0]]
+    [7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0]
   """
 
   def init_fn(params):

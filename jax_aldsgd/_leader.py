@@ -118,10 +118,27 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
       non-scalar ``loss``, or an axis whose size is not ``schedule.num_workers``.
 
   Example:
-    >>> import optax, jax_aldsgd as ald
-    >>> schedule = ald.schedules.full(ald.topologies.paper_graph(0))
-    >>> opt = optax.chain(optax.sgd(0.4), ald.adjacent_leader(schedule))
-    >>> # inside shard_map: opt.update(grads, state, params, loss=loss)
+    Use it instead of `gossip` (it does the gossip averaging itself: chaining
+    both would exchange twice), after any local optimizer, passing each worker's
+    loss:
+
+    >>> import jax, jax.numpy as jnp, optax, jax_aldsgd as ald
+    >>> mesh = ald.worker_mesh(8)  # on CPU: ald.emulate_cpu_devices(8) before JAX starts
+    >>> g0, g1 = ald.topologies.paper_graph(0), ald.topologies.paper_graph(1)
+    >>> schedule = ald.schedules.rotating([ald.schedules.full(g1), ald.schedules.full(g0)])
+    >>> tx = optax.chain(optax.sgd(0.1), ald.adjacent_leader(schedule))
+    >>> def step(w, state, target):  # one worker's view: its w and its target
+    ...   loss, grad = jax.value_and_grad(lambda w: jnp.sum((w - target) ** 2))(w)
+    ...   updates, state = tx.update(grad, state, w, loss=loss)
+    ...   return optax.apply_updates(w, updates), state
+    >>> step = jax.jit(ald.worker_map(step, mesh))
+    >>> target = jnp.arange(16.0).reshape(8, 2)  # (workers, parameters)
+    >>> w = jnp.zeros((8, 2))
+    >>> state = jax.jit(ald.worker_map(tx.init, mesh))(w)
+    >>> for _ in range(50):
+    ...   w, state = step(w, state, target)
+    >>> bool(w.std(0).max() < 1.0)
+    True
 
   References:
     He, Wang & Choromanska, 2024, "Adjacent Leader Decentralized Stochastic

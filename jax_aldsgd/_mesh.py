@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 
-from jax_aldsgd import _checks
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src import xla_bridge
+from jax.experimental import multihost_utils
 
-# JAX is imported lazily in this module: emulate_cpu_devices must be callable
-# before anything touches a JAX backend.
+from jax_aldsgd import _checks
+from jax_aldsgd._exchange import LOCAL_AXIS
+
+# Importing JAX does not start a backend (the first device query does), so
+# emulate_cpu_devices still works after `import jax_aldsgd`.
 
 
 def _backends_started() -> bool:
-  if "jax" not in sys.modules:
-    return False
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   started = getattr(xla_bridge, "backends_are_initialized", None)
   if started is not None:
     return started()
@@ -28,7 +32,6 @@ _TIMEOUT_FLAG_SINCE = (0, 8, 0)
 
 
 def _jaxlib_version() -> tuple[int, ...]:
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
   try:
     text = importlib.metadata.version("jaxlib")
   except importlib.metadata.PackageNotFoundError:
@@ -64,15 +67,19 @@ def emulate_cpu_devices(num_devices: int, *,
     RuntimeError: if a JAX backend is already running with another device count.
 
   Example:
-    >>> import jax_aldsgd as ald
-    >>> ald.emulate_cpu_devices(8)  # before the first JAX operation
+    At the very top of a program, before the first JAX operation (a doctest
+    cannot show it: its process has started JAX already)::
+
+      import jax_aldsgd as ald
+      ald.emulate_cpu_devices(8)
+      import jax
+      assert jax.device_count() == 8
   """
   num_devices = _checks.check_integer("num_devices", num_devices, 1)
   if collective_timeout_seconds is not None:
     collective_timeout_seconds = _checks.check_integer(
         "collective_timeout_seconds", collective_timeout_seconds, 1)
   if _backends_started():
-    import jax  # pylint: disable=g-import-not-at-top
     nproc = int(os.environ.get("PJRT_NPROC", "0") or 0)
     if jax.device_count() == num_devices and nproc >= 2 * num_devices:
       return
@@ -115,7 +122,6 @@ def worker_mesh(num_workers: int | None = None, *, workers_per_device: int = 1,
     ValueError: if there are fewer devices than ``num_workers /
       workers_per_device``, or the division is not exact.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   devices = list(jax.devices() if devices is None else devices)
   per_device = _checks.check_integer("workers_per_device", workers_per_device, 1)
   if num_workers is None:
@@ -142,8 +148,6 @@ def worker_mesh(num_workers: int | None = None, *, workers_per_device: int = 1,
 
 def stack_workers(trees: Sequence):
   """Stacks per-worker pytrees (same structure) along a new leading worker axis."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   if not trees:
     raise ValueError("stack_workers needs at least one pytree.")
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -151,7 +155,6 @@ def stack_workers(trees: Sequence):
 
 def unstack_workers(tree) -> list:
   """Splits a pytree with a leading worker axis into one pytree per worker."""
-  import jax  # pylint: disable=g-import-not-at-top
   sizes = {leaf.shape[0] for leaf in jax.tree.leaves(tree)}
   if len(sizes) != 1:
     raise ValueError(f"leaves disagree on the worker axis size: {sorted(sizes)}.")
@@ -160,8 +163,6 @@ def unstack_workers(tree) -> list:
 
 def replicate_workers(tree, num_workers: int):
   """``num_workers`` copies of ``tree`` stacked on a leading worker axis."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   num_workers = _checks.check_integer("num_workers", num_workers, 1)
   return jax.tree.map(
       lambda leaf: jnp.broadcast_to(leaf, (num_workers,) + jnp.shape(leaf)), tree)
@@ -174,8 +175,6 @@ def shard_workers(tree, mesh, axis_name: str = "workers"):
   of its own devices, from the host value it holds. Global arrays that are
   already distributed are resharded instead.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   # P(axis_name), exactly what a worker_map'd step returns: an equivalent but
   # differently written spec (P(axis_name, None)) is another key of jit's dispatch
   # cache, so the first step would be dispatched twice.
@@ -194,9 +193,6 @@ def shard_workers(tree, mesh, axis_name: str = "workers"):
 
 def gather_workers(tree):
   """A stacked pytree as host NumPy arrays with every worker, from any process."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
   def get(leaf):
     if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable or (
@@ -224,7 +220,6 @@ def initialize_multihost(coordinator_address: str | None = None,
     num_processes: number of processes.
     process_id: this process's index in ``[0, num_processes)``.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   if num_processes is not None:
     num_processes = _checks.check_integer("num_processes", num_processes, 1)
   if process_id is not None:
@@ -238,7 +233,6 @@ def initialize_multihost(coordinator_address: str | None = None,
 
 
 def _check_worker_axis(args, num_workers: int, axis_name: str):
-  import jax  # pylint: disable=g-import-not-at-top
   for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
     shape = jax.numpy.shape(leaf)
     if not shape or shape[0] != num_workers:
@@ -275,11 +269,15 @@ def worker_map(fn: Callable, mesh, *, axis_name: str = "workers",
     A function of stacked pytrees; wrap it in ``jax.jit``.
 
   Example:
-    >>> step = jax.jit(ald.worker_map(train_step, mesh))  # doctest: +SKIP
+    >>> import jax, jax.numpy as jnp, jax_aldsgd as ald
+    >>> mesh = ald.worker_mesh(4)  # on CPU: ald.emulate_cpu_devices(4) first
+    >>> def scale(x, factor):  # one worker's view: x of shape (3,), factor ()
+    ...   return x * factor, x.sum()
+    >>> x = jnp.ones((4, 3))  # (workers, ...)
+    >>> scaled, sums = jax.jit(ald.worker_map(scale, mesh))(x, jnp.arange(4.0))
+    >>> scaled[:, 0].tolist(), sums.tolist()
+    ([0.0, 1.0, 2.0, 3.0], [3.0, 3.0, 3.0, 3.0])
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax_aldsgd._exchange import LOCAL_AXIS  # pylint: disable=g-import-not-at-top
   if axis_name not in mesh.axis_names:
     raise ValueError(f"mesh has axes {mesh.axis_names}, not {axis_name!r}; build it "
                      "with jax_aldsgd.worker_mesh or pass its axis_name.")

@@ -59,7 +59,38 @@ def dpsgd_weight(topology: Topology) -> float:
 
 
 class Schedule(abc.ABC):
-  """Base class of schedules: which slots (graph, matching) are active per step."""
+  """Base class of schedules: which slots (graph, matching) exchange at each step.
+
+  A schedule owns a flat list of *slots*, one per matching of each of its
+  `graphs` in order, and says per step which slots are active. The transforms
+  issue one ``ppermute`` per active slot with the neighbour weight of its graph;
+  an inactive slot sends nothing.
+
+  To write your own schedule, subclass this and define `graphs`,
+  `neighbor_weight` and `slot_flags`. Make the subclass a frozen dataclass (or
+  otherwise hashable and compared by value): transforms cache per-schedule plans
+  and the trainer fingerprints runs by it. Only ``slot_flags`` sees the step;
+  everything else is static host data.
+
+  Example:
+    >>> import dataclasses
+    >>> import jax_aldsgd as ald
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class EveryOther(ald.Schedule):
+    ...   \"\"\"All matchings of one graph at even steps, none at odd steps.\"\"\"
+    ...   topology: ald.Topology
+    ...   @property
+    ...   def graphs(self):
+    ...     return (self.topology,)
+    ...   @property
+    ...   def neighbor_weight(self):
+    ...     return (ald.schedules.dpsgd_weight(self.topology),)
+    ...   def slot_flags(self, step, xp):
+    ...     return xp.full((self.topology.num_matchings,), step % 2 == 0)
+    >>> schedule = EveryOther(ald.topologies.ring(4))
+    >>> schedule.active(0).tolist(), schedule.active(1).tolist()
+    ([True, True], [False, False])
+  """
 
   @property
   @abc.abstractmethod
@@ -69,11 +100,24 @@ class Schedule(abc.ABC):
   @property
   @abc.abstractmethod
   def neighbor_weight(self) -> tuple[float, ...]:
-    """The neighbour weight ``alpha`` of each graph in `graphs`."""
+    """The neighbor weight ``alpha`` of each graph in `graphs`."""
 
   @abc.abstractmethod
-  def _active(self, step, xp):
-    """``(num_slots,)`` bool flags at ``step``, with ``xp`` = numpy or jax.numpy."""
+  def slot_flags(self, step, xp):
+    """``(num_slots,)`` bool: which slots exchange at ``step``.
+
+    Called in two ways, which must agree bit for bit: on the host with ``xp =
+    numpy`` and a Python int step (`active`, byte accounting, the NumPy
+    references), and under ``jax.jit`` with ``xp = jax.numpy`` and a traced int32
+    step (every worker, inside the transforms). So use only ``xp`` operations and
+    integer arithmetic on ``step``; random flags must come from a counter-based
+    hash of the step (see `bernoulli_flags`), never from host state. At most one
+    graph may be active per step (its slots share one neighbor weight).
+
+    Args:
+      step: the step counter (non-negative).
+      xp: ``numpy`` or ``jax.numpy``.
+    """
 
   @property
   def num_workers(self) -> int:
@@ -105,7 +149,7 @@ class Schedule(abc.ABC):
 
   def active(self, step: int) -> np.ndarray:
     """Host-side ``(num_slots,)`` bool mask of the slots that exchange at ``step``."""
-    return np.asarray(self._active(_check_step(step), np), dtype=bool)
+    return np.asarray(self.slot_flags(_check_step(step), np), dtype=bool)
 
   def graph_index(self, step: int) -> int:
     """Index into `graphs` of the graph in use at ``step``."""
@@ -158,7 +202,7 @@ class Full(_SingleGraph):
   topology: Topology
   weight: float
 
-  def _active(self, step, xp):
+  def slot_flags(self, step, xp):
     return xp.ones((self.topology.num_matchings,), dtype=bool)
 
 
@@ -169,7 +213,7 @@ class Alternating(_SingleGraph):
   topology: Topology
   weight: float
 
-  def _active(self, step, xp):
+  def slot_flags(self, step, xp):
     # Flags [0,1,0,...] at even steps and [1,0,0,...] at odd steps.
     active_matching = 1 - step % 2
     return xp.arange(self.topology.num_matchings) == active_matching
@@ -183,7 +227,7 @@ class Explicit(_SingleGraph):
   weight: float
   pattern: tuple[tuple[bool, ...], ...]
 
-  def _active(self, step, xp):
+  def slot_flags(self, step, xp):
     table = xp.asarray(np.array(self.pattern, dtype=bool))
     return table[step % len(self.pattern)]
 
@@ -235,7 +279,7 @@ class Matcha(_SingleGraph):
     p = np.asarray(self.probabilities, float)
     return np.minimum(np.floor(p * 2.0**32), 2.0**32 - 1).astype(np.uint32), p >= 1.0
 
-  def _active(self, step, xp):
+  def slot_flags(self, step, xp):
     thresholds, always = self._thresholds
     return bernoulli_flags(xp, self.seed, step, thresholds, always)
 
@@ -259,11 +303,11 @@ class Rotating(Schedule):
   def neighbor_weight(self):
     return tuple(w for s in self.schedules for w in s.neighbor_weight)
 
-  def _active(self, step, xp):
+  def slot_flags(self, step, xp):
     count = len(self.schedules)
     which, local_step = step % count, step // count
     return xp.concatenate([
-        (which == g) & child._active(local_step, xp)
+        (which == g) & child.slot_flags(local_step, xp)
         for g, child in enumerate(self.schedules)
     ])
 

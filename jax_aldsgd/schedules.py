@@ -1,10 +1,9 @@
-"""Schedules: which matchings are active at each step (`full`, `matcha`, ...)."""
+"""Schedules: which matchings are active at each step (`full`, `matcha`, ...).
 
-from jax_aldsgd._schedules import Alternating as Alternating
-from jax_aldsgd._schedules import Explicit as Explicit
-from jax_aldsgd._schedules import Full as Full
-from jax_aldsgd._schedules import Matcha as Matcha
-from jax_aldsgd._schedules import Rotating as Rotating
+Each constructor validates its arguments and returns a `jax_aldsgd.Schedule`;
+subclass that base to write your own.
+"""
+
 from jax_aldsgd._schedules import Schedule as Schedule
 from jax_aldsgd._schedules import alternating as alternating
 from jax_aldsgd._schedules import dpsgd_weight as dpsgd_weight
@@ -13,5 +12,12 @@ from jax_aldsgd._schedules import full as full
 from jax_aldsgd._schedules import matcha as matcha
 from jax_aldsgd._schedules import rotating as rotating
 
-__all__ = ["Alternating", "Explicit", "Full", "Matcha", "Rotating", "Schedule",
-           "alternating", "dpsgd_weight", "explicit", "full", "matcha", "rotating"]
+__all__ = [
+    "Schedule",
+    "alternating",
+    "dpsgd_weight",
+    "explicit",
+    "full",
+    "matcha",
+    "rotating",
+]

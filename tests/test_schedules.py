@@ -29,7 +29,7 @@ def _all_kinds():
 def test_host_flags_equal_traced_flags(kind):
   schedule = _all_kinds()[kind]
   steps = np.arange(0, 2000, 7)
-  traced = jax.jit(jax.vmap(lambda k: schedule._active(k, jnp)))(
+  traced = jax.jit(jax.vmap(lambda k: schedule.slot_flags(k, jnp)))(
       jnp.asarray(steps, jnp.int32))
   host = np.stack([schedule.active(int(k)) for k in steps])
   np.testing.assert_array_equal(np.asarray(traced), host)
@@ -41,7 +41,7 @@ def test_flags_are_identical_on_every_worker():
   mesh = ald.worker_mesh(8)
 
   def flags(step):
-    return schedule._active(step, jnp)[None]
+    return schedule.slot_flags(step, jnp)[None]
 
   per_worker = jax.jit(jax.shard_map(flags, mesh=mesh, in_specs=jax.P(),
                                      out_specs=jax.P("workers")))
