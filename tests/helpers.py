@@ -96,6 +96,22 @@ def reference_run(x0, problem, steps, schedule, *, lr, weight_decay=0.0,
   return x
 
 
+def mix_once(transform, x_hat, losses, step, mesh):
+  """Applies ``transform`` once with zero incoming updates (so x_hat = params)."""
+
+  def f(params, loss, count):
+    state = transform.init(params)
+    if "count" in getattr(state, "_fields", ()):
+      state = state._replace(count=count)
+    updates, _ = transform.update(jax.tree.map(jnp.zeros_like, params), state,
+                                  params, loss=loss)
+    return optax.apply_updates(params, updates)
+
+  n = mesh.shape["workers"]
+  return jax.jit(ald.worker_map(f, mesh))(
+      x_hat, jnp.asarray(losses, jnp.float32), jnp.full((n,), step, jnp.int32))
+
+
 def write_idx(path, array, magic):
   """Writes a gzip'd IDX file (magic 2051 for images, 2049 for labels)."""
   header = magic.to_bytes(4, "big") + b"".join(
