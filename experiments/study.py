@@ -1,0 +1,308 @@
+r"""Grids of experiments.cifar runs over several seeds, and their tables and plots.
+
+    .venv/bin/python -m experiments.study run GRID [GRID ...] [--seeds 1 2 3]
+        [--root workdirs/study] [--epochs N] [--dry-run]
+    .venv/bin/python -m experiments.study report GRID [GRID ...]
+        [--root workdirs/study] [--out experiments/results/study]
+
+``run`` trains every cell of each named grid (`GRIDS`) once per seed, one run
+after another, each in its own workdir ``ROOT/GRID/CELL/seedS`` through the
+trainer's command line. Every run is resumable as the trainer's runs are:
+rerunning the same command skips finished runs and resumes an interrupted one
+from its last checkpoint, so a grid can be stopped and continued at will.
+
+``report`` reads the finished workdirs and writes, per grid, a markdown table of
+each cell's final accuracy (mean over workers), worst worker, averaged model,
+epochs and simulated time to the target accuracy, and bytes per worker, each as
+the mean over seeds with a 95% confidence interval (Student's t, ``n - 1``
+degrees of freedom), plus a figure of mean test accuracy against epoch (the
+seeds' mean and range). The grid ``low_degree`` also gets a per-worker table.
+
+A cell is a set of config overrides on top of the offline Fashion-MNIST config
+(`BASE_CONFIG`), so every run here uses Debian's Fashion-MNIST and the small CNN
+on emulated CPU devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+BASE_CONFIG = "experiments/cifar/configs/fashion_mnist.py"
+DEFAULT_ROOT = "workdirs/study"
+TARGET = 0.85
+NETWORKS_GBIT = (1.0, 10.0)
+LATENCY_S = 50e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One configuration of a grid: a name and its config overrides."""
+
+  name: str
+  overrides: tuple[tuple[str, object], ...] = ()
+
+  def flags(self) -> list[str]:
+    return [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, tuple):
+    return "(" + ", ".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def _cell(name, **overrides) -> Cell:
+  return Cell(name, tuple(sorted(overrides.items())))
+
+
+# Shared by every grid: 10 epochs, lr 0.1 divided by 10 at epochs 7 and 9 (as in
+# experiments/results/fashion_mnist.sh), no progress bar, no per-run plots.
+COMMON = (("num_epochs", 10), ("lr_decay_epochs", (7, 9)), ("progress_bar", False),
+          ("plots", False))
+
+GRIDS: dict[str, tuple[Cell, ...]] = {
+    # 1. The paper's comparison: 8 workers, graph pair (0, 1) rotated.
+    "paper": (
+        _cell("allreduce", method="allreduce"),
+        _cell("dpsgd", method="dpsgd"),
+        _cell("dpsgd_reference", method="dpsgd_reference"),
+        _cell("matcha", method="matcha"),
+        _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
+        _cell("aldsgd_dpsgd_reference", method="aldsgd_dpsgd_reference"),
+        _cell("aldsgd_matcha", method="aldsgd_matcha"),
+    ),
+    # 2. The low-degree workers: the alternating schedule on graph 0 alone.
+    "low_degree": (
+        _cell("dpsgd_reference_g0", method="dpsgd_reference", graph_ids=(0,)),
+        _cell("aldsgd_dpsgd_reference_g0", method="aldsgd_dpsgd_reference",
+              graph_ids=(0,)),
+        _cell("dpsgd_reference_rotated", method="dpsgd_reference"),
+        _cell("aldsgd_dpsgd_reference_rotated", method="aldsgd_dpsgd_reference"),
+    ),
+}
+
+
+def workdir(root: pathlib.Path, grid: str, cell: Cell, seed: int) -> pathlib.Path:
+  return root / grid / cell.name / f"seed{seed}"
+
+
+def command(cell: Cell, seed: int, directory: pathlib.Path,
+            epochs: int | None) -> list[str]:
+  overrides = dict(COMMON)
+  if epochs is not None:
+    overrides["num_epochs"] = epochs
+  flags = [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
+  return [sys.executable, "-m", "experiments.cifar", f"--config={BASE_CONFIG}",
+          f"--workdir={directory}", f"--config.seed={seed}", *flags, *cell.flags()]
+
+
+def _check_grids(names):
+  unknown = [n for n in names if n not in GRIDS]
+  if unknown:
+    raise SystemExit(f"unknown grid(s) {unknown}; choose from {sorted(GRIDS)}.")
+
+
+def run(args) -> int:
+  _check_grids(args.grids)
+  root = pathlib.Path(args.root)
+  for grid in args.grids:
+    for seed in args.seeds:
+      for cell in GRIDS[grid]:
+        directory = workdir(root, grid, cell, seed)
+        cmd = command(cell, seed, directory, args.epochs)
+        print("+ " + " ".join(cmd), flush=True)
+        if not args.dry_run:
+          subprocess.run(cmd, check=True)
+  return 0
+
+
+# ----------------------------------------------------------------------------
+# Report.
+
+
+def _interval(values) -> tuple[float, float]:
+  """Mean and the half-width of its 95% t-interval (nan for one value)."""
+  from scipy import stats
+
+  values = np.asarray([v for v in values if v is not None and np.isfinite(v)],
+                      float)
+  if not len(values):
+    return math.nan, math.nan
+  if len(values) < 2:
+    return float(values.mean()), math.nan
+  half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(
+      len(values))
+  return float(values.mean()), float(half)
+
+
+def _fmt(mean, half, scale=1.0, digits=2, unit="") -> str:
+  if math.isnan(mean):
+    return "not reached"
+  if math.isnan(half):
+    return f"{mean * scale:.{digits}f}{unit}"
+  return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}{unit}"
+
+
+def _finished_runs(root, grid, cell):
+  from experiments import compare
+
+  runs = []
+  for directory in sorted((root / grid / cell.name).glob("seed*")):
+    try:
+      runs.append(compare.load_run(directory))
+    except ValueError:
+      continue
+  return runs
+
+
+def cell_summary(runs, target=TARGET) -> dict:
+  """Per-seed metrics of one cell, then mean and 95% interval over seeds."""
+  import jax_aldsgd as ald
+  from experiments import compare
+
+  per_seed = []
+  for run in runs:
+    summary = compare.summarize(run, target)
+    accuracy = np.array([r["test_accuracy"] for r in run["records"]])
+    reached = np.flatnonzero(accuracy.mean(1) >= target)
+    times = {}
+    for gbit in NETWORKS_GBIT:
+      network = ald.NetworkModel.from_gbit(gbit, latency_s=LATENCY_S)
+      seconds = compare.simulated_seconds(run, network)
+      times[gbit] = float(seconds[reached[0]]) if len(reached) else None
+    per_seed.append(dict(summary, sim_time=times,
+                         per_worker=accuracy[-1].tolist()))
+  if not per_seed:
+    return {}
+  out = dict(seeds=len(per_seed), epochs=[s["epochs"] for s in per_seed])
+  for key in ("final_mean", "final_worst", "averaged_model", "epochs_to_target",
+              "gbytes"):
+    out[key] = _interval([s[key] for s in per_seed])
+  for gbit in NETWORKS_GBIT:
+    out[f"time_{gbit:g}"] = _interval([s["sim_time"][gbit] for s in per_seed])
+  out["not_reached"] = sum(s["epochs_to_target"] is None for s in per_seed)
+  out["per_worker"] = np.array([s["per_worker"] for s in per_seed])
+  return out
+
+
+def grid_table(grid, summaries, target=TARGET) -> str:
+  net_heads = " | ".join(f"time to {target:.0%} at {g:g} Gbit/s (s)"
+                         for g in NETWORKS_GBIT)
+  lines = [
+      f"| cell | seeds | final mean acc (%) | worst worker (%) | averaged model (%)"
+      f" | epochs to {target:.0%} | {net_heads} | GB sent per worker |",
+      "|---|---|---|---|---|---|" + "---|" * len(NETWORKS_GBIT) + "---|"]
+  for name, s in summaries.items():
+    if not s:
+      lines.append(f"| {name} | 0 | not run |" + " |" * (5 + len(NETWORKS_GBIT)))
+      continue
+    missing = f" ({s['not_reached']} not reached)" if s["not_reached"] else ""
+    times = " | ".join(_fmt(*s[f"time_{g:g}"], digits=1) for g in NETWORKS_GBIT)
+    lines.append(
+        f"| {name} | {s['seeds']} | {_fmt(*s['final_mean'], 100)} | "
+        f"{_fmt(*s['final_worst'], 100)} | {_fmt(*s['averaged_model'], 100)} | "
+        f"{_fmt(*s['epochs_to_target'], digits=1)}{missing} | {times} | "
+        f"{_fmt(*s['gbytes'], digits=3)} |")
+  return "\n".join(lines)
+
+
+def per_worker_table(summaries) -> str:
+  any_cell = next(s for s in summaries.values() if s)
+  n = any_cell["per_worker"].shape[1]
+  lines = ["| cell | " + " | ".join(f"worker {w}" for w in range(n)) + " |",
+           "|---|" + "---|" * n]
+  for name, s in summaries.items():
+    if not s:
+      continue
+    cells = [_fmt(*_interval(s["per_worker"][:, w]), 100) for w in range(n)]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot_grid(grid, runs_by_cell, out: pathlib.Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for k, (name, runs) in enumerate(runs_by_cell.items()):
+    if not runs:
+      continue
+    length = min(len(r["records"]) for r in runs)
+    curves = np.array([[np.mean(rec["test_accuracy"]) * 100
+                        for rec in r["records"][:length]] for r in runs])
+    epochs = np.arange(1, length + 1)
+    ax.plot(epochs, curves.mean(0), color=f"C{k}", lw=2,
+            label=f"{name} ({len(runs)} seeds)")
+    ax.fill_between(epochs, curves.min(0), curves.max(0), color=f"C{k}", alpha=0.2)
+  ax.set(xlabel="epoch", ylabel="mean test accuracy over workers (%)",
+         title=f"{grid}: mean over seeds, band = min-max over seeds")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+
+def report(args) -> int:
+  _check_grids(args.grids)
+  root, out = pathlib.Path(args.root), pathlib.Path(args.out)
+  sections, raw = [], {}
+  for grid in args.grids:
+    runs_by_cell = {cell.name: _finished_runs(root, grid, cell)
+                    for cell in GRIDS[grid]}
+    summaries = {name: cell_summary(runs) for name, runs in runs_by_cell.items()}
+    sections.append(f"### {grid}\n\n{grid_table(grid, summaries)}")
+    if grid == "low_degree" and any(summaries.values()):
+      sections.append(f"Final test accuracy per worker (%), {grid}:\n\n"
+                      f"{per_worker_table(summaries)}")
+    figure = out.parent / f"{out.name}_{grid}.png"
+    plot_grid(grid, runs_by_cell, figure)
+    sections.append(f"![{grid}]({figure.name})")
+    raw[grid] = {name: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                        for k, v in s.items()} for name, s in summaries.items()}
+  text = "\n\n".join(sections) + "\n"
+  print(text)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  (out.parent / f"{out.name}_tables.md").write_text(text)
+  (out.parent / f"{out.name}.json").write_text(json.dumps(raw, indent=1))
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="action", required=True)
+  run_parser = sub.add_parser("run", help="train every cell of the grids")
+  run_parser.add_argument("grids", nargs="+")
+  run_parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+  run_parser.add_argument("--root", default=DEFAULT_ROOT)
+  run_parser.add_argument("--epochs", type=int, default=None,
+                          help="override the grids' 10 epochs")
+  run_parser.add_argument("--dry-run", action="store_true",
+                          help="print the commands only")
+  report_parser = sub.add_parser("report", help="tables and plots of finished runs")
+  report_parser.add_argument("grids", nargs="+")
+  report_parser.add_argument("--root", default=DEFAULT_ROOT)
+  report_parser.add_argument("--out", default="experiments/results/study")
+  args = parser.parse_args(argv)
+  if args.action == "run":
+    if any(s < 0 for s in args.seeds):
+      parser.error(f"--seeds must be non-negative integers, got {args.seeds}.")
+    if args.epochs is not None and args.epochs < 1:
+      parser.error(f"--epochs must be >= 1, got {args.epochs}.")
+    return run(args)
+  return report(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
