@@ -31,6 +31,16 @@ def check_float_leaves(tree, what: str) -> None:
           "a separate collection).")
 
 
+def check_params(params, name: str):
+  """Raises unless ``params`` (needed by transform ``name``) is a float pytree."""
+  if params is None:
+    raise ValueError(
+        f"{name} needs the current parameters: call "
+        "update(updates, state, params, ...). It moves x_hat = params + updates "
+        "toward the neighbors' x_hat.")
+  check_float_leaves(params, "params")
+
+
 def _buffer_dtype(leaves):
   return jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
 
@@ -339,3 +349,36 @@ def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
     return carry, jax.tree.map(lambda _: True, carry)
 
   return fold_block
+
+
+
+def shared_cond(predicate, true_fn: Callable, false_fn: Callable, operand):
+  """``lax.cond`` on a predicate every worker computes alike, collectives inside.
+
+  Both branches must return a pytree shaped like ``operand`` and may only read
+  per-worker values through it (not a closure). With several workers per
+  device the transforms run under ``jax.vmap``, where a predicate computed from
+  per-worker state (a step counter) is batched and ``lax.cond`` would become a
+  select that runs both branches, collectives included. All workers' counters
+  agree, so here the block's first predicate decides one real conditional whose
+  branches run on the device's whole block (vmapped again over `LOCAL_AXIS`).
+  """
+  if workers_per_device() == 1:
+    return lax.cond(predicate, true_fn, false_fn, operand)
+
+  @jax.custom_batching.custom_vmap
+  def conditional(predicate, operand):
+    del predicate
+    return operand  # only traced for the output shape: under worker_map the rule runs
+
+  @conditional.def_vmap
+  def rule(axis_size, in_batched, predicate, operand):
+    predicate_batched, operand_batched = in_batched
+    widen = lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + x.shape)
+    operand = jax.tree.map(widen, operand, operand_batched)
+    predicate = predicate[0] if predicate_batched else predicate
+    per_worker = lambda fn: jax.vmap(fn, axis_name=LOCAL_AXIS)
+    out = lax.cond(predicate, per_worker(true_fn), per_worker(false_fn), operand)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return conditional(predicate, operand)

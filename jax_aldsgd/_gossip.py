@@ -8,8 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_aldsgd import _checks
 from jax_aldsgd import _exchange
 from jax_aldsgd import _network
+from jax_aldsgd import _pushsum
+from jax_aldsgd import _variants
 from jax_aldsgd._schedules import Schedule
 
 
@@ -19,13 +22,7 @@ class GossipState(NamedTuple):
   count: jax.Array  # int32 scalar
 
 
-def check_params(params, name: str):
-  if params is None:
-    raise ValueError(
-        f"{name} needs the current parameters: call "
-        "update(updates, state, params, ...). It moves x_hat = params + updates "
-        "toward the neighbours' x_hat.")
-  _exchange.check_float_leaves(params, "params")
+check_params = _exchange.check_params
 
 
 def check_schedule(schedule) -> Schedule:
@@ -37,7 +34,8 @@ def check_schedule(schedule) -> Schedule:
 
 
 def gossip(schedule: Schedule, axis_name: str = "workers", *,
-           skip_nonfinite: bool = False) -> optax.GradientTransformationExtraArgs:
+           skip_nonfinite: bool = False, overlap: bool = False, every: int = 1,
+           delay: int | None = None) -> optax.GradientTransformationExtraArgs:
   """Gossip averaging with the neighbours of the active matchings (D-PSGD, MATCHA).
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
@@ -60,6 +58,22 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
       out of the average for that step (its weight goes back to the worker itself),
       so one diverging worker does not poison its neighbours. Costs one finiteness
       reduction over the parameters per step.
+    overlap: exchange the parameters ``x`` instead of ``x + u``
+      (adapt-while-combine, Lian et al.'s form): ``x+ = W x + u``. The exchange
+      then does not depend on the gradient, so it can run during the backward
+      pass. Default False: the reference's ``x+ = W (x + u)``.
+    every: communicate at steps 0, every, 2 every, ... only; in between the
+      transform is the identity and issues no collective (local steps; with the
+      complete graph, periodic averaging). The schedule's own step counter
+      advances only on communication steps.
+    delay: bounded staleness: neighbors' contributions are mixed in ``delay``
+      communication steps after they were sent, in the mass-conserving
+      push-sum form (see `jax_aldsgd._pushsum`); the state holds the ``delay``
+      messages in flight. ``None`` or 0 (default) is plain gossip. It sets the
+      state's shape, so it is static (not an ``inject_hyperparams`` value; its
+      default is ``None`` for that reason). Not combinable with
+      ``overlap`` or ``skip_nonfinite``. A simulator of asynchrony: inside one
+      jitted step it hides no latency.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -91,6 +105,17 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
   """
   schedule = check_schedule(schedule)
   skip_nonfinite = bool(skip_nonfinite)
+  every = _variants.check_every(every)
+  delay = 0 if delay is None else _checks.check_integer("delay", delay, 0)
+  if delay:
+    for name, value in (("overlap", overlap), ("skip_nonfinite", skip_nonfinite)):
+      if value:
+        raise ValueError(
+            f"gossip(delay={delay}) cannot be combined with {name}=True: the "
+            "delayed (push-sum) exchange sends x + u and mixes every share it "
+            f"receives; use delay=0 for {name}, or drop {name}.")
+    return _variants.every_steps(
+        _pushsum.delayed_gossip(schedule, axis_name, delay), every)
 
   def init_fn(params):
     del params
@@ -123,7 +148,10 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
                                delta_tree)
     return new_updates, GossipState(count=state.count + 1)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  if overlap:
+    transform = _variants.adapt_while_combine(transform)
+  return _variants.every_steps(transform, every)
 
 
 def gossip_message_bytes(params, *, skip_nonfinite: bool = False) -> int:

@@ -10,6 +10,7 @@ import optax
 
 from jax_aldsgd import _checks
 from jax_aldsgd import _exchange
+from jax_aldsgd import _variants
 from jax_aldsgd._gossip import _all_finite, check_params, check_schedule
 from jax_aldsgd._schedules import Schedule
 
@@ -65,8 +66,8 @@ def adjacent_leader_message_bytes(params) -> int:
 def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
                     c1: float = 0.3, c2: float = 0.1, p1: float = 0.2,
                     p2: float = 0.2, pull_every: int = 1,
-                    skip_nonfinite: bool = False
-                   ) -> optax.GradientTransformationExtraArgs:
+                    skip_nonfinite: bool = False, overlap: bool = False,
+                    every: int = 1) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: gossip, then averaging with and a pull toward two chosen neighbours.
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
@@ -107,6 +108,14 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     p2: corrective pull toward the max-degree node; ``p1 + p2 <= 1``.
     pull_every: pull period ``I`` (the reference's default for AL-DSGD is 1).
     skip_nonfinite: leave non-finite neighbours out of the gossip average.
+    overlap: adapt-while-combine: ``x+ = A v + B x_b + C x_m + u`` with ``v = W
+      x`` and ``b``, ``m`` chosen from ``x`` and the pre-step losses, so the
+      exchange carries ``x`` and the loss: it waits for the forward pass (the
+      loss) but not for the gradient. Default False (the reference's order).
+    every: communicate (gossip and pull) at steps 0, every, 2 every, ... only,
+      the identity in between. The schedule's step counter and ``pull_every``
+      count communication steps (``pull_every=2, every=4``: pull at steps 0,
+      8, 16, ...).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params``
@@ -147,6 +156,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
   schedule = check_schedule(schedule)
   check_pull_coefficients(c1, c2, p1, p2, pull_every)
   skip_nonfinite = bool(skip_nonfinite)
+  every = _variants.check_every(every)
 
   def init_fn(params):
     del params
@@ -203,4 +213,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
                                delta_tree)
     return new_updates, AdjacentLeaderState(count=step + 1)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  if overlap:
+    transform = _variants.adapt_while_combine(transform)
+  return _variants.every_steps(transform, every)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import pathlib
 
 import jax
@@ -133,3 +134,73 @@ def fake_fashion_mnist(directory, train=256, test=64, seed=0):
     write_idx(directory / f"{split}-images-idx3-ubyte.gz", images, 2051)
     write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels, 2049)
   return directory
+
+
+# --- Compiled HLO -------------------------------------------------------------
+
+
+def hlo_computations(hlo: str) -> dict[str, str]:
+  """Maps each HLO computation name to its body text."""
+  bodies, name, lines = {}, None, []
+  for line in hlo.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if header and not line.startswith(" "):
+      name, lines = header.group(1), []
+    elif line.startswith("}") and name is not None:
+      bodies[name] = "\n".join(lines)
+      name = None
+    elif name is not None:
+      lines.append(line)
+  return bodies
+
+
+def hlo_conditionals(body: str) -> list[list[str]]:
+  """The branch computations of every conditional in one computation's body."""
+  found = []
+  for match in re.finditer(
+      r"(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
+      r"false_computation=%?([\w.\-]+))", body):
+    names = match.group(1).split(",") if match.group(1) else match.groups()[1:]
+    found.append([n.strip().lstrip("%") for n in names])
+  return found
+
+
+def hlo_called(bodies: dict[str, str], roots) -> set[str]:
+  """``roots`` and every computation they call or branch to, transitively."""
+  reached, frontier = set(roots), set(roots)
+  while frontier:
+    called = set()
+    for name in frontier:
+      body = bodies.get(name, "")
+      called |= set(re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)",
+                               body))
+      for branches in hlo_conditionals(body):
+        called |= set(branches)
+    frontier = called - reached
+    reached |= frontier
+  return reached
+
+
+def hlo_collective_permutes(bodies: dict[str, str]) -> set[str]:
+  """Names of the computations that hold a collective-permute."""
+  return {name for name, body in bodies.items()
+          if re.search(r"= \S+ collective-permute(?:-start)?\(", body)}
+
+
+def compiled_train_step_hlo(tx, n=8) -> str:
+  """Compiled HLO text of a quadratic-model training step with ``tx``."""
+  mesh = ald.worker_mesh(n)
+  loss_fn = quadratic_loss_fn(SHAPES)
+
+  def step(params, state, a, b):
+    loss, grads = jax.value_and_grad(loss_fn)(params, a, b)
+    updates, state = tx.update(grads, state, params, loss=loss)
+    return optax.apply_updates(params, updates), state
+
+  params = ald.replicate_workers(
+      {name: jnp.ones(shape) for name, shape in SHAPES.items()}, n)
+  state = jax.jit(ald.worker_map(tx.init, mesh))(params)
+  a = jnp.ones((n, 6, flat_dim(SHAPES)))
+  b = jnp.ones((n, 6))
+  return jax.jit(ald.worker_map(step, mesh)).lower(params, state, a, b).compile(
+  ).as_text()

@@ -117,3 +117,65 @@ class Quadratic:
 def sgd_step(x, grad, lr, weight_decay):
   """Step 2: x_hat = x - lr (g + wd x)."""
   return x - lr * (grad + weight_decay * x)
+
+
+# ALGORITHM.md section 10: overlap, local steps, bounded staleness.
+
+
+def mix(x, losses, matchings, active, weights, leader=None, pull=True):
+  """One exchange of ``x`` (gossip, or AL-DSGD with ``leader`` coefficients)."""
+  if leader is None:
+    return gossip(x, matchings, active, weights)
+  return adjacent_leader(x, losses, matchings, active, weights, pull=pull, **leader)
+
+
+def variant_run(x0, problem, steps, schedule, *, lr, overlap=False, every=1,
+                leader=None, pull_every=1):
+  """``steps`` iterations of D-PSGD / AL-DSGD in the section 10 variants.
+
+  Adapt-then-combine: ``x+ = mix(x - lr g)``; adapt-while-combine (``overlap``):
+  ``x+ = mix(x) - lr g``. With ``every = H`` only steps ``k`` with ``k % H == 0``
+  communicate, using the schedule at its own step ``k // H`` (and pulling when
+  ``(k // H) % pull_every == 0``); other steps are plain local SGD.
+  """
+  x = np.array(x0, np.float64)
+  for k in range(steps):
+    losses, update = problem.loss(x), -lr * problem.grad(x)
+    if k % every:
+      x = x + update
+      continue
+    rounds = k // every
+    matchings, active, weights = schedule_step_inputs(schedule, rounds)
+    pull = rounds % pull_every == 0
+    if overlap:
+      x = mix(x, losses, matchings, active, weights, leader, pull) + update
+    else:
+      x = mix(x + update, losses, matchings, active, weights, leader, pull)
+  return x
+
+
+def push_sum_run(x0, problem, steps, schedule, *, lr, delay):
+  """Push-sum gossip whose off-diagonal shares arrive ``delay`` steps later.
+
+  ``z_hat = z + u`` (u from the gradient at ``x = z / psi``); the share
+  ``W[i, j] z_hat_j`` sent at step t is added to ``z_i`` at step ``t + delay``;
+  ``psi`` likewise. Returns ``(x, z, psi, in_flight_z, in_flight_psi)`` where
+  the in-flight sums cover the shares sent but not yet delivered.
+  """
+  n = len(x0)
+  z, psi = np.array(x0, np.float64), np.ones(n)
+  sent = []  # (arrival step, z shares (n, d), psi shares (n,))
+  for t in range(steps):
+    x = z / psi[:, None]
+    z_hat = z + (-lr * problem.grad(x))
+    w = mixing_matrix(n, *schedule_step_inputs(schedule, t))
+    off = w - np.diag(np.diag(w))
+    sent.append((t + delay, off @ z_hat, off @ psi))
+    z, psi = np.diag(w)[:, None] * z_hat, np.diag(w) * psi
+    for arrival, z_share, psi_share in sent:
+      if arrival == t:
+        z, psi = z + z_share, psi + psi_share
+    sent = [s for s in sent if s[0] > t]
+  in_flight_z = sum((s[1] for s in sent), np.zeros_like(z))
+  in_flight_psi = sum((s[2] for s in sent), np.zeros(n))
+  return z / psi[:, None], z, psi, in_flight_z, in_flight_psi

@@ -81,6 +81,13 @@ ROWS = [
         _after_sgd(lambda: ald.gossip(SCHEDULE, skip_nonfinite=True))),
     Row("adjacent_leader", _sgd_then_adjacent_leader,
         dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)),
+    Row("gossip_overlap", _after_sgd(lambda: ald.gossip(SCHEDULE, overlap=True))),
+    Row("gossip_every_3", _after_sgd(lambda: ald.gossip(SCHEDULE, every=3))),
+    # Push-sum's multiply-adds may be fused into FMAs differently per layout.
+    Row("gossip_delay_2", _after_sgd(lambda: ald.gossip(SCHEDULE, delay=2)),
+        layout_tolerance=1e-6),
+    Row("adjacent_leader_overlap_every_2", _after_sgd(
+        lambda: ald.adjacent_leader(SCHEDULE, overlap=True, every=2))),
     Row("allreduce", _after_sgd(ald.allreduce), layout_tolerance=1e-6),
     Row("local_sgd", ald.local_sgd, dict(learning_rate=0.05, momentum=0.5,
                                          weight_decay=1e-3)),

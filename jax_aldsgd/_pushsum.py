@@ -1,0 +1,101 @@
+"""Gossip with bounded staleness: push-sum with messages delayed by ``delay`` steps.
+
+A simulator of asynchrony (Assran et al., 2019, "Stochastic Gradient Push",
+overlap SGP; ALGORITHM.md section 10). Each worker i holds ``z_i`` and a
+push-sum weight ``psi_i`` (1 at the start), with parameters ``x_i = z_i / psi_i``.
+At step t, with ``u_i`` the local optimizer's update (from the gradient at
+``x_i``) and ``W`` the step's (symmetric, doubly stochastic) mixing matrix:
+
+  ``z_hat_i = z_i + u_i``
+  ``z_i+ = w_ii z_hat_i + sum_{j != i} w_ij z_hat_j(t - delay)``
+  ``psi_i+ = w_ii psi_i + sum_{j != i} w_ij psi_j(t - delay)``
+
+Worker j sends its shares ``w_ij (z_hat_j, psi_j)`` at step t; they are mixed in
+by i at step ``t + delay``. Nothing is lost in flight: the sum over workers of
+``z`` plus what is in flight changes only by the updates, and that of ``psi``
+plus what is in flight stays ``n``, exactly as in plain gossip.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_aldsgd import _exchange
+from jax_aldsgd._schedules import Schedule
+
+
+class DelayedGossipState(NamedTuple):
+  """State of delayed gossip.
+
+  Attributes:
+    count: the step counter that drives the schedule.
+    weight: this worker's push-sum weight ``psi`` (float32 scalar).
+    in_flight: ``(delay, L)``: the sums of the shares that reach this worker at
+      the next ``delay`` steps, the next one first; each row is the packed
+      ``z`` shares followed by the ``psi`` share.
+  """
+
+  count: jax.Array
+  weight: jax.Array
+  in_flight: jax.Array
+
+
+def delayed_gossip(schedule: Schedule, axis_name: str,
+                   delay: int) -> optax.GradientTransformationExtraArgs:
+  """Push-sum gossip whose neighbor shares arrive ``delay`` steps after sending.
+
+  ``delay = 0`` is plain gossip computed in the push-sum form (``psi`` stays 1
+  up to rounding); `jax_aldsgd.gossip` uses this for ``delay >= 1`` only.
+  The state holds ``delay`` packed parameter-sized buffers (the shares in
+  flight); the exchange itself is that of `gossip`, one ``ppermute`` per
+  active matching carrying ``(z_hat, psi)``. Inside one jitted step this does
+  not hide any latency: the messages really travel at step t and wait in the
+  receiver's state; it is for studying how methods degrade with stale
+  neighbors, reproducibly.
+  """
+
+  def init_fn(params):
+    leaves = jax.tree.leaves(params)
+    dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
+    size = sum(leaf.size for leaf in leaves) + 1  # + psi
+    return DelayedGossipState(count=jnp.zeros([], jnp.int32),
+                              weight=jnp.ones([], jnp.float32),
+                              in_flight=jnp.zeros((delay, size), dtype))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _exchange.check_params(params, "gossip")
+    me = _exchange.worker_index(axis_name, schedule)
+    x, unpack = _exchange.pack(params)
+    u, _ = _exchange.pack(updates)
+    psi = state.weight.astype(x.dtype)
+    z_hat = jnp.concatenate([psi * x + u, psi[None]])  # (L,): z_hat, then psi
+    near = _exchange.neighbourhood(schedule, state.count, me, x.dtype)
+
+    def combine(s, total, received, inputs):
+      (present,) = inputs
+      return total + jnp.where(present[s], received, 0)
+
+    incoming = near.weight * _exchange.fold(
+        z_hat, schedule, state.count, axis_name, combine, jnp.zeros_like(z_hat),
+        (near.present,))
+    if delay:
+      arrived = state.in_flight[0]
+      in_flight = jnp.concatenate([state.in_flight[1:], incoming[None]])
+    else:
+      arrived, in_flight = incoming, state.in_flight
+    keep = 1 - near.degrees[me].astype(x.dtype) * near.weight  # w_ii
+    mixed = keep * z_hat + arrived
+    new_psi = mixed[-1]
+    new_x, _ = unpack(mixed[:-1] / new_psi)
+    new_updates = jax.tree.map(lambda n, p, u: (n - p).astype(u.dtype), new_x,
+                               params, updates)
+    return new_updates, DelayedGossipState(
+        count=state.count + 1, weight=new_psi.astype(jnp.float32),
+        in_flight=in_flight)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,86 @@
+"""Variants of an exchange transform: adapt-while-combine, and local steps.
+
+Both wrap a transform that exchanges ``x_hat = params + updates`` (`gossip`,
+`adjacent_leader`), so every schedule, compressor and option of the wrapped
+transform carries over. ALGORITHM.md section 10.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_aldsgd import _checks
+from jax_aldsgd import _exchange
+
+
+def adapt_while_combine(
+    inner: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+  """Exchanges the parameters ``x`` instead of ``x + u``: ``x+ = W x + u``.
+
+  ``inner`` maps ``(u, x)`` to ``W(x + u) - x`` (adapt-then-combine). Called with
+  zero updates it returns ``W x - x``, which depends on ``x`` only (and, for
+  AL-DSGD, the pre-step loss), not on the gradient; adding the real updates
+  gives ``x+ = W x + u``, the form of Lian et al.'s D-PSGD. In a training step
+  the exchange can then run while the backward pass computes ``u``.
+  """
+
+  def update_fn(updates, state, params=None, **extra_args):
+    zeros = jax.tree.map(jnp.zeros_like, updates)
+    mixed, state = inner.update(zeros, state, params, **extra_args)
+    new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates, mixed)
+    return new_updates, state
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+class LocalStepsState(NamedTuple):
+  """State of `every_steps`: steps taken, and the wrapped transform's state."""
+
+  count: jax.Array  # int32 scalar
+  inner: Any
+
+
+def every_steps(
+    inner: optax.GradientTransformationExtraArgs, every: int
+) -> optax.GradientTransformationExtraArgs:
+  """Runs ``inner`` at steps 0, every, 2 every, ...; the identity in between.
+
+  On the steps in between no collective is issued (the exchange sits in the
+  true branch of one ``lax.cond``) and ``inner``'s state is left as it is, so
+  its own step counter, and with it the schedule and AL-DSGD's pull period,
+  advances only on communication steps.
+  """
+  if not _checks.is_traced(every) and every == 1:
+    return inner
+
+  def init_fn(params):
+    return LocalStepsState(jnp.zeros([], jnp.int32), inner.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    def communicate(operand):
+      updates, inner_state, params, extra_args = operand
+      updates, inner_state = inner.update(updates, inner_state, params,
+                                          **extra_args)
+      return updates, inner_state, params, extra_args
+
+    updates, inner_state, _, _ = _exchange.shared_cond(
+        state.count % every == 0, communicate, lambda operand: operand,
+        (updates, state.inner, params, extra_args))
+    return updates, LocalStepsState(state.count + 1, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def check_every(every):
+  """Validates ``every`` (an integer >= 1); a tracer (inject_hyperparams) passes."""
+  if _checks.is_traced(every):
+    return every
+  value = _checks.concrete_scalar("every", every)
+  if isinstance(value, float) and value.is_integer():
+    value = int(value)
+  return _checks.check_integer("every", value, 1)
