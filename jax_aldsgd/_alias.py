@@ -114,7 +114,8 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
            c2: float = 0.1, p1: float = 0.2, p2: float = 0.2,
            pull_every: int = 1, axis_name: str = "workers",
            skip_nonfinite: bool = False, overlap: bool = False,
-           every: int = 1) -> optax.GradientTransformationExtraArgs:
+           every: int = 1, pull_restart_every: int | None = None
+           ) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: a local SGD step, then `jax_aldsgd.adjacent_leader`.
 
   The reference configuration is ``aldsgd(0.4, rotating([full(g1), full(g0)]),
@@ -125,8 +126,8 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     schedule: the gossip schedule (`jax_aldsgd.schedules`).
     momentum: heavy-ball momentum (0 disables it, as in the reference).
     weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
-    c1, c2, p1, p2, pull_every, skip_nonfinite, overlap, every: see
-      `jax_aldsgd.adjacent_leader`.
+    c1, c2, p1, p2, pull_every, skip_nonfinite, overlap, every,
+      pull_restart_every: see `jax_aldsgd.adjacent_leader`.
     axis_name: the workers' mesh axis.
 
   Returns:
@@ -161,5 +162,6 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
       local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
       adjacent_leader(schedule, axis_name, c1=c1, c2=c2, p1=p1, p2=p2,
                       pull_every=pull_every, skip_nonfinite=skip_nonfinite,
-                      overlap=overlap, every=every),
+                      overlap=overlap, every=every,
+                      pull_restart_every=pull_restart_every),
   )

@@ -67,7 +67,8 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
                     c1: float = 0.3, c2: float = 0.1, p1: float = 0.2,
                     p2: float = 0.2, pull_every: int = 1,
                     skip_nonfinite: bool = False, overlap: bool = False,
-                    every: int = 1) -> optax.GradientTransformationExtraArgs:
+                    every: int = 1, pull_restart_every: int | None = None
+                    ) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: gossip, then averaging with and a pull toward two chosen neighbours.
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
@@ -107,6 +108,11 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     p1: corrective pull toward the adjacent leader.
     p2: corrective pull toward the max-degree node; ``p1 + p2 <= 1``.
     pull_every: pull period ``I`` (the reference's default for AL-DSGD is 1).
+    pull_restart_every: count the pull period from the start of every
+      ``pull_restart_every`` steps (the reference restarts it each epoch,
+      ``batch_idx % I``: pass the steps per epoch, as to
+      ``schedules.rotating(..., restart_every=)``); ``None`` (default): from
+      step 0.
     skip_nonfinite: leave non-finite neighbours out of the gossip average.
     overlap: adapt-while-combine: ``x+ = A v + B x_b + C x_m + u`` with ``v = W
       x`` and ``b``, ``m`` chosen from ``x`` and the pre-step losses, so the
@@ -157,6 +163,9 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
   check_pull_coefficients(c1, c2, p1, p2, pull_every)
   skip_nonfinite = bool(skip_nonfinite)
   every = _variants.check_every(every)
+  if pull_restart_every is not None:
+    pull_restart_every = _checks.check_integer("pull_restart_every",
+                                               pull_restart_every, 1)
 
   def init_fn(params):
     del params
@@ -206,7 +215,8 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     a = jnp.asarray(keep * (1 - c1 - c2), dtype)
     b = jnp.asarray(keep * c1 + p1, dtype)
     c = jnp.asarray(keep * c2 + p2, dtype)
-    pull = (step % jnp.asarray(pull_every, jnp.int32)) == 0
+    phase = step if pull_restart_every is None else step % pull_restart_every
+    pull = (phase % jnp.asarray(pull_every, jnp.int32)) == 0
     delta = jnp.where(pull, a * gossip_sum + b * leader + c * target, gossip_sum)
     delta_tree, _ = unpack(delta)
     new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates,

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from jax_aldsgd import _checks
 from jax_aldsgd import _matcha
 from jax_aldsgd._topology import Topology
 
@@ -291,9 +292,16 @@ class Matcha(_SingleGraph):
 
 @dataclasses.dataclass(frozen=True)
 class Rotating(Schedule):
-  """Dynamic graphs: step k uses ``schedules[k % G]`` at its own step ``k // G``."""
+  """Dynamic graphs: step k uses ``schedules[k % G]`` at its own step ``k // G``.
+
+  With ``restart_every = E`` the rotation restarts every E steps, as the
+  reference code's does each epoch (``batch_idx % G``): step ``k = e E + b``
+  uses ``schedules[b % G]``, and each schedule's own step counts all its
+  earlier uses.
+  """
 
   schedules: tuple[Schedule, ...]
+  restart_every: int | None = None
 
   @property
   def graphs(self):
@@ -303,19 +311,31 @@ class Rotating(Schedule):
   def neighbor_weight(self):
     return tuple(w for s in self.schedules for w in s.neighbor_weight)
 
-  def slot_flags(self, step, xp):
+  def _uses_before(self, child: int, step):
+    """How often ``schedules[child]`` ran before ``step`` (its own step there)."""
     count = len(self.schedules)
-    which, local_step = step % count, step // count
+    uses = lambda m: (m - child + count - 1) // count  # j < m with j % G == child
+    if self.restart_every is None:
+      return uses(step)
+    epoch, position = step // self.restart_every, step % self.restart_every
+    return epoch * uses(self.restart_every) + uses(position)
+
+  def _which(self, step):
+    position = step if self.restart_every is None else step % self.restart_every
+    return position % len(self.schedules)
+
+  def slot_flags(self, step, xp):
+    which = self._which(step)
     return xp.concatenate([
-        (which == g) & child.slot_flags(local_step, xp)
+        (which == g) & child.slot_flags(self._uses_before(g, step), xp)
         for g, child in enumerate(self.schedules)
     ])
 
   def graph_index(self, step: int) -> int:
     step = _check_step(step)
-    count = len(self.schedules)
-    offset = sum(len(s.graphs) for s in self.schedules[:step % count])
-    return offset + self.schedules[step % count].graph_index(step // count)
+    which = self._which(step)
+    offset = sum(len(s.graphs) for s in self.schedules[:which])
+    return offset + self.schedules[which].graph_index(self._uses_before(which, step))
 
 
 # ----------------------------------------------------------------------------
@@ -434,7 +454,8 @@ def explicit(topology: Topology, active: Sequence[Iterable[int]],
   return Explicit(topology, weight, tuple(pattern))
 
 
-def rotating(schedules: Sequence[Schedule]) -> Rotating:
+def rotating(schedules: Sequence[Schedule], *,
+             restart_every: int | None = None) -> Rotating:
   """Dynamic graphs (ALGORITHM.md section 4): step k runs ``schedules[k % G]``.
 
   Each schedule keeps its own counter: the g-th schedule's t-th use reads its
@@ -443,6 +464,11 @@ def rotating(schedules: Sequence[Schedule]) -> Rotating:
 
   Args:
     schedules: one or more schedules over the same number of workers.
+    restart_every: restart the rotation every this many steps, as the reference
+      code does at each epoch (pass the steps per epoch): with an odd epoch
+      length the first schedule then runs twice in a row at each epoch start.
+      Each schedule's own step still counts all its uses. ``None`` (default):
+      the rotation runs on the global step (ALGORITHM.md section 4).
 
   Example:
     >>> import jax_aldsgd as ald
@@ -470,4 +496,6 @@ def rotating(schedules: Sequence[Schedule]) -> Rotating:
         f"even the union of the rotated graphs is disconnected (components "
         f"{union.components()}); those groups of workers will never agree.",
         stacklevel=2)
-  return Rotating(tuple(schedules))
+  if restart_every is not None:
+    restart_every = _checks.check_integer("restart_every", restart_every, 1)
+  return Rotating(tuple(schedules), restart_every)
