@@ -1,7 +1,35 @@
-"""Test setup: 16 emulated CPU devices, before JAX starts."""
+"""Test setup: 16 emulated CPU devices, before JAX starts; shared fixtures."""
+
+import tempfile
+
+import pytest
 
 import jax_aldsgd
 
 # Enough devices for the 16-worker paper graphs; smaller meshes use a prefix.
 # A stuck collective aborts after 60 s instead of hanging the suite.
 jax_aldsgd.emulate_cpu_devices(16, collective_timeout_seconds=60)
+
+
+@pytest.fixture
+def tfds_tempdir(tmp_path, monkeypatch):
+  """Keeps TFDS' temporary directories under the test's ``tmp_path``.
+
+  TFDS makes a ``tempfile.mkdtemp("tfds")`` for every builder of a dataset that
+  is not prepared (``DatasetInfo.initialize_from_bucket``, so under
+  ``tfds.testing.mock_data`` too) and never removes it.
+  """
+  directory = tmp_path / "tempfile"
+  directory.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(directory))
+  return directory
+
+
+@pytest.fixture
+def mock_cifar(tfds_tempdir):
+  """Random CIFAR-10/100 and Fashion-MNIST from TFDS, 48 examples per split."""
+  del tfds_tempdir
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=48,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    yield

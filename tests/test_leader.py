@@ -15,22 +15,6 @@ from tests import reference
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
 
 
-def mix_once(transform, x_hat, losses, step, mesh):
-  """Applies ``transform`` once with zero incoming updates (so x_hat = params)."""
-
-  def f(params, loss, count):
-    state = transform.init(params)
-    if "count" in getattr(state, "_fields", ()):
-      state = state._replace(count=count)
-    updates, _ = transform.update(jax.tree.map(jnp.zeros_like, params), state,
-                                  params, loss=loss)
-    return optax.apply_updates(params, updates)
-
-  n = mesh.shape["workers"]
-  return jax.jit(ald.worker_map(f, mesh))(
-      x_hat, jnp.asarray(losses, jnp.float32), jnp.full((n,), step, jnp.int32))
-
-
 # ALGORITHM.md section 7.
 X_HAT = np.arange(8.0)[:, None]
 LOSSES = [0.9, 0.5, 0.7, 0.2, 0.8, 0.6, 0.3, 0.4]
@@ -39,12 +23,12 @@ LOSSES = [0.9, 0.5, 0.7, 0.2, 0.8, 0.6, 0.3, 0.4]
 def test_vectors_case_a():
   mesh = ald.worker_mesh(8)
   schedule = S.explicit(T.paper_graph(0), [{0}], neighbor_weight=2 / 7)
-  got = mix_once(ald.adjacent_leader(schedule, **COEFFICIENTS), X_HAT, LOSSES, 0,
+  got = helpers.mix_once(ald.adjacent_leader(schedule, **COEFFICIENTS), X_HAT, LOSSES, 0,
                  mesh)
   np.testing.assert_allclose(
       np.ravel(got), [1.931429, 1.411429, 2.482857, 2.897143, 3.588571, 3.068571,
                       6.102857, 6.517143], atol=1e-5)
-  got = mix_once(ald.gossip(schedule), X_HAT, LOSSES, 0, mesh)
+  got = helpers.mix_once(ald.gossip(schedule), X_HAT, LOSSES, 0, mesh)
   np.testing.assert_allclose(
       np.ravel(got), [1.142857, 2.142857, 2.285714, 2.714286, 2.857143, 3.857143,
                       6.285714, 6.714286], atol=1e-5)
@@ -54,7 +38,7 @@ def test_vectors_case_b():
   mesh = ald.worker_mesh(8)
   schedule = S.explicit(T.paper_graph(0), [{0, 2, 3}], neighbor_weight=0.396428)
   np.testing.assert_array_equal(schedule.active_degrees(0), [3, 3, 2, 2, 1, 2, 2, 3])
-  got = mix_once(ald.adjacent_leader(schedule, **COEFFICIENTS), X_HAT, LOSSES, 0,
+  got = helpers.mix_once(ald.adjacent_leader(schedule, **COEFFICIENTS), X_HAT, LOSSES, 0,
                  mesh)
   np.testing.assert_allclose(
       np.ravel(got), [4.372569, 1.570856, 2.120000, 4.468142, 2.389144, 3.911858,
@@ -104,12 +88,12 @@ def test_single_step_matches_reference_on_random_graphs(seed, kind):
     losses = rng.integers(0, 3, size=n) / 10.0  # three values: many ties
     matchings, active, weights = reference.schedule_step_inputs(schedule, int(step))
     tree = helpers.unflatten(x_hat, helpers.SHAPES)
-    got = helpers.flatten(mix_once(leader, tree, losses, int(step), mesh),
+    got = helpers.flatten(helpers.mix_once(leader, tree, losses, int(step), mesh),
                           helpers.SHAPES)
     want = reference.adjacent_leader(x_hat, losses, matchings, active, weights,
                                      **coefficients)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    got = helpers.flatten(mix_once(plain, tree, losses, int(step), mesh),
+    got = helpers.flatten(helpers.mix_once(plain, tree, losses, int(step), mesh),
                           helpers.SHAPES)
     want = reference.gossip(x_hat, matchings, active, weights)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -171,12 +155,12 @@ def test_gossip_preserves_mean_and_aldsgd_does_not():
   tree = helpers.unflatten(x_hat, helpers.SHAPES)
   losses = rng.random(8)
   mesh = ald.worker_mesh(8)
-  mixed = helpers.flatten(mix_once(ald.gossip(schedule), tree, losses, 0, mesh),
+  mixed = helpers.flatten(helpers.mix_once(ald.gossip(schedule), tree, losses, 0, mesh),
                           helpers.SHAPES)
   np.testing.assert_allclose(mixed.mean(0), x_hat.mean(0), atol=1e-5)
   assert np.abs(mixed - x_hat).max() > 1e-2  # it did mix
   pulled = helpers.flatten(
-      mix_once(ald.adjacent_leader(schedule), tree, losses, 0, mesh), helpers.SHAPES)
+      helpers.mix_once(ald.adjacent_leader(schedule), tree, losses, 0, mesh), helpers.SHAPES)
   assert np.abs(pulled.mean(0) - x_hat.mean(0)).max() > 1e-3
 
 
@@ -187,8 +171,8 @@ def test_complete_graph_with_uniform_weight_equals_allreduce():
   tree = helpers.unflatten(x_hat, helpers.SHAPES)
   mesh = ald.worker_mesh(n)
   schedule = S.full(T.complete(n), neighbor_weight=1 / n)
-  mixed = mix_once(ald.gossip(schedule), tree, np.zeros(n), 0, mesh)
-  averaged = mix_once(ald.allreduce(), tree, np.zeros(n), 0, mesh)
+  mixed = helpers.mix_once(ald.gossip(schedule), tree, np.zeros(n), 0, mesh)
+  averaged = helpers.mix_once(ald.allreduce(), tree, np.zeros(n), 0, mesh)
   np.testing.assert_allclose(helpers.flatten(mixed, helpers.SHAPES),
                              helpers.flatten(averaged, helpers.SHAPES), atol=1e-6)
   np.testing.assert_allclose(helpers.flatten(averaged, helpers.SHAPES),
@@ -233,7 +217,7 @@ def test_empty_active_set_leaves_x_hat_unchanged():
   schedule = S.explicit(T.paper_graph(0), [set()])
   mesh = ald.worker_mesh(8)
   for transform in (ald.gossip(schedule), ald.adjacent_leader(schedule)):
-    got = helpers.flatten(mix_once(transform, tree, rng.random(8), 0, mesh),
+    got = helpers.flatten(helpers.mix_once(transform, tree, rng.random(8), 0, mesh),
                           helpers.SHAPES)
     np.testing.assert_array_equal(got, np.asarray(x_hat, np.float32))
 

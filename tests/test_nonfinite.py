@@ -11,7 +11,6 @@ from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 from tests import helpers
 from tests import reference
-from tests.test_leader import mix_once
 
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
 SCHEDULE = S.full(T.paper_graph(0))
@@ -29,7 +28,7 @@ def test_nan_loss_is_never_the_leader():
   x_hat, losses = _case(0)
   losses[1] = np.nan
   healthy = np.isfinite(losses)
-  got = helpers.flatten(mix_once(ald.adjacent_leader(SCHEDULE, **COEFFICIENTS),
+  got = helpers.flatten(helpers.mix_once(ald.adjacent_leader(SCHEDULE, **COEFFICIENTS),
                                  helpers.unflatten(x_hat, helpers.SHAPES), losses,
                                  0, ald.worker_mesh(8)), helpers.SHAPES)
   matchings, active, weights = reference.schedule_step_inputs(SCHEDULE, 0)
@@ -60,13 +59,13 @@ def test_nan_parameters_are_skipped_by_neighbours(transform):
     want = reference.adjacent_leader(x_hat, losses, matchings, active, weights,
                                      healthy=healthy, skip_unhealthy=True,
                                      **COEFFICIENTS)
-  got = helpers.flatten(mix_once(make(skip_nonfinite=True), tree, losses, 0, mesh),
+  got = helpers.flatten(helpers.mix_once(make(skip_nonfinite=True), tree, losses, 0, mesh),
                         helpers.SHAPES)
   others = np.arange(8) != 5
   assert np.isfinite(got[others]).all()
   np.testing.assert_allclose(got[others], want[others], rtol=1e-5, atol=1e-5)
   # Without the option the reference behaviour spreads NaN to 5's neighbours.
-  plain = helpers.flatten(mix_once(make(), tree, losses, 0, mesh), helpers.SHAPES)
+  plain = helpers.flatten(helpers.mix_once(make(), tree, losses, 0, mesh), helpers.SHAPES)
   neighbours = set(SCHEDULE.slot_partners[:, 5]) - {-1}
   assert all(np.isnan(plain[j]).any() for j in neighbours)
 
