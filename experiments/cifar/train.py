@@ -30,6 +30,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 import jax_aldsgd as ald
+from jax_aldsgd import _gossip
 from experiments.cifar import checkpoint as checkpoint_lib
 from experiments.cifar import input_pipeline
 from experiments.cifar import models
@@ -152,9 +153,12 @@ class Traffic:
 
 
 def _all_finite(tree) -> jax.Array:
-  """Whether every entry of every leaf of one worker's ``tree`` is finite."""
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
-                            for leaf in jax.tree.leaves(tree)]))
+  """Whether every entry of every leaf of one worker's ``tree`` is finite (bool).
+
+  The library's check, the one that decides which neighbours
+  ``skip_nonfinite`` leaves out.
+  """
+  return _gossip._all_finite(tree).astype(bool)  # pylint: disable=protected-access
 
 
 @flax.struct.dataclass
@@ -531,7 +535,6 @@ def _load_data(config):
 
 def _restore_or_start(checkpointer, state, config):
   """The latest checkpoint's state and progress, or ``state`` at step 0."""
-  fingerprint = checkpoint_lib.fingerprint(config)
   restored = checkpointer.restore_latest(
       state, check_meta=lambda saved: checkpoint_lib.check_fingerprint(
           saved["fingerprint"], config, checkpointer.directory))
@@ -548,8 +551,12 @@ def _save(checkpointer, state, progress, config):
 
 
 def _train_epoch(state, progress, *, epoch, steps_per_epoch, p_train_step, feed,
-                 traffic, stop, config, steps_this_run, bar):
-  """Trains until the epoch ends or a stop is agreed; returns why it stopped."""
+                 traffic, stop_reason, bar):
+  """Trains to the epoch's end or an agreed stop; updates ``progress`` in place.
+
+  Returns:
+    ``(state, reason)``: reason is None at the epoch's end, else why it stopped.
+  """
   started = time.perf_counter()
   reason = None
   for step_in_epoch in range(progress.step - epoch * steps_per_epoch,
@@ -558,20 +565,16 @@ def _train_epoch(state, progress, *, epoch, steps_per_epoch, p_train_step, feed,
     progress.bytes_sent = (np.asarray(progress.bytes_sent) +
                            traffic.sent(progress.step)).tolist()
     progress.step += 1
-    steps_this_run += 1
     if bar is not None:
       bar.update(1)
       if step_in_epoch % 10 == 0:
         bar.set_postfix(loss=f"{np.mean(ald.gather_workers(metrics['loss'])):.4f}")
-    reason = stop.reason(progress.step)
-    if reason is None and config.stop_after_steps and (
-        steps_this_run >= config.stop_after_steps):
-      reason = f"stop_after_steps={config.stop_after_steps}"
+    reason = stop_reason(progress.step)
     if reason:
       break
   jax.block_until_ready(state.params)
   progress.time_train_s += time.perf_counter() - started
-  return state, steps_this_run, reason
+  return state, reason
 
 
 def _epoch_record(state, progress, evaluator, lr_fn, steps_per_epoch, traffic,
@@ -649,16 +652,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # The epoch loop.
   started = time.perf_counter() - progress.time_total_s
-  steps_this_run = 0
+  first_step = progress.step
   record = records[-1] if records else {}
   with StopSignal() as stop:
+
+    def stop_reason(step):
+      reason = stop.reason(step)  # at every step: all processes must ask
+      if reason is None and config.stop_after_steps and (
+          step - first_step >= config.stop_after_steps):
+        reason = f"stop_after_steps={config.stop_after_steps}"
+      return reason
+
     for epoch in range(progress.epoch, config.num_epochs):
       bar = _progress_bar(config, is_main, epoch, steps_per_epoch,
                           progress.step - epoch * steps_per_epoch)
-      state, steps_this_run, reason = _train_epoch(
+      state, reason = _train_epoch(
           state, progress, epoch=epoch, steps_per_epoch=steps_per_epoch,
-          p_train_step=p_train_step, feed=feed, traffic=traffic, stop=stop,
-          config=config, steps_this_run=steps_this_run, bar=bar)
+          p_train_step=p_train_step, feed=feed, traffic=traffic,
+          stop_reason=stop_reason, bar=bar)
       if bar is not None:
         bar.close()
       progress.time_total_s = time.perf_counter() - started
