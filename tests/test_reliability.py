@@ -116,6 +116,7 @@ def _corrupt(step_dir: pathlib.Path):
   victim.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(mock_cifar, tmp_path):
   config = tiny_config(num_epochs=3)
   train.train_and_evaluate(config, str(tmp_path / "whole"))

@@ -69,6 +69,7 @@ def test_config_argument_selects_the_method(method):
   assert default.get_config().method == "aldsgd_dpsgd"
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(mock_cifar, tmp_path):
   whole, parts = tmp_path / "whole", tmp_path / "parts"
   train.train_and_evaluate(tiny_config(), str(whole))
@@ -120,6 +121,7 @@ def test_compare_table_and_plot(tmp_path, capsys):
     compare.main([str(tmp_path / "missing")])
 
 
+@pytest.mark.slow
 def test_two_workers_per_device_matches_one(mock_cifar, tmp_path):
   """8 workers on 4 devices train like 8 workers on 8.
 
