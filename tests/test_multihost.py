@@ -72,9 +72,10 @@ def test_two_processes_equal_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_experiment_runner_across_two_processes(tmp_path):
-  """experiments.cifar with --num_processes=2: a SIGTERM to one process stops
-  both at the same step (JAX's preemption sync point); rerun, the run equals
-  the one-process run. Only process 0 writes metrics."""
+  """experiments.cifar with --num_processes=2: a SIGINT to one process stops
+  both at the same step (it becomes a SIGTERM, which JAX's preemption service
+  turns into a sync point); rerun, the run equals the one-process run. Only
+  process 0 writes metrics."""
   data = helpers.fake_fashion_mnist(tmp_path / "data")
   common = ["-m", "experiments.cifar",
             "--config=experiments/cifar/configs/fashion_mnist.py",
@@ -90,7 +91,7 @@ def test_experiment_runner_across_two_processes(tmp_path):
   while not log.read():  # the first epoch is done; 3 to go
     assert all(p.poll() is None for p in processes), _wait(processes)
     time.sleep(0.05)
-  processes[1].send_signal(signal.SIGTERM)
+  processes[1].send_signal(signal.SIGINT)
   outputs = _wait(processes, returncode=128 + signal.SIGTERM)
   stopped = [int(out.split("training stopped at step ")[1].split()[0])
              for out in outputs]

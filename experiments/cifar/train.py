@@ -403,9 +403,10 @@ class StopSignal:
 
   def _handle(self, signum, frame):
     del frame
-    self.signum = signum
     if self._multiprocess:
-      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), signal.SIGTERM)  # to the preemption service
+    else:
+      self.signum = signum
 
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():
@@ -415,8 +416,8 @@ class StopSignal:
     """Why to stop after ``step`` (call it after every step), or None."""
     if self._multiprocess:
       if multihost_utils.reached_preemption_sync_point(step):
-        self.signum = self.signum or signal.SIGTERM
-        return "preempted: SIGTERM or SIGINT on a process"
+        self.signum = signal.SIGTERM
+        return "SIGTERM or SIGINT on one of the processes"
       return None
     return None if self.signum is None else signal.Signals(self.signum).name
 
