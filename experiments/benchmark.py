@@ -149,7 +149,6 @@ class Bench:
 
   def __init__(self, method, model, workers, batch, args):
     import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
     from experiments.cifar import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -161,22 +160,19 @@ class Bench:
     mesh = ald.worker_mesh(workers)
     self.schedule = train.build_schedule(config)
     tx = train.build_optimizer(config, self.schedule, config.learning_rate)
-    graphdef, params, batch_stats = train.init_models(config, info, mesh)
+    self.state = train.create_train_state(config, info, mesh, tx)
     self.num_params = sum(int(np.prod(a.shape[1:]))
-                          for a in jax.tree.leaves(params))
-    opt_state = jax.jit(ald.worker_map(tx.init, mesh))(params)
-    zeros = lambda dtype: ald.shard_workers(jnp.zeros((workers,), dtype), mesh)
-    self.state = [params, batch_stats, opt_state, zeros(jnp.float32),
-                  zeros(jnp.float32), zeros(jnp.int32)]
+                          for a in jax.tree.leaves(self.state.params))
+    self.traffic = train.Traffic.of(config, self.schedule, self.state.params)
     rng = np.random.default_rng(0)
-    self.inputs = [
-        ald.shard_workers(rng.normal(size=(workers, batch) + info.image_shape)
-                          .astype(np.float32), mesh),
-        ald.shard_workers(rng.integers(0, info.num_classes, (workers, batch))
-                          .astype(np.int32), mesh)]
-    step = train.make_steps(graphdef, tx, mesh).train
+    self.batch_arrays = dict(
+        image=ald.shard_workers(rng.normal(size=(workers, batch) + info.image_shape)
+                                .astype(np.float32), mesh),
+        label=ald.shard_workers(rng.integers(0, info.num_classes, (workers, batch))
+                                .astype(np.int32), mesh))
+    step = jax.jit(ald.worker_map(train.train_step, mesh), donate_argnums=0)
     started = time.perf_counter()
-    self.compiled = step.lower(*self.state, *self.inputs).compile()
+    self.compiled = step.lower(self.state, self.batch_arrays).compile()
     self.compile_s = time.perf_counter() - started
     self.hlo = self.compiled.as_text()
     memory = self.compiled.memory_analysis()
@@ -185,7 +181,6 @@ class Bench:
     # CPU.)
     self.peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
                  memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-    self.message = train.message_bytes(self.num_params, config)
     self.times = []
     self.steps_run = 0
     self.loss = None
@@ -193,7 +188,8 @@ class Bench:
   def step(self, record: bool) -> None:
     import jax  # pylint: disable=g-import-not-at-top
     started = time.perf_counter()
-    *self.state, self.loss = self.compiled(*self.state, *self.inputs)
+    self.state, metrics = self.compiled(self.state, self.batch_arrays)
+    self.loss = metrics["loss"]
     jax.block_until_ready((self.state, self.loss))
     if record:
       self.times.append(time.perf_counter() - started)
@@ -206,13 +202,12 @@ class Bench:
       raise FloatingPointError(f"{self.method}: the loss became non-finite")
     timed = range(first_timed_step, self.steps_run)
     if self.schedule is not None:
-      sent = check_bytes_against_hlo(self.schedule, self.message, self.hlo, timed,
-                                     self.workers)
+      sent = check_bytes_against_hlo(self.schedule, self.traffic.message_bytes,
+                                     self.hlo, timed, self.workers)
     elif self.method == "allreduce":
       if "all-reduce" not in self.hlo:
         raise AssertionError("allreduce step has no all-reduce in its HLO")
-      n = self.workers
-      sent = 2 * (n - 1) / n * 4 * self.num_params  # ring all-reduce
+      sent = float(self.traffic.sent(0).mean())
     else:
       if "collective-permute" in self.hlo or "all-reduce" in self.hlo:
         raise AssertionError("local SGD step communicates")

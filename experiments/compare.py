@@ -56,31 +56,27 @@ def summarize(run: dict, target: float) -> dict:
   )
 
 
-def _step_bytes(run: dict):
-  """(schedule or None, bytes per message or per all-reduce) from a run's records.
+def _communication(run: dict):
+  """(schedule or None, message bytes) of a run, as the trainer recorded them.
 
-  The trainer records cumulative bytes per worker, which equal the message size
-  times each worker's summed active degree (gossip) or the steps times
-  2 (n - 1) / n of the model (ring all-reduce), so the sizes follow exactly.
+  ``message_bytes`` is the buffer a worker sends along one active matching
+  (gossip, AL-DSGD) or all-reduces (allreduce); 0 for local SGD.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   from experiments.cifar import train  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(run["config"])
-  last = run["records"][-1]
-  steps, sent = last["step"], last["bytes_sent_mean"]
-  if config.method == "local" or not sent:
-    return None, 0.0
-  if config.method == "allreduce":
-    n = config.num_workers
-    return None, sent / (steps * 2 * (n - 1) / n)
-  schedule = train.build_schedule(config)
-  degree_sum = sum(schedule.active_degrees(k).mean() for k in range(steps))
-  return schedule, sent / degree_sum
+  message = run["records"][-1].get("message_bytes")
+  if message is None:
+    raise ValueError(f"{run['name']}: its metrics have no message_bytes (written "
+                     "by an older experiments.cifar); rerun it to simulate time.")
+  if config.method in ("allreduce", "local"):
+    return None, message
+  return train.build_schedule(config), message
 
 
 def simulated_seconds(run: dict, network) -> np.ndarray:
   """Measured training time + simulated communication, at each record's end."""
-  schedule, size = _step_bytes(run)
+  schedule, size = _communication(run)
   ends = [r["step"] for r in run["records"]]
   if schedule is not None:
     per_step = network.gossip_times(schedule, ends[-1], size)

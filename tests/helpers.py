@@ -1,4 +1,5 @@
-"""Shared helpers: a tiny pytree model zoo and a runner for jitted worker steps."""
+"""Shared helpers: a tiny pytree model zoo, runners for jitted worker steps, tiny
+experiment configs and fake data."""
 
 from __future__ import annotations
 
@@ -14,6 +15,33 @@ import optax
 import jax_aldsgd as ald
 
 from tests import reference
+
+
+def tiny_config(method=None, **overrides):
+  """experiments.cifar's default config, shrunk to run in seconds on mock data."""
+  from experiments.cifar.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config(method)
+  config.update(dict(model="small_cnn", batch_size=2, num_epochs=2,
+                     learning_rate=0.05, lr_decay_epochs=(1,), eval_batch_size=16,
+                     progress_bar=False, plots=False))
+  config.update(overrides)
+  return config
+
+
+def mix_once(transform, x_hat, losses, step, mesh):
+  """Applies ``transform`` once with zero incoming updates (so x_hat = params)."""
+
+  def f(params, loss, count):
+    state = transform.init(params)
+    if "count" in getattr(state, "_fields", ()):
+      state = state._replace(count=count)
+    updates, _ = transform.update(jax.tree.map(jnp.zeros_like, params), state,
+                                  params, loss=loss)
+    return optax.apply_updates(params, updates)
+
+  n = mesh.shape["workers"]
+  return jax.jit(ald.worker_map(f, mesh))(
+      x_hat, jnp.asarray(losses, jnp.float32), jnp.full((n,), step, jnp.int32))
 
 
 def flat_dim(shapes):
@@ -95,22 +123,6 @@ def reference_run(x0, problem, steps, schedule, *, lr, weight_decay=0.0,
       x = reference.adjacent_leader(x_hat, losses, matchings, active, weights,
                                     pull=pull, **coefficients)
   return x
-
-
-def mix_once(transform, x_hat, losses, step, mesh):
-  """Applies ``transform`` once with zero incoming updates (so x_hat = params)."""
-
-  def f(params, loss, count):
-    state = transform.init(params)
-    if "count" in getattr(state, "_fields", ()):
-      state = state._replace(count=count)
-    updates, _ = transform.update(jax.tree.map(jnp.zeros_like, params), state,
-                                  params, loss=loss)
-    return optax.apply_updates(params, updates)
-
-  n = mesh.shape["workers"]
-  return jax.jit(ald.worker_map(f, mesh))(
-      x_hat, jnp.asarray(losses, jnp.float32), jnp.full((n,), step, jnp.int32))
 
 
 def write_idx(path, array, magic):

@@ -51,6 +51,7 @@ def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
     benchmark.check_bytes_against_hlo(schedule, message + 4, hlo, range(3), 8)
 
 
+@pytest.mark.slow
 def test_quick_benchmark_runs(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
   out = tmp_path / "bench.json"

@@ -299,9 +299,17 @@ def test_create_model_validates_sizes(kwargs, error, pattern):
     models.create_model("small_cnn", rngs=nnx.Rngs(0), **kwargs)
 
 
-def test_wide_resnet_rejects_bad_depth():
-  with pytest.raises(ValueError, match=r"6 n \+ 4.*got 27"):
-    models.WideResNet(27, 10, in_channels=3, num_classes=10, rngs=nnx.Rngs(0))
+def test_resnet_rejects_bad_stages_and_width():
+  kwargs = dict(in_channels=3, num_classes=10, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"stage_sizes .* got \(3, 0\)"):
+    models.ResNet((3, 0), models.BasicBlock, **kwargs)
+  with pytest.raises(ValueError, match="widen_factor must be an integer >= 1"):
+    models.ResNet((1,), models.WideBasicBlock, widen_factor=0, **kwargs)
+
+
+def test_variants_are_one_resnet():
+  for name in ("resnet50", "resnet20", "wrn28_10"):
+    assert isinstance(abstract(name), models.ResNet)
 
 
 @pytest.mark.parametrize("stride,use_bias,height", [(1, True, 8), (2, False, 8),

@@ -2,12 +2,15 @@
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
+import pytest
 
 from experiments.cifar import report
 from experiments.cifar import train
@@ -27,11 +30,15 @@ def _env():
   return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
 
 
-def _run_together(commands):
-  """Starts all commands at once; waits for all; fails with their output."""
-  processes = [subprocess.Popen(c, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-               for c in commands]
+def _start(commands):
+  return [subprocess.Popen(c, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+          for c in commands]
+
+
+def _wait(processes, returncode=0):
+  """Waits for every process; fails with their output unless all return
+  ``returncode``."""
   outputs = []
   try:
     for p in processes:
@@ -40,9 +47,16 @@ def _run_together(commands):
     for p in processes:
       p.kill()
   for p, out in zip(processes, outputs):
-    assert p.returncode == 0, out[-3000:]
+    assert p.returncode == returncode, out[-3000:]
+  return outputs
 
 
+def _run_together(commands):
+  """Starts all commands at once; waits for all; fails with their output."""
+  return _wait(_start(commands))
+
+
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
   """2 processes x 4 devices give the same parameters as 1 process x 8."""
   job = str(ROOT / "tests" / "multihost_job.py")
@@ -56,24 +70,38 @@ def test_two_processes_equal_one_process(tmp_path):
     np.testing.assert_array_equal(two[method], one[method])
 
 
+@pytest.mark.slow
 def test_experiment_runner_across_two_processes(tmp_path):
-  """experiments.cifar with --num_processes=2 equals the one-process run; only
+  """experiments.cifar with --num_processes=2: a SIGINT to one process stops
+  both at the same step (it becomes a SIGTERM, which JAX's preemption service
+  turns into a sync point); rerun, the run equals the one-process run. Only
   process 0 writes metrics."""
   data = helpers.fake_fashion_mnist(tmp_path / "data")
   common = ["-m", "experiments.cifar",
             "--config=experiments/cifar/configs/fashion_mnist.py",
-            f"--config.data_dir={data}", "--config.batch_size=4",
-            "--config.num_epochs=2", "--config.lr_decay_epochs=(1,)",
+            f"--config.data_dir={data}", "--config.batch_size=2",
+            "--config.num_epochs=4", "--config.lr_decay_epochs=(3,)",
             "--config.eval_batch_size=64", "--config.progress_bar=False",
             "--config.plots=False"]
-  port = _free_port()
-  _run_together([[sys.executable, *common, f"--workdir={tmp_path / 'two'}",
-                  f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                  f"--process_id={i}"] for i in range(2)])
+  two_processes = lambda port: [[sys.executable, *common, f"--workdir={tmp_path / 'two'}",
+                       f"--coordinator_address=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={i}"] for i in range(2)]
+  processes = _start(two_processes(_free_port()))
+  log = report.MetricsLog(tmp_path / "two" / "metrics.jsonl")
+  while not log.read():  # the first epoch is done; 3 to go
+    assert all(p.poll() is None for p in processes), _wait(processes)
+    time.sleep(0.05)
+  processes[1].send_signal(signal.SIGINT)
+  outputs = _wait(processes, returncode=128 + signal.SIGTERM)
+  stopped = [int(out.split("training stopped at step ")[1].split()[0])
+             for out in outputs]
+  assert stopped[0] == stopped[1], outputs
+  assert 16 <= stopped[0] < 64, stopped  # 16 steps per epoch
+  _run_together(two_processes(_free_port()))
   _run_together([[sys.executable, *common, f"--workdir={tmp_path / 'one'}"]])
   one = report.MetricsLog(tmp_path / "one" / "metrics.jsonl").read()
   two = report.MetricsLog(tmp_path / "two" / "metrics.jsonl").read()
-  assert len(one) == len(two) == 2
+  assert len(one) == len(two) == 4
   # Sums over workers (the averaged model, the consensus distance's mean) are
   # all-reduces whose order of addition differs between in-process and gloo
   # collectives: equal to float32 rounding. Everything per worker is exact.

@@ -11,14 +11,13 @@ import time
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from experiments.cifar import checkpoint as checkpoint_lib
 from experiments.cifar import input_pipeline
 from experiments.cifar import report
 from experiments.cifar import train
 from tests import helpers
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -40,15 +39,8 @@ def _clean_env():
     (dict(learning_rate=float("nan")), "config.learning_rate=nan must be a finite"),
     (dict(learning_rate=-0.1), "config.learning_rate=-0.1 must be a finite number "
      "in \\(0.0, inf\\]"),
-    (dict(weight_decay=float("inf")), "config.weight_decay=inf must be a finite"),
-    (dict(momentum=1.0), "config.momentum=1.0 must be a finite number in"),
-    (dict(matcha_budget=0.0), "config.matcha_budget=0.0 must be"),
-    (dict(c1=0.95), "config.c1 \\+ config.c2 = 0.95 \\+ 0.1 must be <= 1"),
-    (dict(p2=-0.2), "config.p2=-0.2 must be"),
     (dict(lr_decay_epochs=(150, 100)), "must be an increasing tuple"),
     (dict(graph_ids=()), "config.graph_ids=\\(\\) must be a non-empty tuple"),
-    (dict(workers_per_device=3), "config.num_workers=8 is not divisible by "
-     "config.workers_per_device=3"),
     (dict(data_source="idx"), "reads Debian's Fashion-MNIST files, but "
      "config.dataset='cifar10'"),
 ])
@@ -57,20 +49,36 @@ def test_bad_config_fields(overrides, message):
     train.validate_config(tiny_config(**overrides))
 
 
-def test_bad_runtime_combinations(tmp_path):
-  with tfds.testing.mock_data(num_examples=48,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    with pytest.raises(ValueError, match="32 workers need 32 devices"):
-      train.train_and_evaluate(tiny_config(num_workers=32, graph_ids=(0,),
-                                           topology="ring"), str(tmp_path / "a"))
-    with pytest.raises(ValueError, match="paper graph 10 has 16 workers but "
-                       "config.num_workers is 8"):
-      train.train_and_evaluate(tiny_config(graph_ids=(10,)), str(tmp_path / "b"))
-    with pytest.raises(ValueError, match="fewer than batch_size 16"):
-      train.train_and_evaluate(tiny_config(batch_size=16), str(tmp_path / "c"))
+@pytest.mark.parametrize("method,overrides,message", [
+    ("dpsgd", dict(weight_decay=float("inf")), "weight_decay must be a finite"),
+    ("dpsgd", dict(momentum=1.0), "momentum must be in \\[0.0, 1.0\\), got 1.0"),
+    ("matcha", dict(matcha_budget=0.0), "budget must be in \\(0, 1\\]"),
+    ("aldsgd_dpsgd", dict(c1=0.95), "c1 \\+ c2 must be <= 1"),
+    ("aldsgd_dpsgd", dict(p2=-0.2), "p2 must be in \\[0.0, 1.0\\], got -0.2"),
+])
+def test_bad_fields_the_library_checks(method, overrides, message):
+  """Fields passed on to the library's factories are checked there, once."""
+  config = tiny_config(method, **overrides)
+  with pytest.raises(ValueError, match=message):
+    train.build_optimizer(config, train.build_schedule(config), 0.1)
 
 
-def test_diverging_worker_is_isolated_and_reported(tmp_path, monkeypatch):
+def test_bad_runtime_combinations(mock_cifar, tmp_path):
+  with pytest.raises(ValueError, match="32 workers need 32 devices"):
+    train.train_and_evaluate(tiny_config(num_workers=32, graph_ids=(0,),
+                                         topology="ring"), str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="num_workers=8 is not divisible by "
+                     "workers_per_device=3"):
+    train.train_and_evaluate(tiny_config(workers_per_device=3), str(tmp_path / "b"))
+  with pytest.raises(ValueError, match="paper graph 10 has 16 workers but "
+                     "config.num_workers is 8"):
+    train.train_and_evaluate(tiny_config(graph_ids=(10,)), str(tmp_path / "c"))
+  with pytest.raises(ValueError, match="fewer than batch_size 16"):
+    train.train_and_evaluate(tiny_config(batch_size=16), str(tmp_path / "d"))
+
+
+def test_diverging_worker_is_isolated_and_reported(mock_cifar, tmp_path,
+                                                   monkeypatch):
   """Worker 3's data turns to NaN from step 2 on; with skip_nonfinite the others
   stay finite and keep training, and the metrics name worker 3."""
   original = input_pipeline.WorkerBatches.batch
@@ -83,9 +91,7 @@ def test_diverging_worker_is_isolated_and_reported(tmp_path, monkeypatch):
     return images, labels
 
   monkeypatch.setattr(input_pipeline.WorkerBatches, "batch", poisoned)
-  with tfds.testing.mock_data(num_examples=48,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    train.train_and_evaluate(tiny_config(skip_nonfinite=True), str(tmp_path))
+  train.train_and_evaluate(tiny_config(skip_nonfinite=True), str(tmp_path))
   records = report.MetricsLog(tmp_path / "metrics.jsonl").read()
   others = [w for w in range(8) if w != 3]
   for record in records:
@@ -110,21 +116,20 @@ def _corrupt(step_dir: pathlib.Path):
   victim.write_bytes(bytes(data))
 
 
-def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+@pytest.mark.slow
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(mock_cifar, tmp_path):
   config = tiny_config(num_epochs=3)
-  with tfds.testing.mock_data(num_examples=48,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    train.train_and_evaluate(config, str(tmp_path / "whole"))
-    parts = tmp_path / "parts"
-    with pytest.raises(train.TrainingInterrupted):
-      train.train_and_evaluate(tiny_config(num_epochs=3, stop_after_steps=7),
-                               str(parts))
-    steps = sorted(int(p.name) for p in (parts / "checkpoints").iterdir()
-                   if p.name.isdigit())
-    assert steps == [6, 7]
-    _corrupt(parts / "checkpoints" / "7")
-    with pytest.warns(UserWarning, match="checkpoint 7 .* is unreadable or corrupt"):
-      train.train_and_evaluate(config, str(parts))
+  train.train_and_evaluate(config, str(tmp_path / "whole"))
+  parts = tmp_path / "parts"
+  with pytest.raises(train.TrainingInterrupted):
+    train.train_and_evaluate(tiny_config(num_epochs=3, stop_after_steps=7),
+                             str(parts))
+  steps = sorted(int(p.name) for p in (parts / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [6, 7]
+  _corrupt(parts / "checkpoints" / "7")
+  with pytest.warns(UserWarning, match="checkpoint 7 .* is unreadable or corrupt"):
+    train.train_and_evaluate(config, str(parts))
   assert any((tmp_path / "parts" / "checkpoints-corrupt").iterdir())
   a = train.final_params(tmp_path / "whole")
   b = train.final_params(parts)
@@ -132,18 +137,16 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
-def test_all_checkpoints_corrupt_is_a_clear_error(tmp_path):
-  with tfds.testing.mock_data(num_examples=48,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    with pytest.raises(train.TrainingInterrupted):
-      train.train_and_evaluate(tiny_config(stop_after_steps=4), str(tmp_path))
-    for step_dir in (tmp_path / "checkpoints").iterdir():
-      if step_dir.name.isdigit():
-        _corrupt(step_dir)
-    with pytest.raises(checkpoint_lib.CorruptCheckpointError,
-                       match="(?s)no intact checkpoint.*new --workdir"):
-      with pytest.warns(UserWarning):
-        train.train_and_evaluate(tiny_config(), str(tmp_path))
+def test_all_checkpoints_corrupt_is_a_clear_error(mock_cifar, tmp_path):
+  with pytest.raises(train.TrainingInterrupted):
+    train.train_and_evaluate(tiny_config(stop_after_steps=4), str(tmp_path))
+  for step_dir in (tmp_path / "checkpoints").iterdir():
+    if step_dir.name.isdigit():
+      _corrupt(step_dir)
+  with pytest.raises(checkpoint_lib.CorruptCheckpointError,
+                     match="(?s)no intact checkpoint.*new --workdir"):
+    with pytest.warns(UserWarning):
+      train.train_and_evaluate(tiny_config(), str(tmp_path))
 
 
 def _run_command(workdir, data_dir):
@@ -166,6 +169,7 @@ def _wait_for_epochs(workdir, count, process, timeout=240):
   raise AssertionError(f"{workdir}: {count} epochs not reached in {timeout} s")
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigkill_then_resume_equals_uninterrupted(tmp_path):
   """Real processes: one uninterrupted run; another stopped by SIGTERM, restarted,
   killed by SIGKILL at a random moment, restarted to the end. Same bits."""
@@ -218,11 +222,10 @@ print(jax.jit(ald.worker_map(step, ald.worker_mesh(4)))(jnp.ones((4, 3))))
 """
 
 
-def test_a_stuck_collective_fails_in_seconds():
-  started = time.monotonic()
+def test_a_stuck_collective_fails_instead_of_hanging():
+  """The 4 s collective timeout aborts the process (a hang would hit the
+  subprocess timeout and fail the test)."""
   result = subprocess.run([sys.executable, "-c", HANG], env=_clean_env(),
-                          capture_output=True, text=True, timeout=120)
-  elapsed = time.monotonic() - started
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert "Termination timeout" in result.stderr
-  assert elapsed < 60, elapsed

@@ -5,29 +5,14 @@ import json
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+import jax_aldsgd as ald
 from experiments import compare
 from experiments.cifar import checkpoint as checkpoint_lib
 from experiments.cifar import report
 from experiments.cifar import train
 from experiments.cifar.configs import default
-
-
-def tiny_config(**overrides):
-  config = default.get_config()
-  config.update(dict(model="small_cnn", batch_size=2, num_epochs=2,
-                     learning_rate=0.05, lr_decay_epochs=(1,), eval_batch_size=16,
-                     progress_bar=False, plots=False))
-  config.update(overrides)
-  return config
-
-
-@pytest.fixture
-def mock_cifar():
-  with tfds.testing.mock_data(num_examples=48,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    yield
+from tests.helpers import tiny_config
 
 
 def _comparable(records):
@@ -50,10 +35,12 @@ def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
   # 48 images, 8 workers -> shards of 6 -> 3 steps of batch 2 per epoch.
   assert record["step"] == 6
   assert record["learning_rate"] == pytest.approx(0.005)  # x0.1 after epoch 1
-  # Bytes from the schedule: the active degrees of each step times the message.
+  # Bytes from the schedule: the active degrees of each step times the message
+  # (float32 parameters, the loss and a health flag).
   schedule = train.build_schedule(config)
   params = train.final_params(tmp_path)
   num_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params))
+  assert record["message_bytes"] == 4 * (num_params + 2)
   degrees = sum(schedule.active_degrees(k) for k in range(6))
   np.testing.assert_array_equal(record["bytes_sent"],
                                 degrees * 4 * (num_params + 2))
@@ -65,13 +52,24 @@ def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
 
 @pytest.mark.parametrize("method", ["matcha", "allreduce"])
 def test_other_methods_run(mock_cifar, tmp_path, method):
-  record = train.train_and_evaluate(tiny_config(method=method, num_epochs=1),
+  record = train.train_and_evaluate(tiny_config(method, num_epochs=1),
                                     str(tmp_path))
   assert all(np.isfinite(record["train_loss"]))
   if method == "allreduce":  # all workers hold the same model after a step
     np.testing.assert_allclose(record["consensus_distance"], 0.0, atol=1e-5)
+    params = jax.tree.map(lambda a: a[0], train.final_params(tmp_path))
+    assert record["message_bytes"] == 4 * sum(a.size for a in jax.tree.leaves(params))
+    np.testing.assert_allclose(record["bytes_sent"],
+                               3 * ald.allreduce_bytes(8, params))
 
 
+@pytest.mark.parametrize("method", ["allreduce", "matcha", "dpsgd_reference"])
+def test_config_argument_selects_the_method(method):
+  assert default.get_config(method).method == method
+  assert default.get_config().method == "aldsgd_dpsgd"
+
+
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(mock_cifar, tmp_path):
   whole, parts = tmp_path / "whole", tmp_path / "parts"
   train.train_and_evaluate(tiny_config(), str(whole))
@@ -123,6 +121,7 @@ def test_compare_table_and_plot(tmp_path, capsys):
     compare.main([str(tmp_path / "missing")])
 
 
+@pytest.mark.slow
 def test_two_workers_per_device_matches_one(mock_cifar, tmp_path):
   """8 workers on 4 devices train like 8 workers on 8.
 
@@ -146,8 +145,8 @@ def test_two_workers_per_device_matches_one(mock_cifar, tmp_path):
 
 def test_compare_simulated_wall_clock(tmp_path, capsys):
   """Simulated time = measured time + steps x (rounds x (L + B / b)), closed form."""
-  config = default.get_config()
-  config.update(dict(method="dpsgd", topology="ring", graph_ids=(0,)))
+  config = default.get_config("dpsgd")
+  config.update(dict(topology="ring", graph_ids=(0,)))
   workdir = tmp_path / "ring"
   workdir.mkdir()
   (workdir / "config.json").write_text(config.to_json())
@@ -157,7 +156,7 @@ def test_compare_simulated_wall_clock(tmp_path, capsys):
     steps = 100 * (epoch + 1)
     log.append(dict(epoch=epoch, step=steps, test_accuracy=[0.9] * 8,
                     test_accuracy_averaged_model=0.9, time_train_s=7.0 * steps,
-                    bytes_sent_mean=2 * message * steps))
+                    message_bytes=message, bytes_sent_mean=2 * message * steps))
   assert compare.main([str(workdir), "--out", str(tmp_path / "c.png"), "--gbit",
                        "1", "--latency-us", "100", "--target", "0.5"]) == 0
   out = capsys.readouterr().out

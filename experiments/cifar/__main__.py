@@ -1,8 +1,10 @@
 r"""Runs the paper's experiments: ``python -m experiments.cifar --config=... --workdir=...``.
 
-Config overrides go on the command line, e.g. ``--config.method=matcha
+The method is the config's argument and other fields are overridden on the
+command line, e.g. ``--config=experiments/cifar/configs/default.py:matcha
 --config.num_epochs=3``. Rerunning the same command resumes from the workdir's
-latest checkpoint; SIGINT/SIGTERM save a checkpoint before exiting.
+latest checkpoint; SIGINT/SIGTERM save a checkpoint before exiting (with
+several processes, all of them at the same step).
 """
 
 import sys

@@ -1,9 +1,9 @@
 """Checkpoints of a whole decentralized run (orbax), with a config fingerprint.
 
-A checkpoint holds every worker's parameters, BatchNorm statistics and optimizer
-state (the schedule's step counter is part of the optimizer state), the epoch's
-running metric sums, and JSON metadata: the global step, the data-order position
-(epoch, step within the epoch), communicated bytes, elapsed time and the
+A checkpoint holds the trainer's ``TrainState``: every worker's parameters,
+BatchNorm statistics and optimizer state (the schedule's step counter is part of
+the optimizer state) and the epoch's running metric sums; and JSON metadata: the
+run's progress (steps and epochs done, communicated bytes, elapsed time) and the
 fingerprint of the config fields that define the run. Saves are synchronous and
 atomic (orbax writes a temporary directory and renames it when complete), so a
 crash mid-write leaves the previous checkpoint as the latest one. The metadata
@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jax_aldsgd import _schedules
 
 # Config fields that define a run: resuming with any of them changed would mix two
 # different experiments in one trajectory. Others (num_epochs, learning-rate
@@ -68,11 +70,8 @@ class CorruptCheckpointError(RuntimeError):
 
 
 def _mix32(x):
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * jnp.uint32(0x846CA68B)
-  return x ^ (x >> 16)
+  # The library's 32-bit integer hash: one hash function in the project.
+  return _schedules._mix32(jnp, x)  # pylint: disable=protected-access
 
 
 def _as_uint32(leaf):

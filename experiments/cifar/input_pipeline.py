@@ -14,13 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import importlib.util
 import os
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -64,8 +59,6 @@ DATASETS: dict[str, DatasetInfo] = {
 SPLITS = ("train", "test")
 SOURCES = ("tfds", "idx")
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
-# How long to wait for a download host before declaring the machine offline.
-PROBE_TIMEOUT_S = 5.0
 CROP_PADDING = 4
 
 # Distinct first words of the seed sequences, so that the shard split, the epoch
@@ -111,10 +104,8 @@ def load_split(dataset: str, split: str, *, source: str = "tfds",
     ValueError: unknown dataset, split or source, or "idx" for a dataset other
       than Fashion-MNIST.
     FileNotFoundError: "idx" and the files are missing.
-    RuntimeError: "tfds" and the dataset is not prepared in ``data_dir`` and
-      cannot be prepared on this machine (no network, or no TensorFlow, which
-      TFDS needs to build it). Raised within about `PROBE_TIMEOUT_S`, instead of
-      letting TFDS retry its downloads for minutes; the message says how to get
+    RuntimeError: "tfds" and the dataset is not prepared in ``data_dir`` (or
+      cannot be read); nothing is downloaded, and the message says how to get
       the data.
   """
   _check_name("dataset", dataset, tuple(DATASETS))
@@ -196,25 +187,18 @@ def _load_tfds(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]
   # Imported here so that the IDX path and this module's import need no TFDS.
   import tensorflow_datasets as tfds
 
-  kwargs = dict(split=split, data_dir=data_dir,
-                builder_kwargs={"file_format": "array_record"})
   try:
-    # Open what is there first: this is also the path `tfds.testing.mock_data`
-    # replaces, so tests run without any prepared files.
-    source = tfds.data_source(name, download=False, **kwargs)
-  except Exception as e:
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    if builder.is_prepared():
-      raise RuntimeError(
-          f"{name} is prepared in {builder.data_dir} but could not be opened "
-          f"for random access: {e}\n{_how_to_get(name)}") from e
-    _check_can_prepare(builder)
-    # GCS holds TFRecord copies only, which `data_source` cannot read: build
-    # from the original files.
-    config = tfds.download.DownloadConfig(try_download_gcs=False)
-    source = tfds.data_source(
-        name, download=True,
-        download_and_prepare_kwargs={"download_config": config}, **kwargs)
+    # Only what is prepared: TFDS could prepare CIFAR only with TensorFlow and
+    # internet, so the fix for missing data is the how-to below, not a download.
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                              builder_kwargs={"file_format": "array_record"})
+  except Exception as e:  # pylint: disable=broad-except
+    # TFDS reports missing data as KeyError (no splits), unreadable data as
+    # others; either way the user needs the same instructions.
+    where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    raise RuntimeError(
+        f"{name}[{split}] is not prepared as ArrayRecord in {where} ("
+        f"{type(e).__name__}: {e}).\n{_how_to_get(name)}") from e
   return _read_all(source, DATASETS[name].image_shape, f"{name}[{split}]")
 
 
@@ -250,57 +234,6 @@ def _how_to_get(name: str) -> str:
       "data_dir=D (--config.data_dir=D for experiments/cifar). Fashion-MNIST "
       "also works offline: apt-get install dataset-fashion-mnist and use "
       "source='idx' (--config.data_source=idx).")
-
-
-def _check_can_prepare(builder) -> None:
-  """Raises quickly when TFDS would fail to download and prepare ``builder``."""
-  urls = list(builder.url_infos or ())
-  failures = _probe_hosts(urls, PROBE_TIMEOUT_S)
-  where = f"{builder.name} is not prepared in {builder.data_dir}"
-  if failures:
-    raise RuntimeError(
-        f"{where}, and its download host cannot be reached from this machine "
-        f"({'; '.join(failures)}).\n{_how_to_get(builder.name)}")
-  # TFDS' CIFAR and MNIST builders read and encode with tf.io / tf.image.
-  if not _tensorflow_installed():
-    raise RuntimeError(
-        f"{where}, and preparing it needs TensorFlow, which is not installed "
-        f"(pip install tensorflow).\n{_how_to_get(builder.name)}")
-
-
-def _tensorflow_installed() -> bool:
-  return importlib.util.find_spec("tensorflow") is not None
-
-
-def _probe_hosts(urls: Sequence[str], timeout: float) -> list[str]:
-  """HEAD-requests one URL per host; returns a description of each failure."""
-  by_host = {}
-  for url in urls:
-    by_host.setdefault(urllib.parse.urlsplit(url).netloc, url)
-  return [f"{url}: {error}" for url in by_host.values()
-          if (error := _probe(url, timeout)) is not None]
-
-
-def _probe(url: str, timeout: float) -> str | None:
-  """Returns None if ``url`` answers within ``timeout`` seconds, else why not."""
-  outcome = ["no answer within %g s" % timeout]
-
-  def attempt():
-    try:
-      request = urllib.request.Request(url, method="HEAD")
-      with urllib.request.urlopen(request, timeout=timeout):
-        outcome[0] = None
-    except urllib.error.HTTPError as e:
-      # 405: the server is there but refuses HEAD; a download will still work.
-      outcome[0] = None if e.code == 405 else f"HTTP {e.code}"
-    except (OSError, ValueError) as e:
-      outcome[0] = str(getattr(e, "reason", e))
-
-  # A thread, because the socket timeout does not bound the DNS lookup.
-  thread = threading.Thread(target=attempt, daemon=True)
-  thread.start()
-  thread.join(timeout)
-  return outcome[0]
 
 
 # --- Normalization and augmentation ------------------------------------------
@@ -538,32 +471,3 @@ class WorkerBatches:
               [self.seed, _AUGMENT_STREAM, int(epoch), int(step), worker]))
           for row, worker in enumerate(workers)])
     return normalize(images, self.mean, self.std), self.labels[indices]
-
-
-def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
-                 mean: Sequence[float], std: Sequence[float]
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """The whole split in order, normalized, without augmentation.
-
-  The last batch holds the remaining ``N mod batch_size`` images when that is
-  not zero; a caller that needs one static shape pads it (and masks the
-  padding out of its metrics).
-
-  Args:
-    images: uint8 ``(N, H, W, C)``.
-    labels: integer ``(N,)``.
-    batch_size: images per batch.
-    mean: per-channel mean of ``images / 255``.
-    std: per-channel standard deviation.
-
-  Returns:
-    An iterator of ``(images, labels)``: float32 ``(b, H, W, C)`` and int32
-    ``(b,)``, with ``b = batch_size`` except possibly for the last batch.
-  """
-  # Checked here, not at the first `next`, hence the inner generator.
-  images, labels = _check_images(images, labels)
-  batch_size = _check_positive_int("batch_size", batch_size)
-  _check_mean_std(mean, std, images.shape[-1])
-  starts = range(0, len(images), batch_size)
-  return ((normalize(images[start:start + batch_size], mean, std),
-           labels[start:start + batch_size]) for start in starts)

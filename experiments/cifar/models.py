@@ -4,7 +4,9 @@ Every model maps NHWC float32 images ``(batch, H, W, in_channels)`` with
 ``H, W >= 8`` to logits ``(batch, num_classes)``. The classifier head sits on a
 global average pool of the last feature map, so the same model runs on 32x32
 CIFAR and 28x28 Fashion-MNIST; on 32x32 inputs this is exactly the 8x8 average
-pool of the reference code.
+pool of the reference code. The CIFAR ResNets are one `ResNet` built from stage
+sizes and a block type; the paper's ResNet-50, ResNet-20 and WRN-28-10 are
+``functools.partial`` variants of it (as in flax's ``examples/imagenet``).
 
 Conventions, chosen to match the reference PyTorch code (ALGORITHM.md section 8):
 
@@ -45,6 +47,12 @@ from jax_aldsgd import _checks
 # PyTorch's BatchNorm2d defaults: running = 0.9 running + 0.1 batch.
 BATCH_NORM_MOMENTUM = 0.9
 BATCH_NORM_EPSILON = 1e-5
+
+# Work around XLA's CPU backend, which runs a 1x1 convolution's kernel gradient
+# as a slow whole-feature-map convolution: compute 1x1 convolutions as matrix
+# products instead (`PointwiseConv`; same parameters, same function, bitwise the
+# same gradients). Harmless elsewhere; False builds plain ``nnx.Conv`` layers.
+ONE_BY_ONE_CONV_AS_MATMUL_FOR_XLA_CPU = True
 
 def _torch_uniform(fan_in: int | None = None):
   """PyTorch's default init: uniform in +-1/sqrt(fan_in), fan_in = in * kh * kw.
@@ -117,7 +125,8 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int 
           use_bias: bool, rngs: nnx.Rngs) -> nnx.Conv:
   """A square convolution padded like PyTorch's ``padding=kernel_size // 2``."""
   pad = kernel_size // 2
-  return (PointwiseConv if kernel_size == 1 else nnx.Conv)(
+  pointwise = kernel_size == 1 and ONE_BY_ONE_CONV_AS_MATMUL_FOR_XLA_CPU
+  return (PointwiseConv if pointwise else nnx.Conv)(
       in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
       padding=((pad, pad), (pad, pad)), use_bias=use_bias,
       kernel_init=_torch_uniform(),
@@ -164,28 +173,30 @@ def _check_images(x: jax.Array, in_channels: int, model_name: str):
         f"got shape {tuple(x.shape)}. Add a batch axis or put channels last.")
 
 
-# --- ResNet-50 of the reference code (CIFAR bottleneck ResNet, ~546k params) ---
+# --- CIFAR ResNets: one network, three block types ---
 
 
 class Bottleneck(nnx.Module):
   """Bottleneck block: 1x1 -> 3x3 (strided) -> 1x1 (x4 channels), plus shortcut.
 
-  Every convolution has a bias, as in the reference code.
+  Post-activation (conv-BN-ReLU), as in the reference code's "ResNet-50".
   """
 
   expansion = 4
+  preactivation = False
 
   def __init__(self, in_channels: int, planes: int, stride: int, *,
-               rngs: nnx.Rngs):
+               use_bias: bool, rngs: nnx.Rngs):
     out_channels = planes * self.expansion
-    self.conv1 = _conv(in_channels, planes, 1, use_bias=True, rngs=rngs)
+    self.conv1 = _conv(in_channels, planes, 1, use_bias=use_bias, rngs=rngs)
     self.bn1 = _batch_norm(planes, rngs)
-    self.conv2 = _conv(planes, planes, 3, stride=stride, use_bias=True, rngs=rngs)
+    self.conv2 = _conv(planes, planes, 3, stride=stride, use_bias=use_bias,
+                       rngs=rngs)
     self.bn2 = _batch_norm(planes, rngs)
-    self.conv3 = _conv(planes, out_channels, 1, use_bias=True, rngs=rngs)
+    self.conv3 = _conv(planes, out_channels, 1, use_bias=use_bias, rngs=rngs)
     self.bn3 = _batch_norm(out_channels, rngs)
     self.shortcut = _projection(in_channels, out_channels, stride,
-                                use_bias=True, rngs=rngs)
+                                use_bias=use_bias, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
@@ -195,69 +206,22 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + shortcut)
 
 
-class _CifarResNet(nnx.Module):
-  """Stem (conv1, bn1), ``stages``, global average pool, ``linear``."""
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    _check_images(x, self.in_channels, type(self).__name__)
-    x = nnx.relu(self.bn1(self.conv1(x)))
-    x = self.stages(x)
-    return self.linear(_global_average_pool(x))
-
-
-class ResNet50Cifar(_CifarResNet):
-  """The paper's CIFAR "ResNet-50": a narrow bottleneck ResNet, ~546k parameters.
-
-  3x3 stem to 16 channels, then stages of [3, 4, 6] bottleneck blocks with
-  16/32/64 planes (64/128/256 output channels) and strides 1/2/2, global average
-  pool, linear 256 -> classes. 545,930 parameters for 3 input channels and 10
-  classes; the biases on every convolution are what makes the reference's
-  "about 546k" (without them: 542,106).
-  """
-
-  def __init__(self, *, in_channels: int, num_classes: int, rngs: nnx.Rngs):
-    """Builds the network.
-
-    Args:
-      in_channels: channels of the input images (3 for CIFAR).
-      num_classes: number of output logits.
-      rngs: the ``params`` stream initialises the weights.
-    """
-    self.in_channels = in_channels
-    self.conv1 = _conv(in_channels, 16, 3, use_bias=True, rngs=rngs)
-    self.bn1 = _batch_norm(16, rngs)
-    stages = []
-    channels = 16
-    for planes, num_blocks, stride in ((16, 3, 1), (32, 4, 2), (64, 6, 2)):
-      blocks = []
-      for block in range(num_blocks):
-        blocks.append(Bottleneck(channels, planes, stride if block == 0 else 1,
-                                 rngs=rngs))
-        channels = planes * Bottleneck.expansion
-      stages.append(nnx.Sequential(*blocks))
-    self.stages = nnx.Sequential(*stages)
-    self.linear = _linear(channels, num_classes, rngs)
-
-
-# --- ResNet-20 (He et al., 2016) ---
-
-
 class BasicBlock(nnx.Module):
-  """Post-activation basic block: two 3x3 convolutions (no bias) and a shortcut.
+  """Post-activation basic block (He et al., 2016): two 3x3 convolutions and a
+  shortcut (a strided 1x1 convolution + BatchNorm when the shape changes)."""
 
-  The shortcut is a strided 1x1 convolution + BatchNorm when the shape changes
-  (He et al.'s option B), the identity otherwise.
-  """
+  expansion = 1
+  preactivation = False
 
-  def __init__(self, in_channels: int, out_channels: int, stride: int, *,
-               rngs: nnx.Rngs):
-    self.conv1 = _conv(in_channels, out_channels, 3, stride=stride, use_bias=False,
+  def __init__(self, in_channels: int, planes: int, stride: int, *,
+               use_bias: bool, rngs: nnx.Rngs):
+    self.conv1 = _conv(in_channels, planes, 3, stride=stride, use_bias=use_bias,
                        rngs=rngs)
-    self.bn1 = _batch_norm(out_channels, rngs)
-    self.conv2 = _conv(out_channels, out_channels, 3, use_bias=False, rngs=rngs)
-    self.bn2 = _batch_norm(out_channels, rngs)
-    self.shortcut = _projection(in_channels, out_channels, stride,
-                                use_bias=False, rngs=rngs)
+    self.bn1 = _batch_norm(planes, rngs)
+    self.conv2 = _conv(planes, planes, 3, use_bias=use_bias, rngs=rngs)
+    self.bn2 = _batch_norm(planes, rngs)
+    self.shortcut = _projection(in_channels, planes, stride, use_bias=use_bias,
+                                rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
@@ -266,57 +230,24 @@ class BasicBlock(nnx.Module):
     return nnx.relu(y + shortcut)
 
 
-class ResNet20(_CifarResNet):
-  """CIFAR ResNet-20 (He et al., 2016), ~0.27M parameters.
-
-  3x3 convolution to 16 channels, three stages of 3 basic blocks with 16/32/64
-  channels and strides 1/2/2, global average pool, linear 64 -> classes.
-  """
-
-  def __init__(self, *, in_channels: int, num_classes: int, rngs: nnx.Rngs):
-    """Builds the network.
-
-    Args:
-      in_channels: channels of the input images.
-      num_classes: number of output logits.
-      rngs: the ``params`` stream initialises the weights.
-    """
-    self.in_channels = in_channels
-    self.conv1 = _conv(in_channels, 16, 3, use_bias=False, rngs=rngs)
-    self.bn1 = _batch_norm(16, rngs)
-    stages = []
-    channels = 16
-    for out_channels, stride in ((16, 1), (32, 2), (64, 2)):
-      blocks = []
-      for block in range(3):
-        blocks.append(BasicBlock(channels, out_channels, stride if block == 0 else 1,
-                                 rngs=rngs))
-        channels = out_channels
-      stages.append(nnx.Sequential(*blocks))
-    self.stages = nnx.Sequential(*stages)
-    self.linear = _linear(channels, num_classes, rngs)
-
-
-# --- Wide ResNet (Zagoruyko & Komodakis, 2016) ---
-
-
 class WideBasicBlock(nnx.Module):
-  """Pre-activation wide block: BN-ReLU-conv3x3 twice, no dropout, no biases.
+  """Pre-activation wide block (Zagoruyko & Komodakis, 2016): BN-ReLU-conv3x3
+  twice, no dropout. When the shape changes, the shortcut is a strided 1x1
+  convolution of the pre-activated input (as in the authors' code)."""
 
-  When the shape changes, the shortcut is a strided 1x1 convolution of the
-  pre-activated input (as in the authors' code), otherwise the identity.
-  """
+  expansion = 1
+  preactivation = True
 
-  def __init__(self, in_channels: int, out_channels: int, stride: int, *,
-               rngs: nnx.Rngs):
+  def __init__(self, in_channels: int, planes: int, stride: int, *,
+               use_bias: bool, rngs: nnx.Rngs):
     self.bn1 = _batch_norm(in_channels, rngs)
-    self.conv1 = _conv(in_channels, out_channels, 3, stride=stride, use_bias=False,
+    self.conv1 = _conv(in_channels, planes, 3, stride=stride, use_bias=use_bias,
                        rngs=rngs)
-    self.bn2 = _batch_norm(out_channels, rngs)
-    self.conv2 = _conv(out_channels, out_channels, 3, use_bias=False, rngs=rngs)
-    if stride != 1 or in_channels != out_channels:
-      self.shortcut = _conv(in_channels, out_channels, 1, stride=stride,
-                            use_bias=False, rngs=rngs)
+    self.bn2 = _batch_norm(planes, rngs)
+    self.conv2 = _conv(planes, planes, 3, use_bias=use_bias, rngs=rngs)
+    if stride != 1 or in_channels != planes:
+      self.shortcut = _conv(in_channels, planes, 1, stride=stride,
+                            use_bias=use_bias, rngs=rngs)
     else:
       self.shortcut = None
 
@@ -328,62 +259,72 @@ class WideBasicBlock(nnx.Module):
     return y + shortcut
 
 
-class WideResNet(nnx.Module):
-  """Wide ResNet WRN-depth-k with pre-activation basic blocks and dropout 0.
+class ResNet(nnx.Module):
+  """A CIFAR ResNet: 3x3 stem to 16 channels, stages of blocks, average pool, linear.
 
-  3x3 convolution to 16 channels, three stages of ``(depth - 4) / 6`` wide blocks
-  with 16k/32k/64k channels and strides 1/2/2, BN-ReLU, global average pool,
-  linear -> classes. WRN-28-10 has 36,479,194 parameters for 10 classes.
+  Stage ``s`` has ``stage_sizes[s]`` blocks of ``16 * 2**s * widen_factor``
+  planes (``block_cls.expansion`` times that many output channels); the first
+  block of every stage but the first has stride 2. Post-activation blocks get a
+  BN-ReLU after the stem; pre-activation ones (``block_cls.preactivation``) a
+  BN-ReLU after the last stage instead.
   """
 
-  def __init__(self, depth: int, widen_factor: int, *, in_channels: int,
-               num_classes: int, rngs: nnx.Rngs):
+  def __init__(self, stage_sizes, block_cls, *, in_channels: int,
+               num_classes: int, rngs: nnx.Rngs, widen_factor: int = 1,
+               use_bias: bool = False):
     """Builds the network.
 
     Args:
-      depth: total depth, ``6 n + 4`` for ``n`` blocks per stage (28 -> n = 4).
-      widen_factor: the width multiplier ``k``.
-      in_channels: channels of the input images.
+      stage_sizes: blocks per stage, e.g. ``(3, 3, 3)`` for ResNet-20.
+      block_cls: `Bottleneck`, `BasicBlock` or `WideBasicBlock`.
+      in_channels: channels of the input images (3 for CIFAR).
       num_classes: number of output logits.
       rngs: the ``params`` stream initialises the weights.
-
-    Raises:
-      ValueError: if ``depth`` is not ``6 n + 4`` or ``widen_factor < 1``.
+      widen_factor: the width multiplier ``k`` of wide ResNets.
+      use_bias: whether every convolution has a bias (the reference's ResNet-50).
     """
-    depth = _checks.check_integer("depth", depth, 10)
-    if (depth - 4) % 6:
-      raise ValueError(f"WideResNet depth must be 6 n + 4 (e.g. 16, 22, 28, 40), "
-                       f"got {depth}.")
+    if not stage_sizes or any(size < 1 for size in stage_sizes):
+      raise ValueError(f"stage_sizes must be a non-empty sequence of block counts "
+                       f">= 1, got {stage_sizes!r}.")
     widen_factor = _checks.check_integer("widen_factor", widen_factor, 1)
-    blocks_per_stage = (depth - 4) // 6
     self.in_channels = in_channels
-    self.conv1 = _conv(in_channels, 16, 3, use_bias=False, rngs=rngs)
+    self.conv1 = _conv(in_channels, 16, 3, use_bias=use_bias, rngs=rngs)
+    self.bn1 = None if block_cls.preactivation else _batch_norm(16, rngs)
     stages = []
     channels = 16
-    for width, stride in ((16, 1), (32, 2), (64, 2)):
-      out_channels = width * widen_factor
+    for stage, num_blocks in enumerate(stage_sizes):
+      planes = 16 * 2**stage * widen_factor
       blocks = []
-      for block in range(blocks_per_stage):
-        blocks.append(WideBasicBlock(channels, out_channels,
-                                     stride if block == 0 else 1, rngs=rngs))
-        channels = out_channels
+      for block in range(num_blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        blocks.append(block_cls(channels, planes, stride, use_bias=use_bias,
+                                rngs=rngs))
+        channels = planes * block_cls.expansion
       stages.append(nnx.Sequential(*blocks))
     self.stages = nnx.Sequential(*stages)
-    self.bn = _batch_norm(channels, rngs)
+    self.bn_final = _batch_norm(channels, rngs) if block_cls.preactivation else None
     self.linear = _linear(channels, num_classes, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    _check_images(x, self.in_channels, type(self).__name__)
-    x = self.stages(self.conv1(x))
-    x = nnx.relu(self.bn(x))
+    _check_images(x, self.in_channels, "ResNet")
+    x = self.conv1(x)
+    if self.bn1 is not None:
+      x = nnx.relu(self.bn1(x))
+    x = self.stages(x)
+    if self.bn_final is not None:
+      x = nnx.relu(self.bn_final(x))
     return self.linear(_global_average_pool(x))
 
 
-def wide_resnet28_10(*, in_channels: int, num_classes: int,
-                     rngs: nnx.Rngs) -> WideResNet:
-  """WRN-28-10 (dropout 0), ~36.5M parameters."""
-  return WideResNet(28, 10, in_channels=in_channels, num_classes=num_classes,
-                    rngs=rngs)
+# The paper's CIFAR "ResNet-50": a narrow bottleneck ResNet with a bias on every
+# convolution, 545,930 parameters for 3 input channels and 10 classes (the
+# reference's "about 546k"; without the biases 542,106).
+ResNet50Cifar = functools.partial(ResNet, (3, 4, 6), Bottleneck, use_bias=True)
+# He et al.'s CIFAR ResNet-20, ~0.27M parameters.
+ResNet20 = functools.partial(ResNet, (3, 3, 3), BasicBlock)
+# WRN-28-10 (dropout 0), 36,479,194 parameters for 10 classes.
+WideResNet28_10 = functools.partial(ResNet, (4, 4, 4), WideBasicBlock,
+                                    widen_factor=10)
 
 
 # --- VGG-16 with BatchNorm, CIFAR variant ---
@@ -474,7 +415,7 @@ class SmallCNN(nnx.Module):
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "resnet50": ResNet50Cifar,
     "resnet20": ResNet20,
-    "wrn28_10": wide_resnet28_10,
+    "wrn28_10": WideResNet28_10,
     "vgg16_bn": VGG16BN,
     "small_cnn": SmallCNN,
 }
@@ -519,6 +460,7 @@ def count_params(model: nnx.Module) -> int:
 
 
 __all__ = [
-    "MODELS", "VGG16_CONFIG", "ResNet20", "ResNet50Cifar", "SmallCNN", "VGG16BN",
-    "WideResNet", "count_params", "create_model", "wide_resnet28_10",
+    "MODELS", "VGG16_CONFIG", "BasicBlock", "Bottleneck", "ResNet", "ResNet20",
+    "ResNet50Cifar", "SmallCNN", "VGG16BN", "WideBasicBlock", "WideResNet28_10",
+    "count_params", "create_model",
 ]

@@ -3,28 +3,34 @@
 ``train_and_evaluate(config, workdir)`` turns a config (see ``configs/``) into
 explicit library calls: a topology and schedule, a local optimizer chained with
 gossip / AL-DSGD / all-reduce, one model per worker (BatchNorm statistics stay
-local), one jitted step per iteration over all workers, per-epoch evaluation of
-every worker's model and of the averaged model, ``metrics.jsonl``, plots and
-checkpoints from which a rerun of the same command resumes exactly.
+local), one jitted ``train_step(state, batch) -> (state, metrics)`` over all
+workers, per-epoch evaluation of every worker's model and of the averaged
+model, ``metrics.jsonl``, plots and checkpoints from which a rerun of the same
+command resumes exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 import jax_aldsgd as ald
+from jax_aldsgd import _gossip
 from experiments.cifar import checkpoint as checkpoint_lib
 from experiments.cifar import input_pipeline
 from experiments.cifar import models
@@ -71,19 +77,16 @@ def _graphs(config) -> list[ald.Topology]:
 def build_schedule(config) -> ald.schedules.Schedule | None:
   """The gossip schedule of ``config.method`` (None for allreduce and local)."""
   base = config.method.removeprefix("aldsgd_")
-  graphs = _graphs(config)
   if base in ("allreduce", "local"):
     return None
+  graphs = _graphs(config)
   if base == "dpsgd":
     parts = [ald.schedules.full(g) for g in graphs]
   elif base == "dpsgd_reference":
     parts = [ald.schedules.alternating(g) for g in graphs]
-  elif base == "matcha":
+  else:  # matcha; validate_config admits nothing else
     parts = [ald.schedules.matcha(g, config.matcha_budget, seed=config.matcha_seed)
              for g in graphs]
-  else:
-    raise ValueError(f"unknown method {config.method!r}; valid methods are "
-                     f"{', '.join(METHODS)}.")
   return parts[0] if len(parts) == 1 else ald.schedules.rotating(parts)
 
 
@@ -94,6 +97,11 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 
 
 def build_optimizer(config, schedule, learning_rate) -> optax.GradientTransformation:
+  """The local optimizer chained with the method's communication.
+
+  The library's factories check their arguments (momentum, weight decay, the
+  AL-DSGD coefficients, the MATCHA budget); their errors name the field.
+  """
   common = dict(momentum=config.momentum, weight_decay=config.weight_decay)
   if config.method.startswith("aldsgd_"):
     return ald.aldsgd(learning_rate, schedule, c1=config.c1, c2=config.c2,
@@ -108,35 +116,87 @@ def build_optimizer(config, schedule, learning_rate) -> optax.GradientTransforma
   return local
 
 
-def message_bytes(num_params: int, config) -> int:
-  """Bytes one worker sends along one active matching (float32 packed buffer)."""
-  extras = 2 if config.method.startswith("aldsgd_") else 0  # loss, health flag
-  return 4 * (num_params + extras)
+@dataclasses.dataclass(frozen=True)
+class Traffic:
+  """What each step sends, as the library's message layout says.
+
+  Attributes:
+    message_bytes: one message: the buffer a worker sends along one active
+      matching (gossip, AL-DSGD) or all-reduces (allreduce); 0 for local.
+    sent: ``sent(step)`` is the ``(n,)`` bytes each worker sends at ``step``.
+  """
+
+  message_bytes: int
+  sent: Callable[[int], np.ndarray]
+
+  @classmethod
+  def of(cls, config, schedule, params) -> Traffic:
+    """The traffic of ``config.method`` on stacked ``params``."""
+    one_worker = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
+    n = config.num_workers
+    if config.method.startswith("aldsgd_"):
+      message = ald.adjacent_leader_message_bytes(one_worker)
+    elif schedule is not None:
+      message = ald.gossip_message_bytes(one_worker,
+                                         skip_nonfinite=config.skip_nonfinite)
+    elif config.method == "allreduce":
+      every_step = np.full(n, ald.allreduce_bytes(n, one_worker))
+      return cls(ald.gossip_message_bytes(one_worker), lambda step: every_step)
+    else:
+      return cls(0, lambda step: np.zeros(n))
+    return cls(message, lambda step: schedule.sent_bytes(step, message))
 
 
 # ----------------------------------------------------------------------------
-# Per-worker models.
+# The state of all workers, and one step.
 
 
-@dataclasses.dataclass
-class Workers:
-  """Stacked per-worker state: leading axis = worker."""
+def _all_finite(tree) -> jax.Array:
+  """Whether every entry of every leaf of one worker's ``tree`` is finite (bool).
+
+  The library's check, the one that decides which neighbours
+  ``skip_nonfinite`` leaves out.
+  """
+  return _gossip._all_finite(tree).astype(bool)  # pylint: disable=protected-access
+
+
+@flax.struct.dataclass
+class EpochSums:
+  """Running sums over the current epoch's steps (one scalar per worker)."""
+
+  loss: jax.Array  # float32; finite losses only
+  accuracy: jax.Array  # float32
+  nonfinite_steps: jax.Array  # int32: steps leaving a NaN/Inf loss or parameters
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Every worker's state; each leaf has a leading worker axis ``(n, ...)``.
+
+  Inside ``ald.worker_map`` (as in `train_step`) a function sees one worker's
+  slice. ``graphdef`` and ``tx`` are static: they define the step, as
+  ``apply_fn`` and ``tx`` do in ``flax.training.train_state.TrainState``.
+  """
 
   params: Any
   batch_stats: Any
-  opt_state: Any
-  loss_sum: jax.Array  # (n,) running sums over the current epoch
-  correct_sum: jax.Array
-  nonfinite_sum: jax.Array  # (n,) steps leaving a NaN/Inf loss or parameters
-
-  def tree(self):
-    return dict(params=self.params, batch_stats=self.batch_stats,
-                opt_state=self.opt_state, loss_sum=self.loss_sum,
-                correct_sum=self.correct_sum, nonfinite_sum=self.nonfinite_sum)
+  opt_state: optax.OptState
+  sums: EpochSums
+  graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
-def init_models(config, info, mesh):
-  """One model per worker (different seeds unless config.same_init)."""
+def apply_model(graphdef, params, batch_stats, images, *, train: bool):
+  """Logits and the updated BatchNorm statistics of one worker's model."""
+  model = nnx.merge(graphdef, params, batch_stats, copy=True)
+  model.train() if train else model.eval()
+  logits = model(images)
+  return logits, nnx.state(model, nnx.BatchStat)
+
+
+def create_train_state(config, info, mesh, tx) -> TrainState:
+  """One model per worker (different seeds unless config.same_init), stacked."""
   n = config.num_workers
   keys = jax.random.split(jax.random.key(config.seed), n)
   if config.same_init:
@@ -154,144 +214,59 @@ def init_models(config, info, mesh):
     params.append(p)
     stats.append(s)
   stack = lambda trees: ald.shard_workers(ald.stack_workers(trees), mesh)
-  return graphdef, stack(params), stack(stats)
+  params, stats = stack(params), stack(stats)
+  opt_state = jax.jit(ald.worker_map(
+      tx.init, mesh, workers_per_device=config.workers_per_device))(params)
+  return TrainState(params=params, batch_stats=stats, opt_state=opt_state,
+                    sums=_zero_sums(n, mesh), graphdef=graphdef, tx=tx)
 
 
-def make_steps(graphdef, tx, mesh, per_device=1):
-  """Jitted train and evaluation steps over all workers."""
-
-  def forward(params, batch_stats, images, train):
-    model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    model.train() if train else model.eval()
-    logits = model(images)
-    return logits, nnx.state(model, nnx.BatchStat)
-
-  def train_step(params, batch_stats, opt_state, loss_sum, correct_sum,
-                 nonfinite_sum, images, labels):
-    def loss_fn(p):
-      logits, new_stats = forward(p, batch_stats, images, train=True)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, (logits, new_stats)
-
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
-    params = optax.apply_updates(params, updates)
-    correct = jnp.mean(jnp.argmax(logits, -1) == labels)
-    # The parameters too: XLA's CPU max may drop NaNs (relu(NaN) = 0), so a NaN
-    # batch can give a finite loss and NaN gradients.
-    finite = jnp.isfinite(loss) & jnp.all(jnp.array(
-        [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(params)]))
-    # A diverged worker's NaN must not wipe out its epoch's other statistics.
-    return (params, new_stats, opt_state, loss_sum + jnp.where(finite, loss, 0),
-            correct_sum + correct, nonfinite_sum + (~finite), loss)
-
-  train = jax.jit(ald.worker_map(train_step, mesh, workers_per_device=per_device),
-                  donate_argnums=(0, 1, 2, 3, 4, 5))
-
-  def evaluate(params, batch_stats, images, labels, mask):
-    logits, _ = forward(params, batch_stats, images, train=False)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels)
-    return jnp.sum(losses * mask), jnp.sum(correct * mask)
-
-  workers, rep = jax.P("workers"), jax.P()
-
-  # Every worker evaluates its own model on the same (replicated) test batch;
-  # a device holds a (per_device, ...) block of workers.
-  def eval_own(params, batch_stats, images, labels, mask):
-    return jax.vmap(evaluate, in_axes=(0, 0, None, None, None))(
-        params, batch_stats, images, labels, mask)
-
-  eval_workers = jax.jit(jax.shard_map(
-      eval_own, mesh=mesh, in_specs=(workers, workers, rep, rep, rep),
-      out_specs=(workers, workers)))
-
-  # The averaged model, on a test batch split across the devices.
-  def eval_shared(params, batch_stats, images, labels, mask):
-    loss, correct = evaluate(params, batch_stats, images[0], labels[0], mask[0])
-    return (jax.lax.psum(loss, "workers"), jax.lax.psum(correct, "workers"))
-
-  eval_average = jax.jit(jax.shard_map(
-      eval_shared, mesh=mesh, in_specs=(rep, rep, workers, workers, workers),
-      out_specs=(rep, rep)))
-
-  @jax.jit
-  def consensus(params):
-    mean = jax.tree.map(lambda a: a.mean(0), params)
-    squares = sum(jnp.sum((a - m[None]) ** 2, axis=tuple(range(1, a.ndim)))
-                  for a, m in zip(jax.tree.leaves(params), jax.tree.leaves(mean)))
-    return jnp.sqrt(squares)
-
-  @jax.jit
-  def all_finite(params):
-    return sum(jnp.sum(~jnp.isfinite(a), axis=tuple(range(1, a.ndim)))
-               for a in jax.tree.leaves(params)) == 0
-
-  @jax.jit
-  def average(tree):
-    return jax.tree.map(lambda a: a.mean(0), tree)
-
-  return Steps(train, eval_workers, eval_average, consensus, all_finite, average)
+def _zero_sums(num_workers: int, mesh) -> EpochSums:
+  sharding = jax.sharding.NamedSharding(mesh, jax.P("workers"))
+  zeros = lambda dtype: jnp.zeros((num_workers,), dtype, device=sharding)
+  return EpochSums(zeros(jnp.float32), zeros(jnp.float32), zeros(jnp.int32))
 
 
-@dataclasses.dataclass(frozen=True)
-class Steps:
-  train: Any
-  eval_workers: Any
-  eval_average: Any
-  consensus: Any
-  all_finite: Any
-  average: Any
+def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
+  """One worker's step: forward/backward, local step and communication (tx).
+
+  Runs under ``ald.worker_map``: ``state`` is one worker's slice and ``tx``
+  communicates with the other workers over the "workers" axis.
+  """
+
+  def loss_fn(params):
+    logits, batch_stats = apply_model(state.graphdef, params, state.batch_stats,
+                                      batch["image"], train=True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+    return loss, (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                       loss=loss)
+  params = optax.apply_updates(state.params, updates)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  # The parameters too: XLA's CPU max may drop NaNs (relu(NaN) = 0), so a NaN
+  # batch can give a finite loss and NaN gradients.
+  finite = jnp.isfinite(loss) & _all_finite(params)
+  # A diverged worker's NaN must not wipe out its epoch's other statistics.
+  sums = EpochSums(loss=state.sums.loss + jnp.where(finite, loss, 0.0),
+                   accuracy=state.sums.accuracy + accuracy,
+                   nonfinite_steps=state.sums.nonfinite_steps + (~finite))
+  state = state.replace(params=params, batch_stats=batch_stats,
+                        opt_state=opt_state, sums=sums)
+  return state, dict(loss=loss)
 
 
-def _eval_arrays(images, labels, batch_size, num_devices, info):
-  """Normalized test set, padded to whole batches divisible by the devices."""
-  batch_size = -(-batch_size // num_devices) * num_devices
-  count = len(images)
-  total = -(-count // batch_size) * batch_size
-  mask = np.zeros(total, np.float32)
-  mask[:count] = 1.0
-  x = np.zeros((total,) + images.shape[1:], np.float32)
-  x[:count] = input_pipeline.normalize(images, info.mean, info.std)
-  y = np.zeros(total, np.int32)
-  y[:count] = labels
-  return x, y, mask, batch_size
+# ----------------------------------------------------------------------------
+# Data on the mesh.
 
 
 def _place(array, mesh, spec):
   """A host array as a global array on ``mesh`` (each process its own shards)."""
   sharding = jax.sharding.NamedSharding(mesh, spec)
   return jax.make_array_from_callback(array.shape, sharding, lambda i: array[i])
-
-
-def evaluate_all(state: Workers, test, steps, mesh):
-  """Per-worker and averaged-model test loss and accuracy over the test set."""
-  x, y, mask, batch_size = test
-  num_devices = mesh.shape["workers"]
-  count = mask.sum()
-  own_loss = own_correct = 0.0
-  avg_loss = avg_correct = 0.0
-  mean_params = steps.average(state.params)
-  mean_stats = steps.average(state.batch_stats)
-  everyone = jax.P()
-  for start in range(0, len(x), batch_size):
-    sl = slice(start, start + batch_size)
-    batch = [_place(a[sl], mesh, everyone) for a in (x, y, mask)]
-    loss, correct = steps.eval_workers(state.params, state.batch_stats, *batch)
-    own_loss, own_correct = own_loss + loss, own_correct + correct
-    split = [ald.shard_workers(a[sl].reshape((num_devices, -1) + a.shape[1:]), mesh)
-             for a in (x, y, mask)]
-    loss, correct = steps.eval_average(mean_params, mean_stats, *split)
-    avg_loss, avg_correct = avg_loss + loss, avg_correct + correct
-  own_loss, own_correct, avg_loss, avg_correct = ald.gather_workers(
-      (own_loss, own_correct, avg_loss, avg_correct))
-  return dict(
-      test_loss=(own_loss / count).tolist(),
-      test_accuracy=(own_correct / count).tolist(),
-      test_loss_averaged_model=float(avg_loss / count),
-      test_accuracy_averaged_model=float(avg_correct / count),
-  )
 
 
 class _Feeder:
@@ -306,43 +281,149 @@ class _Feeder:
     self._row = {w: r for r, w in enumerate(self._local)}
     self._n = num_workers
 
-  def __call__(self, epoch, step):
+  def __call__(self, epoch, step) -> dict[str, jax.Array]:
     images, labels = self._batches.batch(epoch, step, workers=self._local)
-    return tuple(
-        jax.make_array_from_callback(
-            (self._n,) + a.shape[1:], self._sharding,
-            lambda i, a=a: a[[self._row[w] for w in range(*i[0].indices(self._n))]])
-        for a in (images, labels))
+    return {name: jax.make_array_from_callback(
+        (self._n,) + a.shape[1:], self._sharding,
+        lambda i, a=a: a[[self._row[w] for w in range(*i[0].indices(self._n))]])
+            for name, a in (("image", images), ("label", labels))}
+
+
+class Evaluator:
+  """Test loss and accuracy of every worker's model and of the averaged model."""
+
+  def __init__(self, images, labels, info, batch_size: int, graphdef, mesh):
+    """Normalizes the test set and pads it to whole batches divisible by the devices."""
+    self._mesh = mesh
+    self._devices = mesh.shape["workers"]
+    self._batch_size = -(-batch_size // self._devices) * self._devices
+    self._count = len(images)
+    total = -(-self._count // self._batch_size) * self._batch_size
+    pad = lambda a: np.concatenate([a, np.zeros((total - len(a),) + a.shape[1:],
+                                                a.dtype)])
+    self._images = pad(input_pipeline.normalize(images, info.mean, info.std))
+    self._labels = pad(labels.astype(np.int32))
+    self._mask = pad(np.ones(self._count, np.float32))
+
+    def evaluate(params, batch_stats, images, labels, mask):
+      logits, _ = apply_model(graphdef, params, batch_stats, images, train=False)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      correct = jnp.argmax(logits, -1) == labels
+      return jnp.sum(losses * mask), jnp.sum(correct * mask)
+
+    workers, everyone = jax.P("workers"), jax.P()
+
+    # Every worker evaluates its own model on the same (replicated) test batch;
+    # a device holds a (workers_per_device, ...) block of workers.
+    def own(params, batch_stats, images, labels, mask):
+      return jax.vmap(evaluate, in_axes=(0, 0, None, None, None))(
+          params, batch_stats, images, labels, mask)
+
+    self._own = jax.jit(jax.shard_map(
+        own, mesh=mesh, in_specs=(workers, workers, everyone, everyone, everyone),
+        out_specs=(workers, workers)))
+
+    # The averaged model, on a test batch split across the devices.
+    def shared(params, batch_stats, images, labels, mask):
+      loss, correct = evaluate(params, batch_stats, images[0], labels[0], mask[0])
+      return jax.lax.psum(loss, "workers"), jax.lax.psum(correct, "workers")
+
+    self._shared = jax.jit(jax.shard_map(
+        shared, mesh=mesh, in_specs=(everyone, everyone, workers, workers, workers),
+        out_specs=(everyone, everyone)))
+
+  def __call__(self, state: TrainState) -> dict[str, Any]:
+    own_loss = own_correct = avg_loss = avg_correct = 0.0
+    mean_params, mean_stats = _worker_mean((state.params, state.batch_stats))
+    for start in range(0, len(self._images), self._batch_size):
+      arrays = [a[start:start + self._batch_size]
+                for a in (self._images, self._labels, self._mask)]
+      loss, correct = self._own(state.params, state.batch_stats,
+                                *[_place(a, self._mesh, jax.P()) for a in arrays])
+      own_loss, own_correct = own_loss + loss, own_correct + correct
+      split = [ald.shard_workers(a.reshape((self._devices, -1) + a.shape[1:]),
+                                 self._mesh) for a in arrays]
+      loss, correct = self._shared(mean_params, mean_stats, *split)
+      avg_loss, avg_correct = avg_loss + loss, avg_correct + correct
+    own_loss, own_correct, avg_loss, avg_correct = ald.gather_workers(
+        (own_loss, own_correct, avg_loss, avg_correct))
+    return dict(
+        test_loss=(own_loss / self._count).tolist(),
+        test_accuracy=(own_correct / self._count).tolist(),
+        test_loss_averaged_model=float(avg_loss / self._count),
+        test_accuracy_averaged_model=float(avg_correct / self._count),
+    )
+
+
+@jax.jit
+def _worker_mean(tree):
+  return jax.tree.map(lambda a: a.mean(0), tree)
+
+
+@jax.jit
+def _consensus_distance(params) -> jax.Array:
+  """``(n,)`` distance of every worker's parameters to the workers' mean."""
+  mean = _worker_mean(params)
+  squares = sum(jnp.sum((a - m[None]) ** 2, axis=tuple(range(1, a.ndim)))
+                for a, m in zip(jax.tree.leaves(params), jax.tree.leaves(mean)))
+  return jnp.sqrt(squares)
+
+
+_workers_finite = jax.jit(jax.vmap(_all_finite))
 
 
 # ----------------------------------------------------------------------------
-# Signals.
+# Stopping: signals, agreed across processes.
 
 
-class _StopRequest:
-  """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+class StopSignal:
+  """SIGINT/SIGTERM as a stop at a step that every process agrees on.
+
+  One process: a handler records the signal, and `reason` reports it after the
+  next step. Several processes (``jax.distributed``): SIGTERM is left to JAX's
+  preemption service, whose handler ``jax.distributed.initialize`` installed;
+  a notice on any process makes
+  ``multihost_utils.reached_preemption_sync_point(step)`` true on every
+  process at the same step (the first one all of them can still reach), so no
+  process stops while another waits in a collective. SIGINT is turned into a
+  SIGTERM to this process, so that Ctrl-C on one host takes the same path.
+  """
 
   def __init__(self):
     self.signum = None
     self._previous = {}
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGINT, signal.SIGTERM):
+      for signum in (signal.SIGINT,) if self._multiprocess else (
+          signal.SIGINT, signal.SIGTERM):
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    self.signum = signum
+    if self._multiprocess:
+      os.kill(os.getpid(), signal.SIGTERM)  # to the preemption service
+    else:
+      self.signum = signum
 
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
 
+  def reason(self, step: int) -> str | None:
+    """Why to stop after ``step`` (call it after every step), or None."""
+    if self._multiprocess:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signum = signal.SIGTERM
+        return "SIGTERM or SIGINT on one of the processes"
+      return None
+    return None if self.signum is None else signal.Signals(self.signum).name
+
 
 # ----------------------------------------------------------------------------
-# The loop.
+# Config checks the library does not make.
 
 
 def _choice(config, name, valid):
@@ -360,20 +441,25 @@ def _integer(config, name, minimum):
     raise ValueError(f"config.{name}={value!r} must be an integer >= {minimum}.")
 
 
-def _real(config, name, low, high=None, low_open=False, high_open=False):
+def _real(config, name, low, high=None, low_open=False):
   value = config[name]
   ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and
         np.isfinite(value) and (value > low if low_open else value >= low) and
-        (high is None or (value < high if high_open else value <= high)))
+        (high is None or value <= high))
   if not ok:
     interval = (f"{'(' if low_open else '['}{low}, "
-                f"{'inf' if high is None else high}{')' if high_open else ']'}")
+                f"{'inf' if high is None else high}]")
     raise ValueError(f"config.{name}={value!r} must be a finite number in "
                      f"{interval}.")
 
 
 def validate_config(config) -> None:
-  """Checks every field a run reads; messages name the field, value and fix."""
+  """Checks the fields the trainer reads itself; messages name field and fix.
+
+  The fields passed on to the library (momentum, weight decay, AL-DSGD
+  coefficients, MATCHA budget and seed, workers per device) are checked by its
+  factories when the run builds them.
+  """
   _choice(config, "method", METHODS)
   _choice(config, "dataset", tuple(input_pipeline.DATASETS))
   _choice(config, "data_source", input_pipeline.SOURCES)
@@ -381,29 +467,17 @@ def validate_config(config) -> None:
   _choice(config, "topology", TOPOLOGIES)
   _choice(config, "graph_variant", ("pairs", "triples"))
   graph_ids = config.graph_ids
-  if isinstance(graph_ids, int):
-    graph_ids = (graph_ids,)
   if (not isinstance(graph_ids, (tuple, list)) or not graph_ids or
       not all(isinstance(g, int) and not isinstance(g, bool) for g in graph_ids)):
     raise ValueError(f"config.graph_ids={config.graph_ids!r} must be a non-empty "
                      "tuple of paper graph ids in step order, e.g. (1, 0).")
   for name, minimum in (("num_workers", 2), ("batch_size", 1),
                         ("eval_batch_size", 1), ("num_epochs", 1), ("seed", 0),
-                        ("matcha_seed", 0), ("pull_every", 1),
                         ("max_steps_per_epoch", 0), ("max_eval_examples", 0),
-                        ("stop_after_steps", 0), ("workers_per_device", 1)):
+                        ("stop_after_steps", 0)):
     _integer(config, name, minimum)
   _real(config, "learning_rate", 0.0, low_open=True)
   _real(config, "lr_decay_factor", 0.0, 1.0, low_open=True)
-  _real(config, "momentum", 0.0, 1.0, high_open=True)
-  _real(config, "weight_decay", 0.0)
-  _real(config, "matcha_budget", 0.0, 1.0, low_open=True)
-  for name in ("c1", "c2", "p1", "p2"):
-    _real(config, name, 0.0, 1.0)
-  for a, b in (("c1", "c2"), ("p1", "p2")):
-    if config[a] + config[b] > 1:
-      raise ValueError(f"config.{a} + config.{b} = {config[a]} + {config[b]} must "
-                       "be <= 1 (they are averaging weights).")
   decay = config.lr_decay_epochs
   if not isinstance(decay, (tuple, list)) or not all(
       isinstance(e, (int, float)) and not isinstance(e, bool) and e >= 0
@@ -413,14 +487,121 @@ def validate_config(config) -> None:
   for name in ("same_init", "skip_nonfinite", "progress_bar", "plots"):
     if not isinstance(config[name], bool):
       raise ValueError(f"config.{name}={config[name]!r} must be True or False.")
-  if config.num_workers % config.workers_per_device:
-    raise ValueError(
-        f"config.num_workers={config.num_workers} is not divisible by "
-        f"config.workers_per_device={config.workers_per_device}; every device "
-        "holds the same number of workers.")
   if config.data_source == "idx" and config.dataset != "fashion_mnist":
     raise ValueError(f"config.data_source='idx' reads Debian's Fashion-MNIST files, "
                      f"but config.dataset={config.dataset!r}; use data_source='tfds'.")
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class Progress:
+  """Where the run is, kept with every checkpoint (as JSON).
+
+  Attributes:
+    step: steps done (the checkpoint's step).
+    epoch: epochs done *and evaluated*; steps ``epoch * steps_per_epoch ..
+      step`` belong to the current one.
+    bytes_sent: ``(n,)`` bytes each worker has sent.
+    time_train_s: seconds spent in training steps, over all invocations.
+    time_total_s: seconds of the whole run, over all invocations.
+  """
+
+  step: int
+  epoch: int
+  bytes_sent: list[float]
+  time_train_s: float = 0.0
+  time_total_s: float = 0.0
+
+
+def _load_data(config):
+  """The train batches per worker and the test split (images, labels)."""
+  info = input_pipeline.DATASETS[config.dataset]
+  load = lambda split: input_pipeline.load_split(
+      config.dataset, split, source=config.data_source,
+      data_dir=config.data_dir or None)
+  train_images, train_labels = load("train")
+  test_images, test_labels = load("test")
+  if config.max_eval_examples:
+    test_images = test_images[:config.max_eval_examples]
+    test_labels = test_labels[:config.max_eval_examples]
+  batches = input_pipeline.WorkerBatches(
+      train_images, train_labels, num_workers=config.num_workers,
+      batch_size=config.batch_size, seed=config.seed, mean=info.mean,
+      std=info.std, augment=info.augment)
+  return info, batches, (test_images, test_labels)
+
+
+def _restore_or_start(checkpointer, state, config):
+  """The latest checkpoint's state and progress, or ``state`` at step 0."""
+  restored = checkpointer.restore_latest(
+      state, check_meta=lambda saved: checkpoint_lib.check_fingerprint(
+          saved["fingerprint"], config, checkpointer.directory))
+  if restored is None:
+    return state, Progress(step=0, epoch=0, bytes_sent=[0] * config.num_workers)
+  state, meta = restored
+  return state, Progress(**meta["progress"])
+
+
+def _save(checkpointer, state, progress, config):
+  checkpointer.save(progress.step, state, dict(
+      progress=dataclasses.asdict(progress),
+      fingerprint=checkpoint_lib.fingerprint(config)))
+
+
+def _train_epoch(state, progress, *, epoch, steps_per_epoch, p_train_step, feed,
+                 traffic, stop_reason, bar):
+  """Trains to the epoch's end or an agreed stop; updates ``progress`` in place.
+
+  Returns:
+    ``(state, reason)``: reason is None at the epoch's end, else why it stopped.
+  """
+  started = time.perf_counter()
+  reason = None
+  for step_in_epoch in range(progress.step - epoch * steps_per_epoch,
+                             steps_per_epoch):
+    state, metrics = p_train_step(state, feed(epoch, step_in_epoch))
+    progress.bytes_sent = (np.asarray(progress.bytes_sent) +
+                           traffic.sent(progress.step)).tolist()
+    progress.step += 1
+    if bar is not None:
+      bar.update(1)
+      if step_in_epoch % 10 == 0:
+        bar.set_postfix(loss=f"{np.mean(ald.gather_workers(metrics['loss'])):.4f}")
+    reason = stop_reason(progress.step)
+    if reason:
+      break
+  jax.block_until_ready(state.params)
+  progress.time_train_s += time.perf_counter() - started
+  return state, reason
+
+
+def _epoch_record(state, progress, evaluator, lr_fn, steps_per_epoch, traffic,
+                  config) -> dict[str, Any]:
+  sums = ald.gather_workers(dict(
+      loss=state.sums.loss, accuracy=state.sums.accuracy,
+      nonfinite=state.sums.nonfinite_steps,
+      consensus=_consensus_distance(state.params),
+      finite=_workers_finite(state.params)))
+  return dict(
+      epoch=progress.epoch, step=progress.step,
+      learning_rate=float(lr_fn(progress.step - 1)),
+      train_loss=(sums["loss"] / steps_per_epoch).tolist(),
+      train_accuracy=(sums["accuracy"] / steps_per_epoch).tolist(),
+      **evaluator(state),
+      consensus_distance=sums["consensus"].tolist(),
+      nonfinite_steps=sums["nonfinite"].tolist(),
+      params_finite=sums["finite"].tolist(),
+      message_bytes=traffic.message_bytes,
+      bytes_sent=progress.bytes_sent,
+      bytes_sent_mean=float(np.mean(progress.bytes_sent)),
+      time_train_s=progress.time_train_s,
+      time_total_s=progress.time_total_s,
+      images_per_s=config.num_workers * config.batch_size * progress.step / max(
+          progress.time_train_s, 1e-9),
+  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -437,133 +618,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     TrainingInterrupted: after SIGINT/SIGTERM or ``config.stop_after_steps``
       steps, once a checkpoint is saved.
   """
+  # Set-up: cheap checks first, so a wrong device count or graph fails before
+  # the data loads.
   validate_config(config)
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-  n = config.num_workers
-  # Cheap checks first: a wrong device count or graph fails before data loads.
-  per_device = config.workers_per_device
-  mesh = ald.worker_mesh(n, workers_per_device=per_device)
-  num_devices = n // per_device
+  mesh = ald.worker_mesh(config.num_workers,
+                         workers_per_device=config.workers_per_device)
   schedule = build_schedule(config)
-  info = input_pipeline.DATASETS[config.dataset]
-  data_dir = config.data_dir or None
-  train_images, train_labels = input_pipeline.load_split(
-      config.dataset, "train", source=config.data_source, data_dir=data_dir)
-  test_images, test_labels = input_pipeline.load_split(
-      config.dataset, "test", source=config.data_source, data_dir=data_dir)
-  if config.max_eval_examples:
-    test_images = test_images[:config.max_eval_examples]
-    test_labels = test_labels[:config.max_eval_examples]
-  batches = input_pipeline.WorkerBatches(
-      train_images, train_labels, num_workers=n, batch_size=config.batch_size,
-      seed=config.seed, mean=info.mean, std=info.std, augment=info.augment)
+  info, batches, (test_images, test_labels) = _load_data(config)
   steps_per_epoch = batches.steps_per_epoch
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-
   lr_fn = learning_rate_schedule(config, steps_per_epoch)
   tx = build_optimizer(config, schedule, lr_fn)
-  graphdef, params, batch_stats = init_models(config, info, mesh)
-  num_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params))
-  opt_state = jax.jit(ald.worker_map(tx.init, mesh,
-                                     workers_per_device=per_device))(params)
-  # Three distinct buffers: the train step donates each of them.
-  zeros = lambda dtype: ald.shard_workers(jnp.zeros((n,), dtype), mesh)
-  state = Workers(params, batch_stats, opt_state, zeros(jnp.float32),
-                  zeros(jnp.float32), zeros(jnp.int32))
-  steps = make_steps(graphdef, tx, mesh, per_device)
-  feed = _Feeder(batches, mesh, n)
-  test = _eval_arrays(test_images, test_labels, config.eval_batch_size,
-                      num_devices, info)
+  state = create_train_state(config, info, mesh, tx)
+  traffic = Traffic.of(config, schedule, state.params)
+  p_train_step = jax.jit(
+      ald.worker_map(train_step, mesh, workers_per_device=config.workers_per_device),
+      donate_argnums=0)
+  evaluator = Evaluator(test_images, test_labels, info, config.eval_batch_size,
+                        state.graphdef, mesh)
+  feed = _Feeder(batches, mesh, config.num_workers)
 
+  # Resume.
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints")
+  state, progress = _restore_or_start(checkpointer, state, config)
   log = report.MetricsLog(workdir / "metrics.jsonl")
-  meta = dict(global_step=0, epoch=0, step_in_epoch=0, bytes_sent=[0] * n,
-              time_train_s=0.0, time_total_s=0.0,
-              fingerprint=checkpoint_lib.fingerprint(config))
-  resumed = checkpointer.restore_latest(
-      state.tree(), check_meta=lambda saved: checkpoint_lib.check_fingerprint(
-          saved["fingerprint"], config, checkpointer.directory))
-  if resumed is not None:
-    restored, meta = resumed
-    state = Workers(**restored)
-    meta.pop("checksum", None)
-  records = log.keep_epochs_before(meta["epoch"]) if is_main else []
+  records = log.keep_epochs_before(progress.epoch) if is_main else []
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  bytes_per_message = message_bytes(num_params, config)
-  # Ring all-reduce: each worker sends 2 (n - 1) / n of the model per step.
-  allreduce_bytes = 2 * (n - 1) * (4 * num_params) // n
 
-  def save():
-    checkpointer.save(meta["global_step"], state.tree(), meta)
-
-  started = time.perf_counter() - meta["time_total_s"]
-  steps_this_run = 0
+  # The epoch loop.
+  started = time.perf_counter() - progress.time_total_s
+  first_step = progress.step
   record = records[-1] if records else {}
-  with _StopRequest() as stop:
-    for epoch in range(meta["epoch"], config.num_epochs):
-      bar = _progress(config, is_main, epoch, steps_per_epoch, meta["step_in_epoch"])
-      train_started = time.perf_counter()
-      for step_in_epoch in range(meta["step_in_epoch"], steps_per_epoch):
-        images, labels = feed(epoch, step_in_epoch)
-        *arrays, loss = steps.train(*state.tree().values(), images, labels)
-        state = Workers(*arrays)
-        global_step = meta["global_step"]
-        if schedule is not None:
-          sent = schedule.active_degrees(global_step) * bytes_per_message
-          meta["bytes_sent"] = (np.asarray(meta["bytes_sent"]) + sent).tolist()
-        elif config.method == "allreduce":
-          meta["bytes_sent"] = [b + allreduce_bytes for b in meta["bytes_sent"]]
-        meta.update(global_step=global_step + 1, step_in_epoch=step_in_epoch + 1)
-        steps_this_run += 1
-        if bar is not None:
-          bar.update(1)
-          if step_in_epoch % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(ald.gather_workers(loss)):.4f}")
-        reason = None
-        if stop.signum is not None:
-          reason = signal.Signals(stop.signum).name
-        elif config.stop_after_steps and steps_this_run >= config.stop_after_steps:
-          reason = f"stop_after_steps={config.stop_after_steps}"
-        if reason:
-          jax.block_until_ready(state.params)
-          meta["time_train_s"] += time.perf_counter() - train_started
-          meta["time_total_s"] = time.perf_counter() - started
-          save()
-          if bar is not None:
-            bar.close()
-          raise TrainingInterrupted(meta["global_step"], reason, stop.signum)
-      jax.block_until_ready(state.params)
-      meta["time_train_s"] += time.perf_counter() - train_started
+  with StopSignal() as stop:
+
+    def stop_reason(step):
+      reason = stop.reason(step)  # at every step: all processes must ask
+      if reason is None and config.stop_after_steps and (
+          step - first_step >= config.stop_after_steps):
+        reason = f"stop_after_steps={config.stop_after_steps}"
+      return reason
+
+    for epoch in range(progress.epoch, config.num_epochs):
+      bar = _progress_bar(config, is_main, epoch, steps_per_epoch,
+                          progress.step - epoch * steps_per_epoch)
+      state, reason = _train_epoch(
+          state, progress, epoch=epoch, steps_per_epoch=steps_per_epoch,
+          p_train_step=p_train_step, feed=feed, traffic=traffic,
+          stop_reason=stop_reason, bar=bar)
       if bar is not None:
         bar.close()
+      progress.time_total_s = time.perf_counter() - started
+      if reason:
+        _save(checkpointer, state, progress, config)
+        checkpointer.close()
+        raise TrainingInterrupted(progress.step, reason, stop.signum)
 
-      epoch_steps = steps_per_epoch
-      sums = ald.gather_workers(dict(
-          loss=state.loss_sum, correct=state.correct_sum,
-          nonfinite=state.nonfinite_sum,
-          consensus=steps.consensus(state.params),
-          finite=steps.all_finite(state.params)))
-      record = dict(
-          epoch=epoch, step=meta["global_step"],
-          learning_rate=float(lr_fn(meta["global_step"] - 1)),
-          train_loss=(sums["loss"] / epoch_steps).tolist(),
-          train_accuracy=(sums["correct"] / epoch_steps).tolist(),
-          **evaluate_all(state, test, steps, mesh),
-          consensus_distance=sums["consensus"].tolist(),
-          nonfinite_steps=sums["nonfinite"].tolist(),
-          params_finite=sums["finite"].tolist(),
-          bytes_sent=meta["bytes_sent"],
-          bytes_sent_mean=float(np.mean(meta["bytes_sent"])),
-          time_train_s=meta["time_train_s"],
-          time_total_s=time.perf_counter() - started,
-          images_per_s=n * config.batch_size * meta["global_step"] / max(
-              meta["time_train_s"], 1e-9),
-      )
+      # Evaluation.
+      record = _epoch_record(state, progress, evaluator, lr_fn, steps_per_epoch,
+                             traffic, config)
+      record["time_total_s"] = time.perf_counter() - started
       if is_main:
         log.append(record)
         records.append(record)
@@ -571,12 +690,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           report.plot_run(records, workdir / "plots",
                           title=f"{config.method} on {config.dataset}")
         _print_epoch(record)
-      state.loss_sum = state.loss_sum * 0
-      state.correct_sum = state.correct_sum * 0
-      state.nonfinite_sum = state.nonfinite_sum * 0
-      meta.update(epoch=epoch + 1, step_in_epoch=0,
-                  time_total_s=time.perf_counter() - started)
-      save()
+
+      # Checkpoint.
+      state = state.replace(sums=_zero_sums(config.num_workers, mesh))
+      progress.epoch = epoch + 1
+      progress.time_total_s = time.perf_counter() - started
+      _save(checkpointer, state, progress, config)
   checkpointer.close()
   return record
 
@@ -592,7 +711,7 @@ def final_params(workdir: str | pathlib.Path) -> Any:
   return state["params"]
 
 
-def _progress(config, is_main, epoch, total, initial):
+def _progress_bar(config, is_main, epoch, total, initial):
   if not (config.progress_bar and is_main):
     return None
   import tqdm  # pylint: disable=g-import-not-at-top

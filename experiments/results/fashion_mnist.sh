@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-workdirs/fmnist}
 for method in allreduce dpsgd dpsgd_reference matcha aldsgd_dpsgd aldsgd_matcha; do
-  python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py \
-    --workdir="$out/$method" --config.method="$method" --config.num_epochs=10 \
+  python -m experiments.cifar --config="experiments/cifar/configs/fashion_mnist.py:$method" \
+    --workdir="$out/$method" --config.num_epochs=10 \
     --config.lr_decay_epochs='(7, 9)' --config.progress_bar=False
 done
 runs=("$out"/{allreduce,dpsgd,dpsgd_reference,matcha,aldsgd_dpsgd,aldsgd_matcha})

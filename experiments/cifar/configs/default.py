@@ -1,14 +1,26 @@
-"""The paper's CIFAR-10 setup (ALGORITHM.md section 8): AL-DSGD on D-PSGD.
+"""The paper's CIFAR-10 setup (ALGORITHM.md section 8), one config per method.
 
 8 workers on the reference graph pair (0, 1), rotated every step; ResNet-50
-(CIFAR variant, ~546k parameters), batch 16 per worker, lr 0.4 divided by 10 at
+(CIFAR variant, 545,930 parameters), batch 16 per worker, lr 0.4 divided by 10 at
 epochs 100 and 150 of 200, weight decay 5e-4, no momentum, seed 1234, a different
 random initialization on every worker.
 
-Command (repository root):
+The method is the config's argument (big_vision style); without one it is
+AL-DSGD on D-PSGD, the paper's main configuration. Every method, from the
+repository root:
 
-    python -m experiments.cifar --config=experiments/cifar/configs/default.py \\
-        --workdir=workdirs/cifar10_aldsgd_dpsgd
+    python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_dpsgd --workdir=workdirs/cifar10_aldsgd_dpsgd
+    python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_matcha --workdir=workdirs/cifar10_aldsgd_matcha
+    python -m experiments.cifar --config=experiments/cifar/configs/default.py:dpsgd --workdir=workdirs/cifar10_dpsgd
+    python -m experiments.cifar --config=experiments/cifar/configs/default.py:dpsgd_reference --workdir=workdirs/cifar10_dpsgd_reference
+    python -m experiments.cifar --config=experiments/cifar/configs/default.py:matcha --workdir=workdirs/cifar10_matcha
+    python -m experiments.cifar --config=experiments/cifar/configs/default.py:allreduce --workdir=workdirs/cifar10_allreduce
+
+Methods: ``allreduce`` (centralized baseline), ``dpsgd`` (every matching at every
+step, alpha = 2 / (lambda_2 + lambda_max)), ``dpsgd_reference`` (the reference
+code's alternating "D-PSGD", ALGORITHM.md section 3), ``matcha`` (budget 0.5),
+``aldsgd_dpsgd`` and ``aldsgd_matcha`` (AL-DSGD on top of those), ``local`` (no
+communication). The other config files take the same argument.
 
 Hardware: meant for 8 accelerators (one worker per device). On CPU the workers run
 on emulated devices: ~0.9 s per iteration of all 8 workers on a 2-core machine,
@@ -19,13 +31,16 @@ worker for AL-DSGD on this setup; not yet run here.
 
 import ml_collections
 
+DEFAULT_METHOD = "aldsgd_dpsgd"
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(method: str | None = None) -> ml_collections.ConfigDict:
+  """The paper's setup for ``method`` (default: AL-DSGD on D-PSGD)."""
   config = ml_collections.ConfigDict()
 
-  # Method: allreduce | dpsgd | dpsgd_reference | matcha | aldsgd_dpsgd |
-  # aldsgd_matcha | local (no communication at all).
-  config.method = "aldsgd_dpsgd"
+  # allreduce | dpsgd | dpsgd_reference | matcha | aldsgd_dpsgd | aldsgd_matcha |
+  # local (no communication at all).
+  config.method = method or DEFAULT_METHOD
 
   # Data.
   config.dataset = "cifar10"  # cifar10 | cifar100 | fashion_mnist

@@ -1,9 +1,9 @@
-"""A quick CIFAR-10 sanity run: ResNet-20, 8 workers, AL-DSGD on D-PSGD, 5 epochs.
+"""A quick CIFAR-10 sanity run: ResNet-20, 8 workers, 5 epochs.
 
-Command:
+The method is the config's argument, as in default.py (default: AL-DSGD on
+D-PSGD). From the repository root:
 
-    python -m experiments.cifar --config=experiments/cifar/configs/quick.py \
-        --workdir=workdirs/cifar10_quick
+    python -m experiments.cifar --config=experiments/cifar/configs/quick.py:aldsgd_dpsgd --workdir=workdirs/cifar10_quick
 
 Hardware: one machine (8 accelerators, or 8 emulated CPU devices). Needs CIFAR-10
 prepared for tensorflow-datasets (see README). Runtime and result: not yet run
@@ -13,8 +13,8 @@ here (no CIFAR-10 on the development machine).
 from experiments.cifar.configs import default
 
 
-def get_config():
-  config = default.get_config()
+def get_config(method: str | None = None):
+  config = default.get_config(method)
   config.model = "resnet20"
   config.learning_rate = 0.1
   config.num_epochs = 5
