@@ -71,7 +71,9 @@ def _communication(run: dict):
                      "by an older experiments.cifar); rerun it to simulate time.")
   if config.method in ("allreduce", "local"):
     return None, message
-  return train.build_schedule(config), message
+  first = run["records"][0]
+  steps_per_epoch = first["step"] // (first["epoch"] + 1)
+  return train.build_schedule(config, steps_per_epoch), message
 
 
 def simulated_seconds(run: dict, network) -> np.ndarray:

@@ -346,3 +346,35 @@ def test_batch_of_some_workers_is_their_rows_of_the_full_batch():
   np.testing.assert_array_equal(some_labels, labels[[5, 1]])
   with pytest.raises(ValueError, match="must be in \\[0, 8\\)"):
     batches.batch(2, 3, workers=[8])
+
+
+@pytest.mark.parametrize("scheme,kwargs", [
+    ("iid", {}), ("dirichlet", dict(alpha=0.1)), ("dirichlet", dict(alpha=1000.0)),
+    ("classes", dict(classes_per_worker=2)), ("classes", dict(classes_per_worker=3)),
+])
+def test_partitions_are_disjoint_equal_shards(scheme, kwargs):
+  labels = np.random.default_rng(0).integers(0, 10, 6000)
+  shards = ip.partition(labels, 8, 700, np.random.default_rng(1),
+                                    scheme=scheme, **kwargs)
+  assert shards.shape == (8, 700)
+  assert len(np.unique(shards)) == shards.size  # disjoint
+  counts = np.array([np.bincount(labels[s], minlength=10) for s in shards])
+  top_share = counts.max(1) / 700
+  if scheme == "iid" or kwargs.get("alpha") == 1000.0:
+    assert top_share.max() < 0.2  # close to 1/10 of each label
+  elif scheme == "dirichlet":
+    assert np.median(top_share) > 0.4  # a few labels dominate each worker
+  else:
+    # Label-sorted pieces: each covers one label, or two where it straddles.
+    k = kwargs["classes_per_worker"]
+    assert ((counts > 0).sum(1) <= 2 * k).all()
+    assert np.median(top_share) >= 1 / (2 * k) > 0.12
+
+
+def test_iid_partition_is_the_seeded_permutation():
+  # The IID split is the first num_workers * shard_size of one permutation, as
+  # before the other schemes existed (earlier runs keep their shards).
+  labels = np.zeros(100, np.int32)
+  shards = ip.partition(labels, 8, 12, np.random.default_rng([5, 0]))
+  want = np.random.default_rng([5, 0]).permutation(100)[:96].reshape(8, 12)
+  np.testing.assert_array_equal(shards, want)

@@ -28,7 +28,8 @@ def _clean_env():
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(method="gossip"), "config.method='gossip' is not valid; choose one of "
-     "allreduce, dpsgd, dpsgd_reference, matcha, aldsgd_dpsgd, aldsgd_matcha"),
+     "allreduce, dpsgd, dpsgd_reference, matcha, aldsgd_dpsgd, "
+     "aldsgd_dpsgd_reference, aldsgd_matcha"),
     (dict(model="resnet18"), "config.model='resnet18' is not valid; choose one of "
      "resnet50, resnet20"),
     (dict(dataset="mnist"), "config.dataset='mnist' is not valid; choose one of "
@@ -60,7 +61,21 @@ def test_bad_fields_the_library_checks(method, overrides, message):
   """Fields passed on to the library's factories are checked there, once."""
   config = tiny_config(method, **overrides)
   with pytest.raises(ValueError, match=message):
-    train.build_optimizer(config, train.build_schedule(config), 0.1)
+    train.build_optimizer(config, train.build_schedule(config, 3), 0.1, 3)
+
+
+@pytest.mark.parametrize("method,overrides,message", [
+    ("allreduce", dict(overlap=True), "config.overlap=True applies to the gossip"),
+    ("local", dict(gossip_every=4), "config.gossip_every=4 applies to the gossip"),
+    ("allreduce", dict(delay=1), "config.delay=1 applies to the gossip"),
+    ("aldsgd_matcha", dict(delay=2), "config.delay=2 is not available for AL-DSGD"),
+    ("dpsgd", dict(partition="shards"), "config.partition='shards' is not valid"),
+    ("dpsgd", dict(dirichlet_alpha=0.0), "config.dirichlet_alpha=0.0 must be"),
+    ("dpsgd", dict(classes_per_worker=0), "config.classes_per_worker=0 must be"),
+])
+def test_bad_communication_and_partition_fields(method, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(tiny_config(method, **overrides))
 
 
 def test_bad_runtime_combinations(mock_cifar, tmp_path):

@@ -37,7 +37,7 @@ def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
   assert record["learning_rate"] == pytest.approx(0.005)  # x0.1 after epoch 1
   # Bytes from the schedule: the active degrees of each step times the message
   # (float32 parameters, the loss and a health flag).
-  schedule = train.build_schedule(config)
+  schedule = train.build_schedule(config, steps_per_epoch=3)
   params = train.final_params(tmp_path)
   num_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params))
   assert record["message_bytes"] == 4 * (num_params + 2)
@@ -47,7 +47,7 @@ def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
   assert (tmp_path / "plots" / "test_accuracy.png").stat().st_size > 0
   assert (tmp_path / "plots" / "consensus_distance.png").stat().st_size > 0
   assert json.loads((tmp_path / "config.json").read_text())["method"] == (
-      "aldsgd_dpsgd")
+      "aldsgd_dpsgd_reference")
 
 
 @pytest.mark.parametrize("method", ["matcha", "allreduce"])

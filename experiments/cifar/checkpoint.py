@@ -35,6 +35,8 @@ FINGERPRINT_FIELDS = (
     "topology", "graph_ids", "graph_variant", "matcha_budget", "matcha_seed",
     "c1", "c2", "p1", "p2", "pull_every", "momentum", "weight_decay",
     "same_init", "max_steps_per_epoch", "skip_nonfinite",
+    "reference_epoch_phase", "overlap", "gossip_every", "delay", "partition",
+    "dirichlet_alpha", "classes_per_worker",
 )
 
 

@@ -325,6 +325,82 @@ def _check_positive_int(arg: str, value) -> int:
   return int(value)
 
 
+PARTITIONS = ("iid", "dirichlet", "classes")
+
+
+def partition(labels: np.ndarray, num_workers: int, shard_size: int,
+              rng: np.random.Generator, *, scheme: str = "iid",
+              alpha: float = 0.5, classes_per_worker: int = 2) -> np.ndarray:
+  """Disjoint, equal-size shards of a split's indices, one per worker.
+
+  Schemes:
+
+  * ``"iid"``: a uniformly random permutation cut into shards.
+  * ``"dirichlet"``: label skew (Hsu et al., 2019): worker i draws class
+    proportions ``q_i ~ Dirichlet(alpha 1)`` and asks for ``shard_size q_i``
+    images of each class (rounded by a multinomial draw); where a class runs out,
+    the rest of its request goes to the classes with images left, in proportion
+    to ``q_i``. Smaller ``alpha`` is more skewed (0.1: a few classes per worker;
+    100: nearly IID).
+  * ``"classes"``: McMahan et al.'s pathological split: the images sorted by
+    label are cut into ``num_workers * classes_per_worker`` pieces and each
+    worker gets ``classes_per_worker`` random pieces, so most workers see
+    ``classes_per_worker`` labels (a piece can straddle two).
+
+  Args:
+    labels: ``(N,)`` integer labels.
+    num_workers: number of shards.
+    shard_size: images per shard; ``num_workers * shard_size <= N``.
+    rng: the source of every draw.
+    scheme: one of `PARTITIONS`.
+    alpha: the Dirichlet concentration (``"dirichlet"``), > 0.
+    classes_per_worker: pieces per worker (``"classes"``), >= 1.
+
+  Returns:
+    int ``(num_workers, shard_size)``: worker i's images as indices into the split.
+  """
+  _check_name("partition", scheme, PARTITIONS)
+  count = len(labels)
+  if scheme == "iid":
+    return rng.permutation(count)[:num_workers * shard_size].reshape(
+        num_workers, shard_size)
+  if scheme == "classes":
+    order = np.argsort(labels, kind="stable")  # by label, then by index
+    k = classes_per_worker
+    # Worker w's j-th piece sits at position owner[w, j] of the label-sorted
+    # sequence; pieces get sizes that add up to shard_size for every worker.
+    owner = rng.permutation(num_workers * k).reshape(num_workers, k)
+    sizes = np.empty(num_workers * k, np.int64)
+    sizes[owner] = shard_size // k + (np.arange(k) < shard_size % k)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    return np.stack([
+        np.concatenate([order[starts[p]:starts[p + 1]] for p in pieces])
+        for pieces in owner])
+  # Dirichlet label skew with equal shard sizes.
+  classes = np.unique(labels)
+  pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
+  shards = []
+  for _ in range(num_workers):
+    q = rng.dirichlet(np.full(len(classes), float(alpha)))
+    wanted = rng.multinomial(shard_size, q)
+    shard = []
+    for c, n in enumerate(wanted):
+      take = min(n, len(pools[c]))
+      shard += pools[c][:take]
+      pools[c] = pools[c][take:]
+    while len(shard) < shard_size:  # some classes ran out: spread the rest
+      left = np.array([len(pool) for pool in pools], float)
+      weights = q * (left > 0)
+      weights = weights / weights.sum() if weights.sum() > 0 else left / left.sum()
+      extra = rng.multinomial(shard_size - len(shard), weights)
+      for c, n in enumerate(extra):
+        take = min(n, len(pools[c]))
+        shard += pools[c][:take]
+        pools[c] = pools[c][take:]
+    shards.append(np.asarray(shard, np.int64))
+  return np.stack(shards)
+
+
 class WorkerBatches:
   """Each worker's fixed shard of the train set, served as reproducible batches.
 
@@ -363,7 +439,9 @@ class WorkerBatches:
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *,
                num_workers: int, batch_size: int, seed: int,
-               mean: Sequence[float], std: Sequence[float], augment: bool):
+               mean: Sequence[float], std: Sequence[float], augment: bool,
+               partition_scheme: str = "iid", dirichlet_alpha: float = 0.5,
+               classes_per_worker: int = 2):
     """Splits the data into shards; see the class docstring.
 
     Args:
@@ -375,6 +453,10 @@ class WorkerBatches:
       mean: per-channel mean of ``images / 255`` to subtract.
       std: per-channel standard deviation to divide by.
       augment: random crop (padding 4) and horizontal flip.
+      partition_scheme: how the shards split the labels: "iid" (default),
+        "dirichlet" or "classes" (see `partition`).
+      dirichlet_alpha: concentration of the "dirichlet" scheme.
+      classes_per_worker: pieces per worker of the "classes" scheme.
 
     Raises:
       ValueError: bad shapes or dtypes, non-positive sizes, a negative seed, or
@@ -400,9 +482,10 @@ class WorkerBatches:
           f"({count} in the split), fewer than batch_size {self.batch_size}; "
           "use a smaller batch_size or fewer workers.")
     self.steps_per_epoch = self.shard_size // self.batch_size
-    order = np.random.default_rng([self.seed, _SPLIT_STREAM]).permutation(count)
-    self.shard_indices = order[:self.num_workers * self.shard_size].reshape(
-        self.num_workers, self.shard_size)
+    self.shard_indices = partition(
+        self.labels, self.num_workers, self.shard_size,
+        np.random.default_rng([self.seed, _SPLIT_STREAM]), scheme=partition_scheme,
+        alpha=dirichlet_alpha, classes_per_worker=classes_per_worker)
     self.shard_indices.flags.writeable = False
     self._epoch_cache = None  # (epoch, epoch_indices): pure memoization
 

@@ -37,7 +37,7 @@ from experiments.cifar import models
 from experiments.cifar import report
 
 METHODS = ("allreduce", "dpsgd", "dpsgd_reference", "matcha", "aldsgd_dpsgd",
-           "aldsgd_matcha", "local")
+           "aldsgd_dpsgd_reference", "aldsgd_matcha", "local")
 TOPOLOGIES = ("paper", "ring", "torus", "exponential", "complete")
 
 
@@ -74,8 +74,13 @@ def _graphs(config) -> list[ald.Topology]:
   return [getattr(ald.topologies, config.topology)(n)]
 
 
-def build_schedule(config) -> ald.schedules.Schedule | None:
-  """The gossip schedule of ``config.method`` (None for allreduce and local)."""
+def build_schedule(config, steps_per_epoch: int | None = None
+                   ) -> ald.schedules.Schedule | None:
+  """The gossip schedule of ``config.method`` (None for allreduce and local).
+
+  With ``config.reference_epoch_phase`` the rotation restarts every
+  ``steps_per_epoch`` steps, as the reference's does each epoch.
+  """
   base = config.method.removeprefix("aldsgd_")
   if base in ("allreduce", "local"):
     return None
@@ -87,7 +92,20 @@ def build_schedule(config) -> ald.schedules.Schedule | None:
   else:  # matcha; validate_config admits nothing else
     parts = [ald.schedules.matcha(g, config.matcha_budget, seed=config.matcha_seed)
              for g in graphs]
-  return parts[0] if len(parts) == 1 else ald.schedules.rotating(parts)
+  if len(parts) == 1:
+    return parts[0]
+  return ald.schedules.rotating(parts, restart_every=_epoch_phase(config,
+                                                                  steps_per_epoch))
+
+
+def _epoch_phase(config, steps_per_epoch):
+  """Steps after which the reference restarts its counters (None: never)."""
+  if not config.reference_epoch_phase:
+    return None
+  if steps_per_epoch is None:
+    raise ValueError("config.reference_epoch_phase=True needs the number of steps "
+                     "per epoch to build the schedule.")
+  return steps_per_epoch
 
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -96,7 +114,9 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
 
 
-def build_optimizer(config, schedule, learning_rate) -> optax.GradientTransformation:
+def build_optimizer(config, schedule, learning_rate,
+                    steps_per_epoch: int | None = None
+                    ) -> optax.GradientTransformation:
   """The local optimizer chained with the method's communication.
 
   The library's factories check their arguments (momentum, weight decay, the
@@ -106,10 +126,14 @@ def build_optimizer(config, schedule, learning_rate) -> optax.GradientTransforma
   if config.method.startswith("aldsgd_"):
     return ald.aldsgd(learning_rate, schedule, c1=config.c1, c2=config.c2,
                       p1=config.p1, p2=config.p2, pull_every=config.pull_every,
-                      skip_nonfinite=config.skip_nonfinite, **common)
+                      skip_nonfinite=config.skip_nonfinite, overlap=config.overlap,
+                      every=config.gossip_every,
+                      pull_restart_every=_epoch_phase(config, steps_per_epoch),
+                      **common)
   if schedule is not None:
     return ald.dsgd(learning_rate, schedule, skip_nonfinite=config.skip_nonfinite,
-                    **common)
+                    overlap=config.overlap, every=config.gossip_every,
+                    delay=config.delay, **common)
   local = ald.local_sgd(learning_rate, **common)
   if config.method == "allreduce":
     return optax.chain(local, ald.allreduce())
@@ -466,6 +490,7 @@ def validate_config(config) -> None:
   _choice(config, "model", tuple(models.MODELS))
   _choice(config, "topology", TOPOLOGIES)
   _choice(config, "graph_variant", ("pairs", "triples"))
+  _choice(config, "partition", input_pipeline.PARTITIONS)
   graph_ids = config.graph_ids
   if (not isinstance(graph_ids, (tuple, list)) or not graph_ids or
       not all(isinstance(g, int) and not isinstance(g, bool) for g in graph_ids)):
@@ -474,19 +499,33 @@ def validate_config(config) -> None:
   for name, minimum in (("num_workers", 2), ("batch_size", 1),
                         ("eval_batch_size", 1), ("num_epochs", 1), ("seed", 0),
                         ("max_steps_per_epoch", 0), ("max_eval_examples", 0),
-                        ("stop_after_steps", 0)):
+                        ("stop_after_steps", 0), ("classes_per_worker", 1)):
     _integer(config, name, minimum)
   _real(config, "learning_rate", 0.0, low_open=True)
   _real(config, "lr_decay_factor", 0.0, 1.0, low_open=True)
+  _real(config, "dirichlet_alpha", 0.0, low_open=True)
   decay = config.lr_decay_epochs
   if not isinstance(decay, (tuple, list)) or not all(
       isinstance(e, (int, float)) and not isinstance(e, bool) and e >= 0
       for e in decay) or list(decay) != sorted(decay):
     raise ValueError(f"config.lr_decay_epochs={decay!r} must be an increasing tuple "
                      "of epochs, e.g. (100, 150); () for a constant rate.")
-  for name in ("same_init", "skip_nonfinite", "progress_bar", "plots"):
+  for name in ("same_init", "skip_nonfinite", "progress_bar", "plots",
+               "reference_epoch_phase", "overlap"):
     if not isinstance(config[name], bool):
       raise ValueError(f"config.{name}={config[name]!r} must be True or False.")
+  gossips = config.method not in ("allreduce", "local")
+  for name, default in (("overlap", False), ("gossip_every", 1), ("delay", 0)):
+    if not gossips and config[name] != default:
+      raise ValueError(
+          f"config.{name}={config[name]!r} applies to the gossip methods only, not "
+          f"to config.method={config.method!r}; leave it at {default!r}.")
+  if config.delay and config.method.startswith("aldsgd_"):
+    raise ValueError(
+        f"config.delay={config.delay!r} is not available for AL-DSGD "
+        f"(config.method={config.method!r}): its pull is not mass-conserving, so "
+        "there is no push-sum form to delay; use delay with dpsgd, "
+        "dpsgd_reference or matcha.")
   if config.data_source == "idx" and config.dataset != "fashion_mnist":
     raise ValueError(f"config.data_source='idx' reads Debian's Fashion-MNIST files, "
                      f"but config.dataset={config.dataset!r}; use data_source='tfds'.")
@@ -530,7 +569,9 @@ def _load_data(config):
   batches = input_pipeline.WorkerBatches(
       train_images, train_labels, num_workers=config.num_workers,
       batch_size=config.batch_size, seed=config.seed, mean=info.mean,
-      std=info.std, augment=info.augment)
+      std=info.std, augment=info.augment, partition_scheme=config.partition,
+      dirichlet_alpha=config.dirichlet_alpha,
+      classes_per_worker=config.classes_per_worker)
   return info, batches, (test_images, test_labels)
 
 
@@ -627,13 +668,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     workdir.mkdir(parents=True, exist_ok=True)
   mesh = ald.worker_mesh(config.num_workers,
                          workers_per_device=config.workers_per_device)
-  schedule = build_schedule(config)
   info, batches, (test_images, test_labels) = _load_data(config)
   steps_per_epoch = batches.steps_per_epoch
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+  schedule = build_schedule(config, steps_per_epoch)
   lr_fn = learning_rate_schedule(config, steps_per_epoch)
-  tx = build_optimizer(config, schedule, lr_fn)
+  tx = build_optimizer(config, schedule, lr_fn, steps_per_epoch)
   state = create_train_state(config, info, mesh, tx)
   traffic = Traffic.of(config, schedule, state.params)
   p_train_step = jax.jit(

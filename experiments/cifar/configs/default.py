@@ -5,10 +5,13 @@
 epochs 100 and 150 of 200, weight decay 5e-4, no momentum, seed 1234, a different
 random initialization on every worker.
 
-The method is the config's argument (big_vision style); without one it is
-AL-DSGD on D-PSGD, the paper's main configuration. Every method, from the
+The method is the config's argument (big_vision style); without one it is what
+the reference code ran as the paper's AL-DSGD: AL-DSGD on the reference's
+alternating "D-PSGD" flags over the rotating pair, with the rotation and the
+pull period restarted each epoch (ALGORITHM.md section 8.1). Every method, from the
 repository root:
 
+    python -m experiments.cifar --config=experiments/cifar/configs/default.py --workdir=workdirs/cifar10_aldsgd_dpsgd_reference
     python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_dpsgd --workdir=workdirs/cifar10_aldsgd_dpsgd
     python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_matcha --workdir=workdirs/cifar10_aldsgd_matcha
     python -m experiments.cifar --config=experiments/cifar/configs/default.py:dpsgd --workdir=workdirs/cifar10_dpsgd
@@ -19,8 +22,8 @@ repository root:
 Methods: ``allreduce`` (centralized baseline), ``dpsgd`` (every matching at every
 step, alpha = 2 / (lambda_2 + lambda_max)), ``dpsgd_reference`` (the reference
 code's alternating "D-PSGD", ALGORITHM.md section 3), ``matcha`` (budget 0.5),
-``aldsgd_dpsgd`` and ``aldsgd_matcha`` (AL-DSGD on top of those), ``local`` (no
-communication). The other config files take the same argument.
+``aldsgd_dpsgd``, ``aldsgd_dpsgd_reference`` and ``aldsgd_matcha`` (AL-DSGD on
+top of those), ``local`` (no communication). The other config files take the same argument.
 
 Hardware: meant for 8 accelerators (one worker per device). On CPU the workers run
 on emulated devices: ~0.9 s per iteration of all 8 workers on a 2-core machine,
@@ -31,15 +34,18 @@ worker for AL-DSGD on this setup; not yet run here.
 
 import ml_collections
 
-DEFAULT_METHOD = "aldsgd_dpsgd"
+DEFAULT_METHOD = "aldsgd_dpsgd_reference"
 
 
 def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   """The paper's setup for ``method`` (default: AL-DSGD on D-PSGD)."""
   config = ml_collections.ConfigDict()
 
-  # allreduce | dpsgd | dpsgd_reference | matcha | aldsgd_dpsgd | aldsgd_matcha |
-  # local (no communication at all).
+  # allreduce | dpsgd | dpsgd_reference | matcha | aldsgd_dpsgd |
+  # aldsgd_dpsgd_reference | aldsgd_matcha | local (no communication at all).
+  # *_reference: the reference code's alternating flags (one matching per step,
+  # ALGORITHM.md section 3), which is what its "D-PSGD" and its AL-DSGD "on
+  # D-PSGD" ran; dpsgd / aldsgd_dpsgd: true D-PSGD (every matching, every step).
   config.method = method or DEFAULT_METHOD
 
   # Data.
@@ -58,6 +64,11 @@ def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   # graph g at odd steps, so the pair (0, 1) is (1, 0) here. One id: no rotation.
   config.graph_ids = (1, 0)
   config.graph_variant = "pairs"
+  # The reference counts the graph rotation and AL-DSGD's pull period from each
+  # epoch's first batch (batch_idx % 2, batch_idx % iteration), so with an odd
+  # number of batches per epoch (CIFAR-10: 391) graph g+1 runs twice in a row at
+  # each epoch start. True reproduces that; False counts from the global step.
+  config.reference_epoch_phase = True
   config.matcha_budget = 0.5
   config.matcha_seed = 0
 
@@ -72,6 +83,15 @@ def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   # such guard; it costs one finiteness check of the parameters per step.
   config.skip_nonfinite = False
 
+  # Communication variants (ALGORITHM.md section 10; not in the reference).
+  # overlap: exchange x instead of x + u (adapt-while-combine), so the exchange
+  # does not wait for the gradient. gossip_every: communicate every that many
+  # steps (local steps). delay: gossip mixes neighbors' shares that many steps
+  # late (push-sum; D-PSGD and MATCHA only).
+  config.overlap = False
+  config.gossip_every = 1
+  config.delay = 0
+
   # Optimization (the reference's lr is tuned for D-PSGD and reused for all).
   config.batch_size = 16  # per worker
   config.learning_rate = 0.4
@@ -81,6 +101,12 @@ def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.num_epochs = 200
   config.same_init = False  # the reference starts workers from different inits
+  # How the training set is split across workers: iid (the reference) |
+  # dirichlet (label skew with concentration dirichlet_alpha; smaller is more
+  # skewed) | classes (each worker gets classes_per_worker label-sorted pieces).
+  config.partition = "iid"
+  config.dirichlet_alpha = 0.5
+  config.classes_per_worker = 2
 
   config.seed = 1234
 
