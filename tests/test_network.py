@@ -67,3 +67,51 @@ def test_units_and_bad_input():
     ald.NetworkModel(-1.0, 1e9)
   with pytest.raises(ValueError, match="node_gbit must be"):
     ald.NetworkModel.from_gbit(1, node_gbit=-2)
+
+
+@pytest.mark.parametrize("n,g", [(8, 1), (8, 8), (16, 4), (64, 8), (1024, 8)])
+def test_hierarchical_allreduce(n, g):
+  intra, intra_latency = 40 * LINK, 2e-6
+  net = ald.NetworkModel(LATENCY, LINK)
+  hosts = n // g
+  # Reduce-scatter and all-gather inside a host: (g - 1) rounds each, of M / g
+  # bytes over the intra-host link; the ring across hosts carries M / g per rank.
+  inside = 2 * (g - 1) * (intra_latency + MESSAGE / g / intra)
+  across = 2 * (hosts - 1) * (LATENCY + MESSAGE / g / hosts / LINK)
+  assert net.hierarchical_allreduce_time(
+      n, MESSAGE, workers_per_host=g, intra_host_bandwidth=intra,
+      intra_host_latency_s=intra_latency) == pytest.approx(inside + across)
+  if g == 1:  # one worker per host is the flat ring
+    assert net.hierarchical_allreduce_time(
+        n, MESSAGE, workers_per_host=1,
+        intra_host_bandwidth=intra) == pytest.approx(net.allreduce_time(n, MESSAGE))
+
+
+def test_hierarchical_allreduce_bad_input():
+  net = ald.NetworkModel(LATENCY, LINK)
+  with pytest.raises(ValueError, match="num_workers=12 is not a multiple of "
+                     "workers_per_host=8"):
+    net.hierarchical_allreduce_time(12, MESSAGE, workers_per_host=8,
+                                    intra_host_bandwidth=LINK)
+  with pytest.raises(ValueError, match="intra_host_bandwidth must be in"):
+    net.hierarchical_allreduce_time(16, MESSAGE, workers_per_host=8,
+                                    intra_host_bandwidth=0.0)
+
+
+def test_overlap_takes_the_longer_of_compute_and_communication():
+  compute = np.array([0.02, 0.05, 0.0])
+  comm = np.array([0.03, 0.01, 0.0])
+  serial = ald.NetworkModel(LATENCY, LINK)
+  overlapped = ald.NetworkModel.from_gbit(8.0, latency_s=LATENCY, overlap=True)
+  np.testing.assert_allclose(serial.step_time(compute, comm), [0.05, 0.06, 0.0])
+  np.testing.assert_allclose(overlapped.step_time(compute, comm),
+                             [0.03, 0.05, 0.0])
+  assert overlapped.step_time(0.02, 0.03) == 0.03
+  assert isinstance(serial.step_time(0.02, 0.03), float)
+  assert "overlapped" in str(overlapped) and "overlapped" not in str(serial)
+  with pytest.raises(ValueError, match="compute_s must be finite and >= 0"):
+    serial.step_time(-1.0, 0.0)
+  with pytest.raises(ValueError, match="communication_s must be finite"):
+    serial.step_time(0.0, [0.1, float("nan")])
+  with pytest.raises(TypeError, match="overlap must be True or False"):
+    ald.NetworkModel(LATENCY, LINK, overlap="yes")
