@@ -73,7 +73,7 @@ class NetworkModel:
     >>> import jax_aldsgd as ald
     >>> net = ald.NetworkModel.from_gbit(1.0, latency_s=50e-6)
     >>> round(net.allreduce_time(8, 4e6), 6)  # 4 MB model, 8 workers
-    0.056701
+    0.0567
     >>> ald.NetworkModel.from_gbit(1.0, overlap=True).step_time(0.02, 0.05)
     0.05
   """
