@@ -20,6 +20,7 @@ speed, and a second table gives the simulated time to the target and in total.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -77,9 +78,30 @@ def _communication(run: dict):
 
 
 def simulated_seconds(run: dict, network) -> np.ndarray:
-  """Measured training time + simulated communication, at each record's end."""
+  """Measured training time + simulated communication, at each record's end.
+
+  A run whose config sets ``overlap`` exchanges during the computation, so each
+  step costs ``max(compute, communication)`` (`NetworkModel.step_time`), with
+  the measured time of each record's interval spread evenly over its steps.
+  """
   schedule, size = _communication(run)
   ends = [r["step"] for r in run["records"]]
+  measured = np.array([r["time_train_s"] for r in run["records"]])
+  if run["config"].get("overlap", False):
+    if schedule is not None:
+      per_step = network.gossip_times(schedule, ends[-1], size)
+    elif size:
+      per_step = np.full(ends[-1], network.allreduce_time(
+          run["config"]["num_workers"], size))
+    else:
+      per_step = np.zeros(ends[-1])
+    compute = np.zeros(ends[-1])
+    for start, end, spent in zip([0] + ends[:-1], ends,
+                                 np.diff(measured, prepend=0.0)):
+      compute[start:end] = spent / max(end - start, 1)
+    overlapped = dataclasses.replace(network, overlap=True)
+    steps = overlapped.step_time(compute, per_step)
+    return np.concatenate([[0.0], np.cumsum(steps)])[ends]
   if schedule is not None:
     per_step = network.gossip_times(schedule, ends[-1], size)
     comm = np.concatenate([[0.0], np.cumsum(per_step)])[ends]
@@ -88,7 +110,7 @@ def simulated_seconds(run: dict, network) -> np.ndarray:
     comm = np.array(ends) * network.allreduce_time(n, size)
   else:
     comm = np.zeros(len(ends))
-  return np.array([r["time_train_s"] for r in run["records"]]) + comm
+  return measured + comm
 
 
 def time_table(runs: list[dict], networks: list, target: float) -> str:

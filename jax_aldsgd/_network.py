@@ -17,7 +17,17 @@ Models (``B`` = bytes of one message, ``L`` = latency, ``b`` = link bandwidth,
   traffic sharing its cap): ``L + B * max(1 / b, max_i d_i / c)``;
 * ring all-reduce of a model of ``M`` bytes over n workers: ``2 (n - 1)`` latency
   terms and ``2 (n - 1) / n * M`` bytes per worker: ``2 (n - 1) L + 2 (n - 1) M /
-  (n min(b, c))``.
+  (n min(b, c))``;
+* two-level (hierarchical) all-reduce, ``g`` workers per host joined by a fast
+  intra-host link (latency ``L_in``, bandwidth ``b_in``), ``N = n / g`` hosts:
+  ring reduce-scatter inside each host, then each of the ``g`` local ranks
+  all-reduces its ``M / g`` shard by a ring over the ``N`` hosts (all ``g`` rings
+  at once, each worker on its own link ``min(b, c)``), then ring all-gather
+  inside each host: ``2 (g - 1) L_in + 2 (g - 1) / g * M / b_in + 2 (N - 1) L +
+  2 (N - 1) / N * (M / g) / min(b, c)`` (``g = 1`` is the ring all-reduce).
+
+A step's time is ``compute + communication``, or ``max(compute, communication)``
+when the exchange overlaps the computation (``overlap=True``, `step_time`).
 """
 
 from __future__ import annotations
@@ -55,33 +65,45 @@ class NetworkModel:
     concurrent: if True, a step's gossip messages are all in flight at once
       (see the module docstring); the default, False, models the transforms'
       one-matching-after-another exchanges.
+    overlap: if True, the exchange runs during the forward/backward pass
+      (adapt-while-combine, ALGORITHM.md section 10), so a step costs
+      ``max(compute, communication)`` instead of their sum (`step_time`).
 
   Example:
     >>> import jax_aldsgd as ald
     >>> net = ald.NetworkModel.from_gbit(1.0, latency_s=50e-6)
     >>> round(net.allreduce_time(8, 4e6), 6)  # 4 MB model, 8 workers
     0.0567
+    >>> ald.NetworkModel.from_gbit(1.0, overlap=True).step_time(0.02, 0.05)
+    0.05
   """
 
   latency_s: float
   link_bandwidth: float
   node_bandwidth: float | None = None
   concurrent: bool = False
+  overlap: bool = False
 
   def __post_init__(self):
     _checks.check_real("latency_s", self.latency_s, low=0.0)
     _positive("link_bandwidth", self.link_bandwidth)
     _positive("node_bandwidth", self.node_bandwidth, allow_none=True)
+    for name in ("concurrent", "overlap"):
+      if not isinstance(getattr(self, name), bool):
+        raise TypeError(f"{name} must be True or False, got "
+                        f"{getattr(self, name)!r}.")
 
   @classmethod
   def from_gbit(cls, link_gbit: float, *, latency_s: float = 50e-6,
                 node_gbit: float | None = None,
-                concurrent: bool = False) -> NetworkModel:
+                concurrent: bool = False,
+                overlap: bool = False) -> NetworkModel:
     """A model from bandwidths in Gbit/s (1 Gbit/s = 1.25e8 bytes/s)."""
     _positive("link_gbit", link_gbit)
     _positive("node_gbit", node_gbit, allow_none=True)
     return cls(latency_s, link_gbit * 1.25e8,
-               None if node_gbit is None else node_gbit * 1.25e8, concurrent)
+               None if node_gbit is None else node_gbit * 1.25e8, concurrent,
+               overlap)
 
   @property
   def _bottleneck(self) -> float:
@@ -116,10 +138,73 @@ class NetworkModel:
     return (2 * (n - 1) * self.latency_s +
             ring_allreduce_fraction(n) * model_bytes / self._bottleneck)
 
+  def hierarchical_allreduce_time(self, num_workers: int, model_bytes: float, *,
+                                  workers_per_host: int,
+                                  intra_host_bandwidth: float,
+                                  intra_host_latency_s: float = 0.0) -> float:
+    """Seconds of a two-level all-reduce (see the module docstring).
+
+    Reduce-scatter by a ring inside each host of ``g = workers_per_host``
+    workers, ring all-reduce of each ``1 / g`` shard across the ``N = n / g``
+    hosts (this model's latency and per-worker bandwidth), all-gather by a ring
+    inside each host:
+    ``2 (g - 1) L_in + 2 (g - 1) / g * M / b_in + 2 (N - 1) L
+    + 2 (N - 1) / N * (M / g) / min(b, c)``.
+
+    Args:
+      num_workers: ``n``, a multiple of ``workers_per_host``.
+      model_bytes: ``M``, bytes of the all-reduced tensor.
+      workers_per_host: ``g >= 1`` (1 gives `allreduce_time`).
+      intra_host_bandwidth: ``b_in``, bytes per second of the intra-host link
+        (e.g. NVLink), each direction.
+      intra_host_latency_s: ``L_in``, seconds per intra-host message.
+
+    Raises:
+      ValueError: if ``n`` is not a multiple of ``g``, naming both.
+    """
+    n = _checks.check_integer("num_workers", num_workers, 1)
+    g = _checks.check_integer("workers_per_host", workers_per_host, 1)
+    if n % g:
+      raise ValueError(f"num_workers={n} is not a multiple of workers_per_host="
+                       f"{g}; use whole hosts (e.g. num_workers={n // g * g or g}).")
+    intra = _positive("intra_host_bandwidth", intra_host_bandwidth)
+    _checks.check_real("intra_host_latency_s", intra_host_latency_s, low=0.0)
+    hosts = n // g
+    return (2 * (g - 1) * intra_host_latency_s +
+            ring_allreduce_fraction(g) * model_bytes / intra +
+            2 * (hosts - 1) * self.latency_s +
+            ring_allreduce_fraction(hosts) * (model_bytes / g) /
+            self._bottleneck)
+
+  def step_time(self, compute_s, communication_s):
+    """Seconds of a step: ``max(compute, comm)`` if ``overlap`` else their sum.
+
+    Args:
+      compute_s: seconds of the forward/backward pass and optimizer step, a
+        number or an array (one entry per step).
+      communication_s: seconds of the step's exchange (e.g. `gossip_time`),
+        broadcastable against ``compute_s``.
+
+    Returns:
+      A float for scalar inputs, else an array of the broadcast shape.
+    """
+    compute = np.asarray(compute_s, float)
+    communication = np.asarray(communication_s, float)
+    for name, value in (("compute_s", compute), ("communication_s",
+                                                 communication)):
+      if not np.all(np.isfinite(value)) or np.any(value < 0):
+        raise ValueError(f"{name} must be finite and >= 0 seconds, got "
+                         f"{value if value.ndim == 0 else value.min()!r}"
+                         f"{'' if value.ndim == 0 else ' (smallest entry)'}.")
+    total = (np.maximum(compute, communication) if self.overlap else
+             compute + communication)
+    return float(total) if total.ndim == 0 else total
+
   def __str__(self) -> str:
     gbit = lambda v: f"{v / 1.25e8:g} Gbit/s"
     cap = "" if self.node_bandwidth is None else f", node cap {gbit(self.node_bandwidth)}"
-    mode = ", concurrent" if self.concurrent else ""
+    mode = (", concurrent" if self.concurrent else "") + (
+        ", overlapped" if self.overlap else "")
     return (f"{gbit(self.link_bandwidth)} links, "
             f"{self.latency_s * 1e6:g} us latency{cap}{mode}")
 

@@ -67,3 +67,86 @@ def test_units_and_bad_input():
     ald.NetworkModel(-1.0, 1e9)
   with pytest.raises(ValueError, match="node_gbit must be"):
     ald.NetworkModel.from_gbit(1, node_gbit=-2)
+
+
+@pytest.mark.parametrize("n,g", [(8, 1), (8, 8), (16, 4), (64, 8), (1024, 8)])
+def test_hierarchical_allreduce(n, g):
+  intra, intra_latency = 40 * LINK, 2e-6
+  net = ald.NetworkModel(LATENCY, LINK)
+  hosts = n // g
+  # Reduce-scatter and all-gather inside a host: (g - 1) rounds each, of M / g
+  # bytes over the intra-host link; the ring across hosts carries M / g per rank.
+  inside = 2 * (g - 1) * (intra_latency + MESSAGE / g / intra)
+  across = 2 * (hosts - 1) * (LATENCY + MESSAGE / g / hosts / LINK)
+  assert net.hierarchical_allreduce_time(
+      n, MESSAGE, workers_per_host=g, intra_host_bandwidth=intra,
+      intra_host_latency_s=intra_latency) == pytest.approx(inside + across)
+  if g == 1:  # one worker per host is the flat ring
+    assert net.hierarchical_allreduce_time(
+        n, MESSAGE, workers_per_host=1,
+        intra_host_bandwidth=intra) == pytest.approx(net.allreduce_time(n, MESSAGE))
+
+
+def test_hierarchical_allreduce_bad_input():
+  net = ald.NetworkModel(LATENCY, LINK)
+  with pytest.raises(ValueError, match="num_workers=12 is not a multiple of "
+                     "workers_per_host=8"):
+    net.hierarchical_allreduce_time(12, MESSAGE, workers_per_host=8,
+                                    intra_host_bandwidth=LINK)
+  with pytest.raises(ValueError, match="intra_host_bandwidth must be in"):
+    net.hierarchical_allreduce_time(16, MESSAGE, workers_per_host=8,
+                                    intra_host_bandwidth=0.0)
+
+
+def test_overlap_takes_the_longer_of_compute_and_communication():
+  compute = np.array([0.02, 0.05, 0.0])
+  comm = np.array([0.03, 0.01, 0.0])
+  serial = ald.NetworkModel(LATENCY, LINK)
+  overlapped = ald.NetworkModel.from_gbit(8.0, latency_s=LATENCY, overlap=True)
+  np.testing.assert_allclose(serial.step_time(compute, comm), [0.05, 0.06, 0.0])
+  np.testing.assert_allclose(overlapped.step_time(compute, comm),
+                             [0.03, 0.05, 0.0])
+  assert overlapped.step_time(0.02, 0.03) == 0.03
+  assert isinstance(serial.step_time(0.02, 0.03), float)
+  assert "overlapped" in str(overlapped) and "overlapped" not in str(serial)
+  with pytest.raises(ValueError, match="compute_s must be finite and >= 0"):
+    serial.step_time(-1.0, 0.0)
+  with pytest.raises(ValueError, match="communication_s must be finite"):
+    serial.step_time(0.0, [0.1, float("nan")])
+  with pytest.raises(TypeError, match="overlap must be True or False"):
+    ald.NetworkModel(LATENCY, LINK, overlap="yes")
+
+
+def test_scale_sweep_against_closed_forms():
+  """experiments.scale's rows are the model's formulas, written out here."""
+  from experiments import scale  # pylint: disable=g-import-not-at-top
+  params = scale.MODELS["resnet50"]
+  assert scale.compressed_bytes("none", params, 174) == 4 * params
+  assert scale.compressed_bytes("topk10", params, 174) == pytest.approx(
+      0.1 * params * (4 + 4))
+  assert scale.compressed_bytes("sign", params, 174) == params / 8 + 4 * 174
+  assert scale.compressed_bytes("qsgd16", params, 174) == params + 4 * 174
+  with pytest.raises(ValueError, match="compressor must be one of"):
+    scale.compressed_bytes("topk", params, 1)
+  latency, link = 50e-6, 1.25e9
+  net = ald.NetworkModel(latency, link)
+  sweep = scale.Sweep([16], [net], {"resnet50": 20.0, "100m": 150.0},
+                      matcha_max_n=0, intra_bandwidth=1e11, intra_latency_s=2e-6)
+  rows = {(r["model"], scale.label(r)): r for r in sweep.rows()}
+  m, compute = 4 * params, 0.02
+  ring_allreduce = 2 * 15 * latency + 2 * 15 / 16 * m / link
+  assert rows["resnet50", "ring all-reduce"]["step_s"] == pytest.approx(
+      compute + ring_allreduce)
+  # A 4 x 4 torus has 4 matchings, one after the other.
+  torus = 4 * (latency + m / link)
+  assert rows["resnet50", "torus"]["step_s"] == pytest.approx(compute + torus)
+  assert rows["resnet50", "torus + overlap"]["step_s"] == pytest.approx(
+      max(compute, torus))
+  sign = 4 * (latency + (params / 8 + 4 * 174) / link)
+  assert rows["resnet50", "torus + CHOCO sign"]["step_s"] == pytest.approx(
+      compute + sign)
+  gaps = sweep.gaps()
+  # Ring of 16 with alpha = 2 / (lambda_2 + lambda_max) = 2 / (2 - 2 cos(2 pi / 16) + 4).
+  alpha = 2 / (2 - 2 * np.cos(2 * np.pi / 16) + 4)
+  assert gaps["ring", 16] == pytest.approx(
+      alpha * (2 - 2 * np.cos(2 * np.pi / 16)))
