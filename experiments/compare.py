@@ -63,8 +63,11 @@ def _communication(run: dict):
   ``message_bytes`` is the buffer a worker sends along one active matching
   (gossip, AL-DSGD) or all-reduces (allreduce); 0 for local SGD.
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from experiments.cifar import train  # pylint: disable=g-import-not-at-top
+  import ml_collections
+
+  import jax_aldsgd as ald
+  from experiments.cifar import train
+
   config = ml_collections.ConfigDict(run["config"])
   message = run["records"][-1].get("message_bytes")
   if message is None:
@@ -74,19 +77,26 @@ def _communication(run: dict):
     return None, message
   first = run["records"][0]
   steps_per_epoch = first["step"] // (first["epoch"] + 1)
-  return train.build_schedule(config, steps_per_epoch), message
+  schedule = train.build_schedule(config, steps_per_epoch)
+  return ald.schedules.every(schedule, config.get("gossip_every", 1)), message
 
 
-def simulated_seconds(run: dict, network) -> np.ndarray:
-  """Measured training time + simulated communication, at each record's end.
+def simulated_seconds(run: dict, network,
+                      compute_s_per_step: float | None = None) -> np.ndarray:
+  """Compute time + simulated communication, at each record's end.
 
-  A run whose config sets ``overlap`` exchanges during the computation, so each
-  step costs ``max(compute, communication)`` (`NetworkModel.step_time`), with
-  the measured time of each record's interval spread evenly over its steps.
+  Compute is the run's measured training time, or ``compute_s_per_step`` for
+  every step when given (to compare runs measured under different loads on a
+  common footing). A run whose config sets ``overlap`` exchanges during the
+  computation, so each step costs ``max(compute, communication)``
+  (`NetworkModel.step_time`), with the compute of each record's interval spread
+  evenly over its steps.
   """
   schedule, size = _communication(run)
   ends = [r["step"] for r in run["records"]]
   measured = np.array([r["time_train_s"] for r in run["records"]])
+  if compute_s_per_step is not None:
+    measured = np.array(ends, float) * compute_s_per_step
   if run["config"].get("overlap", False):
     if schedule is not None:
       per_step = network.gossip_times(schedule, ends[-1], size)

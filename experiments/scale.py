@@ -112,7 +112,7 @@ def mixing_gap(schedule) -> float:
   ``W``): ``1 - sqrt(rho)`` with ``rho = lambda_max(E[W^T W] - 11^T / n)``, so both
   bound the per-step factor on ``||x - xbar||`` (MATCHA's in root mean square).
   """
-  if isinstance(schedule, S.Matcha):
+  if hasattr(schedule, "rho"):  # MATCHA
     return 1.0 - math.sqrt(schedule.rho)
   laplacian = schedule.topology.laplacian()
   values = np.linalg.eigvalsh(laplacian)

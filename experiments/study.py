@@ -1,9 +1,9 @@
 r"""Grids of experiments.cifar runs over several seeds, and their tables and plots.
 
     .venv/bin/python -m experiments.study run GRID [GRID ...] [--seeds 1 2 3]
-        [--root workdirs/study] [--epochs N] [--dry-run]
+        [--root workdirs/study] [--dry-run]
     .venv/bin/python -m experiments.study report GRID [GRID ...]
-        [--root workdirs/study] [--out experiments/results/study]
+        [--root workdirs/study] [--out experiments/results/study] [--compute-ms 27.5]
 
 ``run`` trains every cell of each named grid (`GRIDS`) once per seed, one run
 after another, each in its own workdir ``ROOT/GRID/CELL/seedS`` through the
@@ -13,7 +13,9 @@ from its last checkpoint, so a grid can be stopped and continued at will.
 
 ``report`` reads the finished workdirs and writes, per grid, a markdown table of
 each cell's final accuracy (mean over workers), worst worker, averaged model,
-epochs and simulated time to the target accuracy, and bytes per worker, each as
+epochs and simulated time to the target accuracy (a fixed compute time per step,
+``--compute-ms``, plus the simulated communication of the run's schedule on 1
+and 10 Gbit/s links with 50 us latency, overlap-aware), and bytes per worker, each as
 the mean over seeds with a 95% confidence interval (Student's t, ``n - 1``
 degrees of freedom), plus a figure of mean test accuracy against epoch (the
 seeds' mean and range). The grid ``low_degree`` also gets a per-worker table.
@@ -40,6 +42,9 @@ DEFAULT_ROOT = "workdirs/study"
 TARGET = 0.85
 NETWORKS_GBIT = (1.0, 10.0)
 LATENCY_S = 50e-6
+# experiments/results/benchmark_cpu.md: local SGD step of the small CNN, batch 16,
+# 8 workers on the idle 2-core machine.
+COMPUTE_MS = 27.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +68,24 @@ def _cell(name, **overrides) -> Cell:
   return Cell(name, tuple(sorted(overrides.items())))
 
 
-# Shared by every grid: 10 epochs, lr 0.1 divided by 10 at epochs 7 and 9 (as in
-# experiments/results/fashion_mnist.sh), no progress bar, no per-run plots.
-COMMON = (("num_epochs", 10), ("lr_decay_epochs", (7, 9)), ("progress_bar", False),
-          ("plots", False))
+# Every run: no progress bar, no per-run plots.
+COMMON = (("progress_bar", False), ("plots", False))
+# Epochs per grid, with the learning rate divided by 10 for the last epoch(s).
+SHORT = (("num_epochs", 4), ("lr_decay_epochs", (3,)))  # the README's main job
+LONG = (("num_epochs", 10), ("lr_decay_epochs", (7, 9)))  # fashion_mnist.sh
 
-GRIDS: dict[str, tuple[Cell, ...]] = {
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """Cells run with the same schedule of epochs."""
+
+  cells: tuple[Cell, ...]
+  settings: tuple[tuple[str, object], ...] = SHORT
+
+
+GRIDS: dict[str, Grid] = {
     # 1. The paper's comparison: 8 workers, graph pair (0, 1) rotated.
-    "paper": (
+    "paper": Grid((
         _cell("allreduce", method="allreduce"),
         _cell("dpsgd", method="dpsgd"),
         _cell("dpsgd_reference", method="dpsgd_reference"),
@@ -78,15 +93,28 @@ GRIDS: dict[str, tuple[Cell, ...]] = {
         _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
         _cell("aldsgd_dpsgd_reference", method="aldsgd_dpsgd_reference"),
         _cell("aldsgd_matcha", method="aldsgd_matcha"),
-    ),
+    )),
     # 2. The low-degree workers: the alternating schedule on graph 0 alone.
-    "low_degree": (
+    "low_degree": Grid((
         _cell("dpsgd_reference_g0", method="dpsgd_reference", graph_ids=(0,)),
         _cell("aldsgd_dpsgd_reference_g0", method="aldsgd_dpsgd_reference",
               graph_ids=(0,)),
         _cell("dpsgd_reference_rotated", method="dpsgd_reference"),
         _cell("aldsgd_dpsgd_reference_rotated", method="aldsgd_dpsgd_reference"),
-    ),
+    )),
+    # Issue 13: overlap, local steps and staleness, one factor at a time.
+    "overlap": Grid((
+        _cell("dpsgd", method="dpsgd"),
+        _cell("dpsgd_overlap", method="dpsgd", overlap=True),
+        _cell("dpsgd_every4", method="dpsgd", gossip_every=4),
+        _cell("dpsgd_every16", method="dpsgd", gossip_every=16),
+        _cell("dpsgd_delay1", method="dpsgd", delay=1),
+        _cell("dpsgd_delay4", method="dpsgd", delay=4),
+        _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
+        _cell("aldsgd_dpsgd_overlap", method="aldsgd_dpsgd", overlap=True),
+        _cell("aldsgd_dpsgd_every4", method="aldsgd_dpsgd", gossip_every=4),
+        _cell("aldsgd_dpsgd_every16", method="aldsgd_dpsgd", gossip_every=16),
+    )),
 }
 
 
@@ -94,11 +122,8 @@ def workdir(root: pathlib.Path, grid: str, cell: Cell, seed: int) -> pathlib.Pat
   return root / grid / cell.name / f"seed{seed}"
 
 
-def command(cell: Cell, seed: int, directory: pathlib.Path,
-            epochs: int | None) -> list[str]:
-  overrides = dict(COMMON)
-  if epochs is not None:
-    overrides["num_epochs"] = epochs
+def command(grid: Grid, cell: Cell, seed: int, directory: pathlib.Path) -> list[str]:
+  overrides = dict(COMMON + grid.settings)
   flags = [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
   return [sys.executable, "-m", "experiments.cifar", f"--config={BASE_CONFIG}",
           f"--workdir={directory}", f"--config.seed={seed}", *flags, *cell.flags()]
@@ -115,9 +140,9 @@ def run(args) -> int:
   root = pathlib.Path(args.root)
   for grid in args.grids:
     for seed in args.seeds:
-      for cell in GRIDS[grid]:
+      for cell in GRIDS[grid].cells:
         directory = workdir(root, grid, cell, seed)
-        cmd = command(cell, seed, directory, args.epochs)
+        cmd = command(GRIDS[grid], cell, seed, directory)
         print("+ " + " ".join(cmd), flush=True)
         if not args.dry_run:
           subprocess.run(cmd, check=True)
@@ -163,7 +188,7 @@ def _finished_runs(root, grid, cell):
   return runs
 
 
-def cell_summary(runs, target=TARGET) -> dict:
+def cell_summary(runs, target=TARGET, compute_s=None) -> dict:
   """Per-seed metrics of one cell, then mean and 95% interval over seeds."""
   import jax_aldsgd as ald
   from experiments import compare
@@ -176,7 +201,7 @@ def cell_summary(runs, target=TARGET) -> dict:
     times = {}
     for gbit in NETWORKS_GBIT:
       network = ald.NetworkModel.from_gbit(gbit, latency_s=LATENCY_S)
-      seconds = compare.simulated_seconds(run, network)
+      seconds = compare.simulated_seconds(run, network, compute_s)
       times[gbit] = float(seconds[reached[0]]) if len(reached) else None
     per_seed.append(dict(summary, sim_time=times,
                          per_worker=accuracy[-1].tolist()))
@@ -260,8 +285,9 @@ def report(args) -> int:
   sections, raw = [], {}
   for grid in args.grids:
     runs_by_cell = {cell.name: _finished_runs(root, grid, cell)
-                    for cell in GRIDS[grid]}
-    summaries = {name: cell_summary(runs) for name, runs in runs_by_cell.items()}
+                    for cell in GRIDS[grid].cells}
+    summaries = {name: cell_summary(runs, compute_s=args.compute_ms / 1e3)
+                 for name, runs in runs_by_cell.items()}
     sections.append(f"### {grid}\n\n{grid_table(grid, summaries)}")
     if grid == "low_degree" and any(summaries.values()):
       sections.append(f"Final test accuracy per worker (%), {grid}:\n\n"
@@ -286,20 +312,21 @@ def main(argv=None) -> int:
   run_parser.add_argument("grids", nargs="+")
   run_parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
   run_parser.add_argument("--root", default=DEFAULT_ROOT)
-  run_parser.add_argument("--epochs", type=int, default=None,
-                          help="override the grids' 10 epochs")
   run_parser.add_argument("--dry-run", action="store_true",
                           help="print the commands only")
   report_parser = sub.add_parser("report", help="tables and plots of finished runs")
   report_parser.add_argument("grids", nargs="+")
   report_parser.add_argument("--root", default=DEFAULT_ROOT)
   report_parser.add_argument("--out", default="experiments/results/study")
+  report_parser.add_argument(
+      "--compute-ms", type=float, default=COMPUTE_MS,
+      help="compute per step for the simulated times (default: the small CNN's "
+      "local SGD step measured by experiments.benchmark on the idle 2-core "
+      "machine), so runs measured under different loads compare fairly")
   args = parser.parse_args(argv)
   if args.action == "run":
     if any(s < 0 for s in args.seeds):
       parser.error(f"--seeds must be non-negative integers, got {args.seeds}.")
-    if args.epochs is not None and args.epochs < 1:
-      parser.error(f"--epochs must be >= 1, got {args.epochs}.")
     return run(args)
   return report(args)
 

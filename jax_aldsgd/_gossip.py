@@ -154,17 +154,19 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
   return _variants.every_steps(transform, every)
 
 
-def gossip_message_bytes(params, *, skip_nonfinite: bool = False) -> int:
+def gossip_message_bytes(params, *, skip_nonfinite: bool = False,
+                         delay: int | None = None) -> int:
   """Bytes one worker sends along one active matching under `gossip`.
 
   The message is the packed parameters (float32, or wider if a leaf is), plus a
-  health flag with ``skip_nonfinite``.
+  health flag with ``skip_nonfinite``, or the push-sum weight with ``delay``.
 
   Args:
     params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
     skip_nonfinite: as given to `gossip`.
+    delay: as given to `gossip`.
   """
-  return _exchange.message_bytes(params, 1 if skip_nonfinite else 0)
+  return _exchange.message_bytes(params, 1 if skip_nonfinite or delay else 0)
 
 
 def allreduce_bytes(num_workers: int, params) -> float:

@@ -338,6 +338,29 @@ class Rotating(Schedule):
     return offset + self.schedules[which].graph_index(self._uses_before(which, step))
 
 
+@dataclasses.dataclass(frozen=True)
+class Every(Schedule):
+  """``schedule`` at steps 0, H, 2H, ... (at its own step ``k // H``), idle between."""
+
+  schedule: Schedule
+  every: int
+
+  @property
+  def graphs(self):
+    return self.schedule.graphs
+
+  @property
+  def neighbor_weight(self):
+    return self.schedule.neighbor_weight
+
+  def slot_flags(self, step, xp):
+    return (step % self.every == 0) & self.schedule.slot_flags(step // self.every,
+                                                               xp)
+
+  def graph_index(self, step: int) -> int:
+    return self.schedule.graph_index(_check_step(step) // self.every)
+
+
 # ----------------------------------------------------------------------------
 # Constructors.
 
@@ -452,6 +475,27 @@ def explicit(topology: Topology, active: Sequence[Iterable[int]],
   weight = dpsgd_weight(topology) if neighbor_weight is None else _check_weight(
       neighbor_weight)
   return Explicit(topology, weight, tuple(pattern))
+
+
+def every(schedule: Schedule, every: int) -> Schedule:
+  """``schedule`` on every ``every``-th step only: what ``gossip(..., every=)`` runs.
+
+  Step k exchanges iff ``k % every == 0``, with the flags of ``schedule`` at its
+  own step ``k // every``. The transforms' ``every=`` option skips the other
+  steps entirely (no packing, no collective); this schedule describes the same
+  exchanges step by step, for byte counts and network simulations.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> s = ald.schedules.every(ald.schedules.alternating(ald.topologies.paper_graph(0)), 2)
+    >>> [s.active(k)[:2].tolist() for k in range(4)]
+    [[False, True], [False, False], [True, False], [False, False]]
+  """
+  if not isinstance(schedule, Schedule):
+    raise TypeError(f"schedule must be a jax_aldsgd schedule, got "
+                    f"{type(schedule).__name__}.")
+  every = _checks.check_integer("every", every, 1)
+  return schedule if every == 1 else Every(schedule, every)
 
 
 def rotating(schedules: Sequence[Schedule], *,

@@ -7,6 +7,7 @@ subclass that base to write your own.
 from jax_aldsgd._schedules import Schedule as Schedule
 from jax_aldsgd._schedules import alternating as alternating
 from jax_aldsgd._schedules import dpsgd_weight as dpsgd_weight
+from jax_aldsgd._schedules import every as every
 from jax_aldsgd._schedules import explicit as explicit
 from jax_aldsgd._schedules import full as full
 from jax_aldsgd._schedules import matcha as matcha
@@ -16,6 +17,7 @@ __all__ = [
     "Schedule",
     "alternating",
     "dpsgd_weight",
+    "every",
     "explicit",
     "full",
     "matcha",

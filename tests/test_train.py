@@ -66,7 +66,7 @@ def test_other_methods_run(mock_cifar, tmp_path, method):
 @pytest.mark.parametrize("method", ["allreduce", "matcha", "dpsgd_reference"])
 def test_config_argument_selects_the_method(method):
   assert default.get_config(method).method == method
-  assert default.get_config().method == "aldsgd_dpsgd"
+  assert default.get_config().method == "aldsgd_dpsgd_reference"
 
 
 @pytest.mark.slow
@@ -94,7 +94,7 @@ def test_resume_refuses_a_different_config(mock_cifar, tmp_path):
     train.train_and_evaluate(tiny_config(method="dpsgd", model="resnet20"),
                              str(tmp_path))
   message = str(error.value)
-  assert "method: checkpoint has 'aldsgd_dpsgd', config has 'dpsgd'" in message
+  assert "method: checkpoint has 'aldsgd_dpsgd_reference', config has 'dpsgd'" in message
   assert "model: checkpoint has 'small_cnn', config has 'resnet20'" in message
   assert "new --workdir" in message
 
@@ -162,3 +162,22 @@ def test_compare_simulated_wall_clock(tmp_path, capsys):
   out = capsys.readouterr().out
   per_step = 2 * (100e-6 + message / 1.25e8)  # two matchings per step
   assert f"| {100 * (7.0 + per_step):.1f} s | {200 * (7.0 + per_step):.1f} s |" in out
+
+
+def test_local_steps_and_delay_count_the_bytes_actually_sent(mock_cifar, tmp_path):
+  # dpsgd every 2 steps, with delayed (push-sum) messages: 3 steps per epoch, so
+  # steps 0 and 2 communicate, at the schedule's own steps 0 and 1.
+  config = tiny_config("dpsgd", num_epochs=1, gossip_every=2, delay=1)
+  record = train.train_and_evaluate(config, str(tmp_path))
+  params = train.final_params(tmp_path)
+  num_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params))
+  assert record["message_bytes"] == 4 * (num_params + 1)  # + the push-sum weight
+  schedule = train.build_schedule(config, steps_per_epoch=3)
+  degrees = schedule.active_degrees(0) + schedule.active_degrees(1)
+  np.testing.assert_array_equal(record["bytes_sent"],
+                                degrees * record["message_bytes"])
+  run = compare.load_run(tmp_path)
+  network = ald.NetworkModel.from_gbit(1.0, latency_s=0.0)
+  seconds = compare.simulated_seconds(run, network, compute_s_per_step=0.0)
+  busiest = sum(int(schedule.active(k).sum()) for k in (0, 1))
+  np.testing.assert_allclose(seconds[-1], busiest * record["message_bytes"] / 1.25e8)

@@ -159,11 +159,13 @@ class Traffic:
     one_worker = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
     n = config.num_workers
+    if schedule is not None:  # communicating every gossip_every steps
+      schedule = ald.schedules.every(schedule, config.gossip_every)
     if config.method.startswith("aldsgd_"):
       message = ald.adjacent_leader_message_bytes(one_worker)
     elif schedule is not None:
-      message = ald.gossip_message_bytes(one_worker,
-                                         skip_nonfinite=config.skip_nonfinite)
+      message = ald.gossip_message_bytes(
+          one_worker, skip_nonfinite=config.skip_nonfinite, delay=config.delay)
     elif config.method == "allreduce":
       every_step = np.full(n, ald.allreduce_bytes(n, one_worker))
       return cls(ald.gossip_message_bytes(one_worker), lambda step: every_step)
