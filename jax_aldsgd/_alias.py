@@ -62,7 +62,8 @@ def local_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.0,
 
 def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
          momentum: float = 0.0, weight_decay: float = 0.0,
-         axis_name: str = "workers", skip_nonfinite: bool = False
+         axis_name: str = "workers", skip_nonfinite: bool = False,
+         compressor=None, consensus_lr=1.0
         ) -> optax.GradientTransformationExtraArgs:
   """Decentralized SGD: a local SGD step, then gossip (D-PSGD or MATCHA).
 
@@ -76,6 +77,8 @@ def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
     axis_name: the workers' mesh axis.
     skip_nonfinite: see `jax_aldsgd.gossip`.
+    compressor, consensus_lr: compressed gossip (CHOCO-SGD), see
+      `jax_aldsgd.gossip`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -103,7 +106,8 @@ def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
   """
   return optax.chain(
       local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
-      gossip(schedule, axis_name, skip_nonfinite=skip_nonfinite),
+      gossip(schedule, axis_name, skip_nonfinite=skip_nonfinite,
+             compressor=compressor, consensus_lr=consensus_lr),
   )
 
 
@@ -111,7 +115,8 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
            momentum: float = 0.0, weight_decay: float = 0.0, c1: float = 0.3,
            c2: float = 0.1, p1: float = 0.2, p2: float = 0.2,
            pull_every: int = 1, axis_name: str = "workers",
-           skip_nonfinite: bool = False) -> optax.GradientTransformationExtraArgs:
+           skip_nonfinite: bool = False, compressor=None, consensus_lr=1.0
+          ) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: a local SGD step, then `jax_aldsgd.adjacent_leader`.
 
   The reference configuration is ``aldsgd(0.4, rotating([full(g1), full(g0)]),
@@ -122,7 +127,8 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     schedule: the gossip schedule (`jax_aldsgd.schedules`).
     momentum: heavy-ball momentum (0 disables it, as in the reference).
     weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
-    c1, c2, p1, p2, pull_every, skip_nonfinite: see `jax_aldsgd.adjacent_leader`.
+    c1, c2, p1, p2, pull_every, skip_nonfinite, compressor, consensus_lr: see
+      `jax_aldsgd.adjacent_leader`.
     axis_name: the workers' mesh axis.
 
   Returns:
@@ -156,5 +162,6 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
   return optax.chain(
       local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
       adjacent_leader(schedule, axis_name, c1=c1, c2=c2, p1=p1, p2=p2,
-                      pull_every=pull_every, skip_nonfinite=skip_nonfinite),
+                      pull_every=pull_every, skip_nonfinite=skip_nonfinite,
+                      compressor=compressor, consensus_lr=consensus_lr),
   )

@@ -339,3 +339,76 @@ def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
     return carry, jax.tree.map(lambda _: True, carry)
 
   return fold_block
+
+
+# ----------------------------------------------------------------------------
+# A message per slot (compressed gossip).
+
+
+def fold_messages(schedule: Schedule, step: jax.Array, axis_name: str,
+                  build: Callable, combine: Callable, carry, inputs):
+  """Like `fold`, but each active slot sends its own message, built in its branch.
+
+  For each slot s in order, if it is active: ``message, carry = build(s, carry,
+  inputs)`` (a 1-D buffer of any dtype, the same shape on every slot's worker),
+  then ``carry = combine(s, carry, received, inputs)`` with the partner's
+  message. CHOCO-SGD needs this: a slot's message compresses the difference to
+  that slot's own public copy, so it differs from slot to slot. As in `fold`,
+  everything per worker comes through ``carry`` and ``inputs``, and an inactive
+  slot neither builds nor sends anything.
+  """
+  per_device = workers_per_device()
+  if per_device > 1:
+    return _block_fold_messages(schedule, axis_name, per_device, build, combine)(
+        step, carry, inputs)
+  flags = _runtime_flags(schedule, step)
+  for s in range(schedule.num_slots):
+    pairs = _pairs(schedule.slot_partners[s])
+
+    def build_send_combine(c, s=s, pairs=pairs):
+      message, c = build(s, c, inputs)
+      return combine(s, c, lax.ppermute(message, axis_name, pairs), inputs)
+
+    carry = lax.cond(flags[s], build_send_combine, lambda c: c, carry)
+  return carry
+
+
+def _block_fold_messages(schedule: Schedule, axis_name: str, per_device: int,
+                         build: Callable, combine: Callable):
+  """`fold_messages` over a device's block of workers (see `_block_fold`)."""
+  num_devices = lax.axis_size(axis_name)
+  plans = block_plan(schedule, num_devices, per_device)
+
+  @jax.custom_batching.custom_vmap
+  def fold_block(step, carry, inputs):
+    del step, inputs  # only traced for output shapes
+    return carry
+
+  @fold_block.def_vmap
+  def rule(axis_size, in_batched, step, carry, inputs):
+    del axis_size
+    batched_step, batched_carry, batched_inputs = in_batched
+    widen = lambda x, b: x if b else jnp.broadcast_to(x, (per_device,) + x.shape)
+    carry = jax.tree.map(widen, carry, batched_carry)
+    inputs = jax.tree.map(widen, inputs, batched_inputs)
+    step = step[0] if batched_step else step
+    flags = _runtime_flags(schedule, step)
+    device = lax.axis_index(axis_name)
+    for s, (local, rounds) in enumerate(plans):
+
+      def build_send_combine(c, s=s, local=local, rounds=rounds):
+        buffer, c = jax.vmap(lambda c1, i1: build(s, c1, i1))(c, inputs)
+        received = _take_rows(buffer, jnp.asarray(local)[device])  # (k, L)
+        for plan in rounds:
+          message = buffer[jnp.asarray(plan.send_rows)[device]]  # (m, L)
+          message = lax.ppermute(message, axis_name, plan.pairs)
+          rows = jnp.asarray(plan.receive_rows)[device]
+          received = jnp.where((rows >= 0)[:, None],
+                               message[jnp.maximum(rows, 0)], received)
+        return jax.vmap(lambda c1, r1, i1: combine(s, c1, r1, i1))(
+            c, received, inputs)
+
+      carry = lax.cond(flags[s], build_send_combine, lambda c: c, carry)
+    return carry, jax.tree.map(lambda _: True, carry)
+
+  return fold_block

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_aldsgd import _choco
 from jax_aldsgd import _exchange
 from jax_aldsgd import _network
 from jax_aldsgd._schedules import Schedule
@@ -37,7 +38,8 @@ def check_schedule(schedule) -> Schedule:
 
 
 def gossip(schedule: Schedule, axis_name: str = "workers", *,
-           skip_nonfinite: bool = False) -> optax.GradientTransformationExtraArgs:
+           skip_nonfinite: bool = False, compressor=None, consensus_lr=1.0
+          ) -> optax.GradientTransformationExtraArgs:
   """Gossip averaging with the neighbours of the active matchings (D-PSGD, MATCHA).
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
@@ -60,6 +62,11 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
       out of the average for that step (its weight goes back to the worker itself),
       so one diverging worker does not poison its neighbours. Costs one finiteness
       reduction over the parameters per step.
+    compressor: one of `jax_aldsgd.compressors` to run CHOCO-SGD (compressed
+      gossip with public copies; ALGORITHM.md section 9, scheme and memory in
+      ``jax_aldsgd._choco``); None (default) sends the parameters.
+    consensus_lr: CHOCO-SGD's consensus step ``gamma`` in (0, 1] (with a
+      compressor only; see `jax_aldsgd.tune_consensus_lr`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -89,6 +96,10 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     Lian et al., 2017, "Can Decentralized Algorithms Outperform Centralized
     Algorithms?"; Wang et al., 2019, "MATCHA" (arXiv 1905.09435).
   """
+  if compressor is not None or _choco.consensus_lr_given(consensus_lr):
+    return _choco.choco_gossip(schedule, axis_name, compressor=compressor,
+                               consensus_lr=consensus_lr,
+                               skip_nonfinite=skip_nonfinite)
   schedule = check_schedule(schedule)
   skip_nonfinite = bool(skip_nonfinite)
 
@@ -156,7 +167,8 @@ def _all_finite(tree) -> jax.Array:
   return finite.astype(jnp.float32)
 
 
-def allreduce(axis_name: str = "workers") -> optax.GradientTransformationExtraArgs:
+def allreduce(axis_name: str = "workers", *,
+              compressor=None) -> optax.GradientTransformationExtraArgs:
   """Centralized baseline: every worker moves to the mean of all ``x_hat``.
 
   ``x_i <- mean_j x_hat_j`` (one ``pmean`` over ``axis_name`` of one packed buffer),
@@ -165,6 +177,8 @@ def allreduce(axis_name: str = "workers") -> optax.GradientTransformationExtraAr
 
   Args:
     axis_name: the mesh axis the workers are mapped over.
+    compressor: must be None: the all-reduce does not compress (an error
+      otherwise).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -188,6 +202,11 @@ def allreduce(axis_name: str = "workers") -> optax.GradientTransformationExtraAr
     >>> [round(float(v), 3) for v in w[:, 0]]
     [7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0]
   """
+  if compressor is not None:
+    raise ValueError(
+        f"allreduce does not compress its messages, got compressor={compressor!r}; "
+        "for compressed communication use jax_aldsgd.gossip(schedule, "
+        "compressor=...) (CHOCO-SGD), or drop the compressor.")
 
   def init_fn(params):
     del params

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jax_aldsgd import _checks
+from jax_aldsgd import _choco
 from jax_aldsgd import _exchange
 from jax_aldsgd._gossip import _all_finite, check_params, check_schedule
 from jax_aldsgd._schedules import Schedule
@@ -65,8 +66,8 @@ def adjacent_leader_message_bytes(params) -> int:
 def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
                     c1: float = 0.3, c2: float = 0.1, p1: float = 0.2,
                     p2: float = 0.2, pull_every: int = 1,
-                    skip_nonfinite: bool = False
-                   ) -> optax.GradientTransformationExtraArgs:
+                    skip_nonfinite: bool = False, compressor=None,
+                    consensus_lr=1.0) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: gossip, then averaging with and a pull toward two chosen neighbours.
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
@@ -107,6 +108,12 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     p2: corrective pull toward the max-degree node; ``p1 + p2 <= 1``.
     pull_every: pull period ``I`` (the reference's default for AL-DSGD is 1).
     skip_nonfinite: leave non-finite neighbours out of the gossip average.
+    compressor: one of `jax_aldsgd.compressors` to run AL-DSGD on CHOCO-SGD: the
+      leader and max-degree node are chosen as here (uncompressed losses,
+      degrees), the mixing and the pull use the neighbors' public copies, scaled
+      by ``consensus_lr`` (details and memory in ``jax_aldsgd._choco``).
+    consensus_lr: CHOCO-SGD's consensus step ``gamma`` in (0, 1] (with a
+      compressor only).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params``
@@ -144,6 +151,11 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     He, Wang & Choromanska, 2024, "Adjacent Leader Decentralized Stochastic
     Gradient Descent" (arXiv 2405.11389).
   """
+  if compressor is not None or _choco.consensus_lr_given(consensus_lr):
+    return _choco.choco_adjacent_leader(
+        schedule, axis_name, compressor=compressor, consensus_lr=consensus_lr,
+        c1=c1, c2=c2, p1=p1, p2=p2, pull_every=pull_every,
+        skip_nonfinite=skip_nonfinite)
   schedule = check_schedule(schedule)
   check_pull_coefficients(c1, c2, p1, p2, pull_every)
   skip_nonfinite = bool(skip_nonfinite)

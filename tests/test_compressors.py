@@ -1,0 +1,143 @@
+"""Compressors: against NumPy, their bytes, sparse = dense apply, unbiasedness, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_aldsgd import compressors as C
+from tests import choco_reference
+
+
+def _key(seed, step, leaf, worker=None):
+  """The documented derivation of a leaf's key (module docstring)."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), leaf)
+  return key if worker is None else jax.random.fold_in(key, worker)
+
+
+def _reference(compressor, v, key):
+  """NumPy Q(v), with the random draws made as the library documents."""
+  v = np.asarray(v, np.float64)
+  if isinstance(compressor, C.identity().__class__):
+    return v
+  if isinstance(compressor, C.top_k(0.5).__class__):
+    return choco_reference.top_k(v, compressor.fraction)
+  if isinstance(compressor, C.scaled_sign().__class__):
+    return choco_reference.scaled_sign(v)
+  if isinstance(compressor, C.random_k(0.5).__class__):
+    k = max(1, int(compressor.fraction * v.size))
+    indices = np.asarray(jax.random.choice(key, v.size, (k,), replace=False))
+    return choco_reference.random_k(v, indices, compressor.rescale)
+  noise = np.asarray(jax.random.uniform(key, v.shape, jnp.float32), np.float64)
+  return choco_reference.qsgd(v, compressor.levels, noise)
+
+
+COMPRESSORS = [C.identity(), C.top_k(0.1), C.top_k(1.0), C.random_k(0.3, seed=5),
+               C.random_k(0.3, seed=5, rescale=True), C.scaled_sign(),
+               C.qsgd(4, seed=2), C.qsgd(1)]
+
+
+@pytest.mark.parametrize("compressor", COMPRESSORS, ids=repr)
+@pytest.mark.parametrize("size", [1, 37])
+def test_encode_decode_match_numpy_and_bytes(compressor, size):
+  rng = np.random.default_rng(size)
+  v = jnp.asarray(rng.normal(size=size), jnp.float32)
+  key = compressor.leaf_key(3, 1, 2)
+  message = compressor.encode(v, key)
+  got = np.asarray(compressor.decode(message, size, key), np.float64)
+  want = _reference(compressor, v, _key(getattr(compressor, "seed", 0), 3, 1,
+                                        2 if compressor.randomness == "per_worker"
+                                        else None))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert sum(np.asarray(a).nbytes for a in message) == compressor.message_bytes(size)
+
+
+def test_message_bytes_per_compressor():
+  assert C.top_k(0.1).message_bytes(1000) == 100 * 8  # values + int32 indices
+  assert C.top_k(0.1).message_bytes(5) == 8  # k = max(1, floor(0.5)) = 1
+  assert C.random_k(0.1).message_bytes(1000) == 100 * 4  # values only
+  assert C.scaled_sign().message_bytes(1000) == 125 + 4  # packed bits + norm
+  assert C.scaled_sign().message_bytes(9) == 2 + 4
+  assert C.qsgd(16).message_bytes(1000) == 1000 + 4  # int8 levels + norm
+  assert C.identity().message_bytes(1000, jnp.float64) == 8000
+
+
+def test_random_k_indices_are_shared_and_qsgd_noise_is_not():
+  q = C.random_k(0.25, seed=1)
+  v = jnp.arange(16.0)
+  same = [np.asarray(q.decode(q.encode(v, q.leaf_key(4, 0, w)), 16,
+                              q.leaf_key(4, 0, w))) for w in range(3)]
+  np.testing.assert_array_equal(same[0], same[1])
+  np.testing.assert_array_equal(same[0], same[2])
+  other_step = np.asarray(q.decode(q.encode(v, q.leaf_key(5, 0)), 16,
+                                   q.leaf_key(5, 0)))
+  assert not np.array_equal(same[0], other_step)
+  q = C.qsgd(2, seed=1)
+  v = jnp.asarray(np.random.default_rng(0).normal(size=64), jnp.float32)
+  levels = [np.asarray(q.encode(v, q.leaf_key(4, 0, w))[0]) for w in range(2)]
+  assert not np.array_equal(levels[0], levels[1])
+
+
+@pytest.mark.parametrize("compressor", [C.top_k(0.1), C.random_k(0.3, seed=5),
+                                        C.scaled_sign()], ids=repr)
+def test_sparse_and_dense_apply_are_bit_equal(compressor):
+  """add_into (a scatter-add for top-k / random-k) = adding the dense Q(v)."""
+  rng = np.random.default_rng(0)
+  sizes, offset = (5, 40), 5  # the second leaf of a flat buffer of two
+
+  @jax.jit
+  def apply_both(sparse, dense, v, step):
+    key = compressor.leaf_key(step, 1, 0)
+    message = compressor.encode(v, key)
+    weight = (step % 3 - 1).astype(jnp.float32)  # -1, 0, 1
+    sparse = compressor.add_into(sparse, offset, sizes[1], message, key, weight)
+    decoded = compressor.decode(message, sizes[1], key)
+    return sparse, dense + jnp.concatenate([jnp.zeros(offset), weight * decoded])
+
+  sparse = dense = jnp.asarray(rng.normal(size=sum(sizes)), jnp.float32)
+  for step in range(6):
+    v = jnp.asarray(rng.normal(size=sizes[1]), jnp.float32)
+    sparse, dense = apply_both(sparse, dense, v, jnp.int32(step))
+  np.testing.assert_array_equal(np.asarray(sparse), np.asarray(dense))
+
+
+@pytest.mark.parametrize("compressor", [C.qsgd(3, seed=7),
+                                        C.random_k(0.2, seed=7, rescale=True)],
+                         ids=repr)
+def test_unbiased(compressor):
+  rng = np.random.default_rng(1)
+  v = jnp.asarray(rng.normal(size=20), jnp.float32)
+  samples = 4000
+
+  def one(step):
+    key = compressor.leaf_key(step, 0, 0)
+    return compressor.decode(compressor.encode(v, key), 20, key)
+
+  draws = np.asarray(jax.jit(jax.vmap(one))(jnp.arange(samples)), np.float64)
+  mean, sem = draws.mean(0), draws.std(0) / np.sqrt(samples)
+  # Each entry's mean within 5 standard errors (and the errors are not all 0).
+  assert np.all(np.abs(mean - np.asarray(v)) <= 5 * sem + 1e-6)
+  assert sem.max() > 0
+  if isinstance(compressor, C.random_k(0.5).__class__):  # unscaled: biased by k/d
+    plain = C.random_k(0.2, seed=7)
+    key = plain.leaf_key(0, 0)
+    np.testing.assert_allclose(
+        np.asarray(plain.decode(plain.encode(v, key), 20, key)) * 5,
+        np.asarray(compressor.decode(compressor.encode(v, key), 20, key)),
+        rtol=1e-6)
+
+
+def test_bad_input():
+  for fraction in (0, -0.1, 1.5, True, "0.1", float("nan")):
+    with pytest.raises(ValueError, match="fraction must be in \\(0, 1\\]"):
+      C.top_k(fraction)
+    with pytest.raises(ValueError, match="fraction must be in \\(0, 1\\]"):
+      C.random_k(fraction)
+  for levels in (2.5, "4", True):
+    with pytest.raises(TypeError, match="levels must be an integer"):
+      C.qsgd(levels)
+  for levels in (0, -3, 128):
+    with pytest.raises(ValueError, match="levels must be in \\[1, 127\\]"):
+      C.qsgd(levels)
+  with pytest.raises(ValueError, match="seed must be an integer"):
+    C.random_k(0.1, seed=-1)
