@@ -144,17 +144,26 @@ def _layout(tree) -> tuple[tuple[int, int, int], ...]:
   return tuple(out)
 
 
-def _encode(compressor, flat, layout, step, worker):
-  return [compressor.encode(lax.slice(flat, (offset,), (offset + size,)),
-                            compressor.leaf_key(step, leaf, worker))
-          for leaf, offset, size in layout]
+def _draws(compressor, layout, step, worker, dtype):
+  """Every leaf's random draws of this step (once per step, for every slot)."""
+  return [compressor.draw(compressor.leaf_key(step, leaf, worker), size, dtype)
+          for leaf, _, size in layout]
 
 
-def _add(compressor, flat, layout, messages, step, worker, weight):
-  """``flat += weight * Q(...)`` for every leaf's message (sender ``worker``)."""
-  for (leaf, offset, size), message in zip(layout, messages):
-    flat = compressor.add_into(flat, offset, size, message,
-                               compressor.leaf_key(step, leaf, worker), weight)
+def _partner_draws(compressor, draws):
+  """What decoding a partner's messages needs: shared draws only (random-k)."""
+  return draws if compressor.randomness == "shared" else [None] * len(draws)
+
+
+def _encode(compressor, flat, layout, draws):
+  return [compressor.encode(lax.slice(flat, (offset,), (offset + size,)), draw)
+          for (_, offset, size), draw in zip(layout, draws)]
+
+
+def _add(compressor, flat, layout, messages, draws, weight):
+  """``flat += weight * Q(...)`` for every leaf's message."""
+  for (_, offset, size), message, draw in zip(layout, messages, draws):
+    flat = compressor.add_into(flat, offset, size, message, draw, weight)
   return flat
 
 
@@ -216,8 +225,9 @@ def choco_message_bytes(params, compressor: Compressor, *,
     >>> params = {"w": jnp.zeros((100, 10)), "b": jnp.zeros(10)}
     >>> ald.choco_message_bytes(params, ald.compressors.top_k(0.1))  # 101 x (4 + 4)
     808
+    >>> # Bits (125 + 2 bytes), a float32 norm per leaf, and the loss:
     >>> ald.choco_message_bytes(params, ald.compressors.scaled_sign(), with_loss=True)
-    143
+    139
   """
   compressor = check_compressor(compressor)
   leaves = jax.tree.leaves(params)
@@ -244,23 +254,24 @@ def _fixed_graph_step(compressor, schedule, axis_name, state, flat, layout, near
                       me):
   """Two-buffer CHOCO on a fixed graph: returns (new state, neighbor sum)."""
   step = state.count
-  messages = _encode(compressor, flat - state.public, layout, step, me)
+  draws = _draws(compressor, layout, step, me, flat.dtype)
+  messages = _encode(compressor, flat - state.public, layout, draws)
   spec = _wire_spec(messages)
-  public = _add(compressor, state.public, layout, messages, step, me, 1)
+  public = _add(compressor, state.public, layout, messages, draws, 1)
   # sum_j (xhat_j - xhat_i) gains sum_j q_j - d_i q_i.
   degree = near.degrees[me].astype(flat.dtype)
-  neighbor_sum = _add(compressor, state.neighbor_sum, layout, messages, step, me,
+  neighbor_sum = _add(compressor, state.neighbor_sum, layout, messages, draws,
                       -degree)
 
   def combine(s, total, received, inputs):
-    present, partner, step = inputs
+    present, partner_draws = inputs
     received_messages, _ = _from_wire(received, spec)
-    return _add(compressor, total, layout, received_messages, step, partner[s],
+    return _add(compressor, total, layout, received_messages, partner_draws,
                 present[s].astype(total.dtype))
 
   neighbor_sum = _exchange.fold(_to_wire(messages), schedule, step, axis_name,
                                 combine, neighbor_sum,
-                                (near.present, near.partner, step))
+                                (near.present, _partner_draws(compressor, draws)))
   return ChocoState(step + 1, public, neighbor_sum), neighbor_sum
 
 
@@ -275,11 +286,12 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
   step = state.count
   with_loss = loss is not None
   dtype = flat.dtype
+  draws = _draws(compressor, layout, step, me, dtype)
   spec = _wire_spec(jax.eval_shape(
-      lambda v, k, w: _encode(compressor, v, layout, k, w), flat, step, me))
+      lambda v, d: _encode(compressor, v, layout, d), flat, draws))
   zeros = jnp.zeros_like(flat)
   carry = (state.public, state.copies, zeros)
-  inputs = (flat, step, me, near.present, near.partner,
+  inputs = (flat, draws, _partner_draws(compressor, draws), near.present,
             near.degrees[near.partner])
   if with_loss:
     loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf).astype(jnp.float32)
@@ -287,19 +299,19 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
     inputs += (loss,)
 
   def build(s, carry, inputs):
-    flat, step, me, present = inputs[:4]
+    flat, draws, _, present = inputs[:4]
     public = carry[0]
-    messages = _encode(compressor, flat - public[s], layout, step, me)
-    own = _add(compressor, public[s], layout, messages, step, me,
+    messages = _encode(compressor, flat - public[s], layout, draws)
+    own = _add(compressor, public[s], layout, messages, draws,
                present[s].astype(dtype))
-    wire = _to_wire(messages, inputs[6:])  # the loss for AL-DSGD
+    wire = _to_wire(messages, inputs[5:])  # the loss for AL-DSGD
     return wire, (public.at[s].set(own),) + carry[1:]
 
   def combine(s, carry, received, inputs):
-    _, step, _, present, partner, partner_degree = inputs[:6]
+    _, _, partner_draws, present, partner_degree = inputs[:5]
     public, copies, gossip_sum = carry[:3]
     messages, extras = _from_wire(received, spec, int(with_loss))
-    copy = _add(compressor, copies[s], layout, messages, step, partner[s],
+    copy = _add(compressor, copies[s], layout, messages, partner_draws,
                 present[s].astype(dtype))
     diff = copy - public[s]
     out = (public, copies.at[s].set(copy),
@@ -426,13 +438,16 @@ class ConsensusTuning:
     consensus_lr: the grid's ``gamma`` with the smallest final consensus error.
     grid: the ``gamma`` values tried.
     errors: final ``||X - mean(X)||_F^2 / ||X_0 - mean(X_0)||_F^2`` for each
-      (``inf`` where the iteration diverged).
+      (``inf`` where the iteration diverged past 1e6).
+    steps_to_floor: for each, the first step (checked every 10) at which the
+      error was below 1e-12, or ``steps`` if never.
     seconds: how long the search took.
   """
 
   consensus_lr: float
   grid: tuple[float, ...]
   errors: tuple[float, ...]
+  steps_to_floor: tuple[int, ...]
   seconds: float
 
 
@@ -445,9 +460,13 @@ def tune_consensus_lr(schedule: Schedule, compressor: Compressor, *,
   compressed gossip alone (no gradients) with this schedule and compressor, with
   public copies per slot as `jax_aldsgd.gossip` keeps them, for each ``gamma``
   of a log grid in [1e-3, 1] (13 points, 4 per decade), and return the one with
-  the smallest final consensus error. Host-side NumPy; every ``gamma`` runs in
-  one batch (seconds for 8 workers, 1000 parameters, 1000 steps). Random
-  compressors draw from NumPy here (the statistics, not the bits, matter).
+  the smallest final consensus error (errors below 1e-12, float32 rounding,
+  count as equal: the ``gamma`` that got there in the fewest steps wins; a
+  ``gamma`` stops running once it gets there or its error passes 1e6).
+  Host-side NumPy in float32; every ``gamma`` runs in one batch (seconds for 8
+  workers, 1000 parameters, 1000 steps). Random compressors draw from NumPy here
+  (the statistics, not the bits, matter); top-k may keep a few more entries on
+  ties.
 
   Args:
     schedule: the gossip schedule to train with.
@@ -484,36 +503,58 @@ def tune_consensus_lr(schedule: Schedule, compressor: Compressor, *,
   rng = np.random.default_rng(seed)
   n, dim = schedule.num_workers, num_params
   partners = np.asarray(schedule.slot_partners)
-  weights = np.asarray(schedule.slot_weight, float)
-  x = np.broadcast_to(rng.normal(size=(n, dim)), (len(grid), n, dim)).copy()
+  weights = np.asarray(schedule.slot_weight, np.float32)
+  # One row of public copies per (slot, matched worker): edge ends, in order.
+  ends = [(s, i) for s in range(schedule.num_slots) for i in range(n)
+          if partners[s, i] >= 0]
+  row_of = {end: r for r, end in enumerate(ends)}
+  x = np.broadcast_to(rng.normal(size=(n, dim)).astype(np.float32),
+                      (len(grid), n, dim)).copy()
   start_error = np.sum((x[0] - x[0].mean(0)) ** 2)
-  public = np.zeros((len(grid), schedule.num_slots, n, dim))
-  gamma = grid[:, None, None]
+  public = np.zeros((len(grid), len(ends), dim), np.float32)
+  gamma = grid[:, None, None].astype(np.float32)
+  floor = 1e-12  # float32 consensus: below this the errors are rounding noise
+  errors = np.full(len(grid), np.inf)
+  reached = np.full(len(grid), steps)  # first step with error <= floor
+  alive = np.arange(len(grid))  # rows still running (not at the floor, finite)
   plans = {}
   with np.errstate(all="ignore"):
     for k in range(steps):
       flags = schedule.active(k)
       plan = plans.get(flags.tobytes())
       if plan is None:
-        rows = [(s, i, partners[s, i]) for s in np.flatnonzero(flags)
-                for i in range(n) if partners[s, i] >= 0]
-        if rows:
-          slot, me, other = (np.array(v) for v in zip(*rows))
-          incidence = np.zeros((n, len(rows)))
-          incidence[me, np.arange(len(rows))] = weights[slot]
-          plan = (slot, me, other, incidence)
-        plans[flags.tobytes()] = plan = plan or ()
-      if not plan:
-        continue
-      slot, me, other, incidence = plan
-      v = x[:, me] - public[:, slot, me]  # (G, rows, dim)
-      public[:, slot, me] += compressor.numpy_apply(
-          v.reshape(-1, dim), rng).reshape(v.shape)
-      diff = public[:, slot, other] - public[:, slot, me]
-      x += gamma * np.einsum("ir,grd->gid", incidence, diff)
-    errors = np.sum((x - x.mean(1, keepdims=True)) ** 2, axis=(1, 2)) / start_error
-  errors = np.where(np.isfinite(errors), errors, np.inf)
-  best = int(np.argmin(errors))
+        active = [(s, i) for (s, i) in ends if flags[s]]
+        mine = np.array([row_of[(s, i)] for s, i in active], int)
+        theirs = np.array([row_of[(s, int(partners[s, i]))] for s, i in active],
+                          int)
+        workers = np.array([i for _, i in active], int)
+        incidence = np.zeros((n, len(active)), np.float32)
+        incidence[workers, np.arange(len(active))] = [weights[s] for s, _ in active]
+        plan = plans[flags.tobytes()] = (mine, theirs, workers, incidence)
+      mine, theirs, workers, incidence = plan
+      if len(mine):
+        v = x[:, workers] - public[:, mine]  # (G, rows, dim)
+        public[:, mine] += compressor.numpy_apply(
+            v.reshape(-1, dim), rng).reshape(v.shape).astype(np.float32)
+        x += gamma * (incidence @ (public[:, theirs] - public[:, mine]))
+      if k % 10 == 9 or k == steps - 1:
+        error = np.sum((x - x.mean(1, keepdims=True)) ** 2, axis=(1, 2))
+        error = error / start_error
+        errors[alive] = error
+        done = (error <= floor) | ~(error < 1e6)  # at the floor, or diverged
+        reached[alive[error <= floor]] = k + 1
+        if done.any():  # stop computing those rows
+          keep = ~done
+          alive, x, public, gamma = alive[keep], x[keep], public[keep], gamma[keep]
+        if not alive.size:
+          break
+  errors = np.where(errors < 1e6, errors, np.inf)  # diverged
+  # The smallest final error; among those that reached the rounding floor, the
+  # one that reached it first (the larger gamma on a tie).
+  ranking = sorted(range(len(grid)),
+                   key=lambda g: (max(errors[g], floor), reached[g], -grid[g]))
+  best = ranking[0]
   return ConsensusTuning(float(grid[best]), tuple(float(g) for g in grid),
                          tuple(float(e) for e in errors),
+                         tuple(int(r) for r in reached),
                          time.perf_counter() - started)

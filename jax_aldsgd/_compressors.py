@@ -3,26 +3,30 @@
 A compressor is a small frozen (hashable) dataclass that works on one leaf at a
 time, flattened to 1-D:
 
-* ``encode(v, key)`` returns the message: a tuple of small arrays whose shapes
+* ``draw(key, size)`` makes the leaf's random draws once per step: `random_k`'s
+  indices, `qsgd`'s uniform noise, ``None`` for deterministic compressors;
+* ``encode(v, draw)`` returns the message: a tuple of small arrays whose shapes
   depend only on ``v.size`` (static), e.g. top-k's ``(values, int32 indices)``;
-* ``decode_add(target, message, key)`` returns ``target + Q(v)``: a scatter-add
+* ``decode_add(target, message, draw)`` returns ``target + Q(v)``: a scatter-add
   of the k entries for the sparse compressors, a dense add for sign and QSGD
   (``add_into`` does the same on a leaf's segment of a flat buffer of leaves,
-  times a scalar weight);
-* ``decode(message, size, key)`` is ``Q(v)`` as a dense vector (tests, tuning);
+  times a scalar weight); only `random_k` reads ``draw`` there (its indices);
+* ``decode(message, size, draw)`` is ``Q(v)`` as a dense vector (tests, tuning);
 * ``message_bytes(size)`` is what the message of a leaf of ``size`` entries
   weighs on the wire.
 
-``key`` is the leaf's ``jax.random`` key for random compressors and ``None`` for
-deterministic ones; `Compressor.leaf_key` derives it from the compressor's seed,
-the step, the leaf index and (for `qsgd`, whose rounding noise is private to each
-worker) the worker index:
+`Compressor.leaf_key` derives a leaf's ``jax.random`` key from the compressor's
+seed, the step, the leaf index and (for `qsgd`, whose rounding noise is private
+to each worker) the worker index:
 
   ``key = fold_in(fold_in(jax.random.key(seed), step), leaf)``, then
-  ``key = fold_in(key, worker)`` for `qsgd` only.
+  ``key = fold_in(key, worker)`` for `qsgd` only;
 
-So `random_k`'s indices are the same on every worker (only the values travel)
-and both ends of an edge decode with the same indices.
+``draw`` then calls ``jax.random.choice(key, size, (k,), replace=False)``
+(`random_k`) or ``jax.random.uniform(key, (size,), dtype)`` (`qsgd`). So
+`random_k`'s indices are the same on every worker (only the values travel) and
+both ends of an edge decode with the same indices. The draws do not depend on
+the slot: a step's messages on different matchings share them.
 """
 
 from __future__ import annotations
@@ -74,24 +78,29 @@ class Compressor:
       key = jax.random.fold_in(key, worker)
     return key
 
-  def encode(self, v, key):
+  def draw(self, key, size: int, dtype=jnp.float32):
+    """The leaf's random draws for one step (None if deterministic)."""
+    del key, size, dtype
+    return None
+
+  def encode(self, v, draw):
     raise NotImplementedError
 
-  def decode(self, message, size: int, key):
+  def decode(self, message, size: int, draw):
     """``Q(v)`` as a dense ``(size,)`` vector."""
     raise NotImplementedError
 
-  def decode_add(self, target, message, key):
+  def decode_add(self, target, message, draw):
     """``target + Q(v)`` (``target`` 1-D, of the leaf's size)."""
-    return self.add_into(target, 0, target.shape[0], message, key)
+    return self.add_into(target, 0, target.shape[0], message, draw)
 
-  def add_into(self, flat, offset: int, size: int, message, key, weight=1):
+  def add_into(self, flat, offset: int, size: int, message, draw, weight=1):
     """``flat[offset:offset + size] += weight * Q(v)`` on a 1-D buffer of leaves.
 
     Dense here; the sparse compressors scatter-add their k entries instead.
     """
     segment = lax.slice(flat, (offset,), (offset + size,))
-    dense = self.decode(message, size, key).astype(flat.dtype)
+    dense = self.decode(message, size, draw).astype(flat.dtype)
     return lax.dynamic_update_slice(flat, segment + weight * dense, (offset,))
 
   def message_bytes(self, size: int, dtype=jnp.float32) -> int:
@@ -107,12 +116,12 @@ class Compressor:
 class Identity(Compressor):
   """No compression: the message is the vector itself. Build with `identity`."""
 
-  def encode(self, v, key):
-    del key
+  def encode(self, v, draw):
+    del draw
     return (v,)
 
-  def decode(self, message, size, key):
-    del size, key
+  def decode(self, message, size, draw):
+    del size, draw
     return message[0]
 
   def message_bytes(self, size, dtype=jnp.float32):
@@ -128,17 +137,17 @@ class TopK(Compressor):
 
   fraction: float
 
-  def encode(self, v, key):
-    del key
+  def encode(self, v, draw):
+    del draw
     k = kept_entries(self.fraction, v.shape[0])
     _, indices = lax.top_k(jnp.abs(v), k)  # ties: the lower index first
     return (v[indices], indices.astype(jnp.int32))
 
-  def decode(self, message, size, key):
-    return self.decode_add(jnp.zeros((size,), message[0].dtype), message, key)
+  def decode(self, message, size, draw):
+    return self.decode_add(jnp.zeros((size,), message[0].dtype), message, draw)
 
-  def add_into(self, flat, offset, size, message, key, weight=1):
-    del size, key
+  def add_into(self, flat, offset, size, message, draw, weight=1):
+    del size, draw
     values, indices = message
     return flat.at[indices + offset].add(weight * values.astype(flat.dtype),
                                          unique_indices=True)
@@ -147,11 +156,12 @@ class TopK(Compressor):
     return kept_entries(self.fraction, int(size)) * (np.dtype(dtype).itemsize + 4)
 
   def numpy_apply(self, v, rng):
+    # Keeps every entry at least as large as the k-th magnitude (ties may keep
+    # a few more; this is for tuning, where speed matters more).
     k = kept_entries(self.fraction, v.shape[1])
-    indices = np.argpartition(-np.abs(v), k - 1, axis=1)[:, :k]
-    out = np.zeros_like(v)
-    np.put_along_axis(out, indices, np.take_along_axis(v, indices, 1), 1)
-    return out
+    magnitude = np.abs(v)
+    threshold = np.partition(magnitude, v.shape[1] - k, axis=1)[:, -k:-k + 1 or None]
+    return np.where(magnitude >= threshold, v, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,25 +173,27 @@ class RandomK(Compressor):
   rescale: bool
   randomness = "shared"
 
-  def indices(self, key, size: int):
+  def draw(self, key, size, dtype=jnp.float32):
+    """The k indices (int32), the same on every worker."""
+    del dtype
     k = kept_entries(self.fraction, size)
     return jax.random.choice(key, size, (k,), replace=False).astype(jnp.int32)
 
   def _scale(self, size):
     return size / kept_entries(self.fraction, size) if self.rescale else 1.0
 
-  def encode(self, v, key):
-    values = v[self.indices(key, v.shape[0])]
+  def encode(self, v, draw):
+    values = v[draw]
     if self.rescale:
       values = values * jnp.asarray(self._scale(v.shape[0]), v.dtype)
     return (values,)
 
-  def decode(self, message, size, key):
-    return self.decode_add(jnp.zeros((size,), message[0].dtype), message, key)
+  def decode(self, message, size, draw):
+    return self.decode_add(jnp.zeros((size,), message[0].dtype), message, draw)
 
-  def add_into(self, flat, offset, size, message, key, weight=1):
-    indices = self.indices(key, size)
-    return flat.at[indices + offset].add(weight * message[0].astype(flat.dtype),
+  def add_into(self, flat, offset, size, message, draw, weight=1):
+    del size
+    return flat.at[draw + offset].add(weight * message[0].astype(flat.dtype),
                                          unique_indices=True)
 
   def message_bytes(self, size, dtype=jnp.float32):
@@ -199,13 +211,13 @@ class RandomK(Compressor):
 class ScaledSign(Compressor):
   """``(||v||_1 / size) sign(v)``, signs packed 8 per byte. Build with `scaled_sign`."""
 
-  def encode(self, v, key):
-    del key
+  def encode(self, v, draw):
+    del draw
     scale = jnp.sum(jnp.abs(v)) / v.shape[0]
     return (jnp.packbits(v >= 0), scale)
 
-  def decode(self, message, size, key):
-    del key
+  def decode(self, message, size, draw):
+    del draw
     bits, scale = message
     positive = jnp.unpackbits(bits, count=size).astype(bool)
     return jnp.where(positive, scale, -scale)
@@ -226,16 +238,19 @@ class QSGD(Compressor):
   seed: int
   randomness = "per_worker"
 
-  def encode(self, v, key):
+  def draw(self, key, size, dtype=jnp.float32):
+    """Uniform [0, 1) rounding noise, one per entry (this worker's own)."""
+    return jax.random.uniform(key, (size,), dtype)
+
+  def encode(self, v, draw):
     norm = jnp.sqrt(jnp.sum(v * v))
     ratio = jnp.abs(v) / jnp.where(norm > 0, norm, 1) * self.levels
     low = jnp.floor(ratio)
-    noise = jax.random.uniform(key, v.shape, v.dtype)
-    level = low + (noise < ratio - low).astype(v.dtype)
+    level = low + (draw.astype(v.dtype) < ratio - low).astype(v.dtype)
     return ((jnp.sign(v) * level).astype(jnp.int8), norm)
 
-  def decode(self, message, size, key):
-    del size, key
+  def decode(self, message, size, draw):
+    del size, draw
     levels, norm = message
     return levels.astype(norm.dtype) * (norm / self.levels)
 
@@ -299,9 +314,9 @@ def random_k(fraction: float, seed: int = 0, *, rescale: bool = False) -> Random
   Example:
     >>> import jax, jax.numpy as jnp, jax_aldsgd as ald
     >>> q = ald.compressors.random_k(0.25, seed=3)
-    >>> key = q.leaf_key(step=0, leaf=0)
-    >>> message = q.encode(jnp.arange(8.0), key)
-    >>> len(message[0]), int((q.decode(message, 8, key) != 0).sum()), q.message_bytes(8)
+    >>> draw = q.draw(q.leaf_key(step=0, leaf=0), 8)  # 2 indices
+    >>> message = q.encode(jnp.arange(8.0), draw)
+    >>> len(message[0]), int((q.decode(message, 8, draw) != 0).sum()), q.message_bytes(8)
     (2, 2, 8)
   """
   return RandomK(_check_fraction(fraction), _check_seed(seed), bool(rescale))
@@ -338,7 +353,7 @@ def qsgd(levels: int, seed: int = 0) -> QSGD:
     >>> import jax.numpy as jnp, jax_aldsgd as ald
     >>> q = ald.compressors.qsgd(levels=4)
     >>> v = jnp.array([3.0, -4.0])  # norm 5: r = 2.4, 3.2
-    >>> message = q.encode(v, q.leaf_key(step=0, leaf=0, worker=0))
+    >>> message = q.encode(v, q.draw(q.leaf_key(step=0, leaf=0, worker=0), 2))
     >>> [abs(int(l)) in (2, 3, 4) for l in message[0]], q.message_bytes(2)
     ([True, True], 6)
   """

@@ -114,3 +114,44 @@ class PerSlot:
 
 def schedule_inputs(schedule, step):
   return reference.schedule_step_inputs(schedule, step)
+
+
+def draw_key(seed, step, leaf, worker=None):
+  """A leaf's ``jax.random`` key as the library documents it (worker: QSGD only)."""
+  import jax  # the draws only; nothing of the library
+
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), leaf)
+  return key if worker is None else jax.random.fold_in(key, worker)
+
+
+def leaf_q(compressor, step):
+  """NumPy ``Q(v, leaf, worker)`` for a library compressor object at ``step``.
+
+  Reads only the compressor's public fields (its type name, ``fraction``,
+  ``rescale``, ``levels``, ``seed``) and draws random-k's indices and QSGD's
+  noise with ``jax.random`` as the library documents.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  name = type(compressor).__name__
+
+  def q(v, leaf, worker):
+    if name == "Identity":
+      return v
+    if name == "TopK":
+      return top_k(v, compressor.fraction)
+    if name == "ScaledSign":
+      return scaled_sign(v)
+    if name == "RandomK":
+      k = max(1, math.floor(compressor.fraction * v.size))
+      key = draw_key(compressor.seed, step, leaf)
+      indices = np.asarray(jax.random.choice(key, v.size, (k,), replace=False))
+      return random_k(v, indices, compressor.rescale)
+    if name == "QSGD":
+      key = draw_key(compressor.seed, step, leaf, worker)
+      noise = np.asarray(jax.random.uniform(key, v.shape, jnp.float32), np.float64)
+      return qsgd(v, compressor.levels, noise)
+    raise ValueError(name)
+
+  return q

@@ -9,27 +9,9 @@ from jax_aldsgd import compressors as C
 from tests import choco_reference
 
 
-def _key(seed, step, leaf, worker=None):
-  """The documented derivation of a leaf's key (module docstring)."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), leaf)
-  return key if worker is None else jax.random.fold_in(key, worker)
-
-
-def _reference(compressor, v, key):
-  """NumPy Q(v), with the random draws made as the library documents."""
-  v = np.asarray(v, np.float64)
-  if isinstance(compressor, C.identity().__class__):
-    return v
-  if isinstance(compressor, C.top_k(0.5).__class__):
-    return choco_reference.top_k(v, compressor.fraction)
-  if isinstance(compressor, C.scaled_sign().__class__):
-    return choco_reference.scaled_sign(v)
-  if isinstance(compressor, C.random_k(0.5).__class__):
-    k = max(1, int(compressor.fraction * v.size))
-    indices = np.asarray(jax.random.choice(key, v.size, (k,), replace=False))
-    return choco_reference.random_k(v, indices, compressor.rescale)
-  noise = np.asarray(jax.random.uniform(key, v.shape, jnp.float32), np.float64)
-  return choco_reference.qsgd(v, compressor.levels, noise)
+def _reference(compressor, v, step, leaf, worker):
+  return choco_reference.leaf_q(compressor, step)(np.asarray(v, np.float64), leaf,
+                                                  worker)
 
 
 COMPRESSORS = [C.identity(), C.top_k(0.1), C.top_k(1.0), C.random_k(0.3, seed=5),
@@ -42,12 +24,10 @@ COMPRESSORS = [C.identity(), C.top_k(0.1), C.top_k(1.0), C.random_k(0.3, seed=5)
 def test_encode_decode_match_numpy_and_bytes(compressor, size):
   rng = np.random.default_rng(size)
   v = jnp.asarray(rng.normal(size=size), jnp.float32)
-  key = compressor.leaf_key(3, 1, 2)
-  message = compressor.encode(v, key)
-  got = np.asarray(compressor.decode(message, size, key), np.float64)
-  want = _reference(compressor, v, _key(getattr(compressor, "seed", 0), 3, 1,
-                                        2 if compressor.randomness == "per_worker"
-                                        else None))
+  draw = compressor.draw(compressor.leaf_key(3, 1, 2), size)
+  message = compressor.encode(v, draw)
+  got = np.asarray(compressor.decode(message, size, draw), np.float64)
+  want = _reference(compressor, v, 3, 1, 2)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   assert sum(np.asarray(a).nbytes for a in message) == compressor.message_bytes(size)
 
@@ -65,16 +45,14 @@ def test_message_bytes_per_compressor():
 def test_random_k_indices_are_shared_and_qsgd_noise_is_not():
   q = C.random_k(0.25, seed=1)
   v = jnp.arange(16.0)
-  same = [np.asarray(q.decode(q.encode(v, q.leaf_key(4, 0, w)), 16,
-                              q.leaf_key(4, 0, w))) for w in range(3)]
+  same = [np.asarray(q.draw(q.leaf_key(4, 0, w), 16)) for w in range(3)]
   np.testing.assert_array_equal(same[0], same[1])
   np.testing.assert_array_equal(same[0], same[2])
-  other_step = np.asarray(q.decode(q.encode(v, q.leaf_key(5, 0)), 16,
-                                   q.leaf_key(5, 0)))
-  assert not np.array_equal(same[0], other_step)
+  assert not np.array_equal(same[0], np.asarray(q.draw(q.leaf_key(5, 0), 16)))
   q = C.qsgd(2, seed=1)
   v = jnp.asarray(np.random.default_rng(0).normal(size=64), jnp.float32)
-  levels = [np.asarray(q.encode(v, q.leaf_key(4, 0, w))[0]) for w in range(2)]
+  levels = [np.asarray(q.encode(v, q.draw(q.leaf_key(4, 0, w), 64))[0])
+            for w in range(2)]
   assert not np.array_equal(levels[0], levels[1])
 
 
@@ -87,11 +65,11 @@ def test_sparse_and_dense_apply_are_bit_equal(compressor):
 
   @jax.jit
   def apply_both(sparse, dense, v, step):
-    key = compressor.leaf_key(step, 1, 0)
-    message = compressor.encode(v, key)
+    draw = compressor.draw(compressor.leaf_key(step, 1, 0), sizes[1])
+    message = compressor.encode(v, draw)
     weight = (step % 3 - 1).astype(jnp.float32)  # -1, 0, 1
-    sparse = compressor.add_into(sparse, offset, sizes[1], message, key, weight)
-    decoded = compressor.decode(message, sizes[1], key)
+    sparse = compressor.add_into(sparse, offset, sizes[1], message, draw, weight)
+    decoded = compressor.decode(message, sizes[1], draw)
     return sparse, dense + jnp.concatenate([jnp.zeros(offset), weight * decoded])
 
   sparse = dense = jnp.asarray(rng.normal(size=sum(sizes)), jnp.float32)
@@ -110,8 +88,8 @@ def test_unbiased(compressor):
   samples = 4000
 
   def one(step):
-    key = compressor.leaf_key(step, 0, 0)
-    return compressor.decode(compressor.encode(v, key), 20, key)
+    draw = compressor.draw(compressor.leaf_key(step, 0, 0), 20)
+    return compressor.decode(compressor.encode(v, draw), 20, draw)
 
   draws = np.asarray(jax.jit(jax.vmap(one))(jnp.arange(samples)), np.float64)
   mean, sem = draws.mean(0), draws.std(0) / np.sqrt(samples)
@@ -120,10 +98,10 @@ def test_unbiased(compressor):
   assert sem.max() > 0
   if isinstance(compressor, C.random_k(0.5).__class__):  # unscaled: biased by k/d
     plain = C.random_k(0.2, seed=7)
-    key = plain.leaf_key(0, 0)
+    draw = plain.draw(plain.leaf_key(0, 0), 20)
     np.testing.assert_allclose(
-        np.asarray(plain.decode(plain.encode(v, key), 20, key)) * 5,
-        np.asarray(compressor.decode(compressor.encode(v, key), 20, key)),
+        np.asarray(plain.decode(plain.encode(v, draw), 20, draw)) * 5,
+        np.asarray(compressor.decode(compressor.encode(v, draw), 20, draw)),
         rtol=1e-6)
 
 
