@@ -51,7 +51,6 @@ Sparse messages are applied with a scatter-add of their k entries.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import NamedTuple
 
@@ -61,8 +60,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jax_aldsgd import _checks
-from jax_aldsgd import _exchange
+from jax_aldsgd import _checks, _exchange
 from jax_aldsgd._compressors import Compressor, check_compressor
 from jax_aldsgd._schedules import Full, Schedule
 
@@ -482,7 +480,8 @@ def tune_consensus_lr(schedule: Schedule, compressor: Compressor, *,
   Example:
     >>> import jax_aldsgd as ald
     >>> g0, g1 = ald.topologies.paper_graph(0), ald.topologies.paper_graph(1)
-    >>> schedule = ald.schedules.rotating([ald.schedules.full(g1), ald.schedules.full(g0)])
+    >>> S = ald.schedules
+    >>> schedule = S.rotating([S.full(g1), S.full(g0)])
     >>> result = ald.tune_consensus_lr(schedule, ald.compressors.top_k(0.1),
     ...                                num_params=100, steps=200)
     >>> 1e-3 <= result.consensus_lr <= 1, len(result.errors)

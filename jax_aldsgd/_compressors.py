@@ -166,7 +166,7 @@ class TopK(Compressor):
 
 @dataclasses.dataclass(frozen=True)
 class RandomK(Compressor):
-  """``k`` entries at indices drawn from the seed and the step. Build with `random_k`."""
+  """``k`` entries at indices drawn from the seed and step. Build with `random_k`."""
 
   fraction: float
   seed: int
@@ -232,7 +232,7 @@ class ScaledSign(Compressor):
 
 @dataclasses.dataclass(frozen=True)
 class QSGD(Compressor):
-  """Unbiased stochastic rounding to ``levels`` levels of ``|v| / ||v||_2``. Build with `qsgd`."""
+  """Unbiased rounding of ``|v| / ||v||_2`` to ``levels`` levels. Build with `qsgd`."""
 
   levels: int
   seed: int
@@ -316,7 +316,8 @@ def random_k(fraction: float, seed: int = 0, *, rescale: bool = False) -> Random
     >>> q = ald.compressors.random_k(0.25, seed=3)
     >>> draw = q.draw(q.leaf_key(step=0, leaf=0), 8)  # 2 indices
     >>> message = q.encode(jnp.arange(8.0), draw)
-    >>> len(message[0]), int((q.decode(message, 8, draw) != 0).sum()), q.message_bytes(8)
+    >>> dense = q.decode(message, 8, draw)
+    >>> len(message[0]), int((dense != 0).sum()), q.message_bytes(8)
     (2, 2, 8)
   """
   return RandomK(_check_fraction(fraction), _check_seed(seed), bool(rescale))
@@ -338,7 +339,7 @@ def scaled_sign() -> ScaledSign:
 
 
 def qsgd(levels: int, seed: int = 0) -> QSGD:
-  """Per leaf, QSGD's unbiased stochastic rounding of ``|v| / ||v||_2`` to ``levels`` levels.
+  """Per leaf, QSGD: unbiased stochastic rounding of ``|v| / ||v||_2`` to ``levels``.
 
   ``Q(v) = ||v||_2 sign(v) l / s`` with ``s = levels`` and ``l = floor(r) +
   Bernoulli(r - floor(r))``, ``r = s |v| / ||v||_2``, so ``E Q(v) = v``. The message

@@ -1,4 +1,4 @@
-"""CHOCO-SGD (compressed gossip and AL-DSGD) against the NumPy reference, invariants, HLO."""
+"""CHOCO-SGD (compressed gossip, AL-DSGD) against NumPy; invariants; the HLO's bytes."""
 
 import re
 
@@ -13,12 +13,10 @@ from experiments import benchmark
 from jax_aldsgd import compressors as C
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
-from tests import choco_reference
-from tests import helpers
-from tests import reference
+from tests import choco_reference, helpers, reference
 
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
-SHAPES = {"kernel": (4, 5), "bias": (5,), "scale": ()}  # leaves 20, 5, 1
+SHAPES = {"kernel": (4, 5), "scale": ()}  # a leaf of 20 entries and a scalar
 G0, G1 = T.paper_graph(0), T.paper_graph(1)
 # Small graphs keep the compiled steps (one branch per slot) quick to build.
 RING6 = T.ring(6)  # 2 matchings
@@ -88,10 +86,8 @@ def _schedule(rng, kind):
 @pytest.mark.parametrize("seed,method,kind,compressor", [
     (0, "gossip", "full", C.top_k(0.3)),
     (1, "gossip", "matcha", C.random_k(0.3, seed=3)),
-    (2, "gossip", "alternating", C.scaled_sign()),
     (3, "gossip", "rotating", C.qsgd(4, seed=1)),
     (4, "aldsgd", "rotating", C.top_k(0.3)),
-    (5, "aldsgd", "matcha", C.qsgd(4, seed=2)),
     (6, "aldsgd", "full", C.scaled_sign()),
     (7, "aldsgd", "explicit", C.random_k(0.4, seed=1)),
 ], ids=str)
@@ -133,62 +129,68 @@ def test_matches_reference_over_steps(seed, method, kind, compressor):
   assert mix._cache_size() == 1
 
 
-@pytest.mark.parametrize("schedule", [
-    S.full(HEX),
-    S.rotating([S.matcha(HEX, 0.5, seed=1), S.alternating(RING6),
-                S.explicit(HEX, [{0, 2}, set(), {1}]), S.full(RING6)]),
-], ids=["full", "rotating_every_kind"])
-def test_identity_compressor_equals_uncompressed(schedule):
+_EVERY_KIND = S.rotating([S.matcha(HEX, 0.5, seed=1), S.alternating(RING6),
+                          S.explicit(HEX, [{0, 2}, set(), {1}]), S.full(RING6)])
+
+
+@pytest.mark.parametrize("method,schedule", [
+    ("dsgd", S.full(HEX)),  # the two-buffer form
+    ("dsgd", _EVERY_KIND),  # public copies per slot, every schedule kind
+    ("aldsgd", _EVERY_KIND),
+], ids=["dsgd_full", "dsgd_rotating_every_kind", "aldsgd_rotating_every_kind"])
+def test_identity_compressor_equals_uncompressed(method, schedule):
   rng = np.random.default_rng(0)
-  n, dim = 6, helpers.flat_dim(helpers.SHAPES)
+  n, dim = 6, helpers.flat_dim(SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
   mesh = ald.worker_mesh(n)
-  same = dict(compressor=C.identity(), consensus_lr=1.0)
-  for make in (lambda **kw: ald.dsgd(0.1, schedule, momentum=0.5, **kw),
-               lambda **kw: ald.aldsgd(0.1, schedule, **COEFFICIENTS, **kw)):
-    got, _, _ = helpers.run(make(**same), x0, problem, 8, mesh)
-    want, _, _ = helpers.run(make(), x0, problem, 8, mesh)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  if method == "dsgd":
+    make = lambda **kw: ald.dsgd(0.1, schedule, momentum=0.5, **kw)
+  else:
+    make = lambda **kw: ald.aldsgd(0.1, schedule, **COEFFICIENTS, **kw)
+  got, _, _ = helpers.run(make(compressor=C.identity(), consensus_lr=1.0), x0,
+                          problem, 8, mesh, SHAPES)
+  want, _, _ = helpers.run(make(), x0, problem, 8, mesh, SHAPES)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_fixed_graph_and_per_slot_forms_agree():
   """On a fixed graph the two-buffer form equals public copies per slot."""
   rng = np.random.default_rng(1)
-  n, dim = 6, helpers.flat_dim(helpers.SHAPES)
+  n, dim = 6, helpers.flat_dim(SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
   mesh = ald.worker_mesh(n)
   fixed = S.full(HEX)
   every_step = S.explicit(HEX, [range(HEX.num_matchings)],
                           neighbor_weight=fixed.neighbor_weight[0])
-  for compressor in (C.top_k(0.4), C.qsgd(3, seed=4)):  # deterministic, random
+  for compressor in (C.qsgd(3, seed=4),):
     runs = []
     for schedule in (fixed, every_step):
       tx = ald.dsgd(0.1, schedule, compressor=compressor, consensus_lr=0.6)
-      runs.append(helpers.run(tx, x0, problem, 8, mesh)[0])
+      runs.append(helpers.run(tx, x0, problem, 8, mesh, SHAPES)[0])
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-6)
   state = jax.jit(ald.worker_map(ald.gossip(fixed, compressor=C.top_k(0.1)).init,
-                                 mesh))(helpers.unflatten(x0, helpers.SHAPES))
+                                 mesh))(helpers.unflatten(x0, SHAPES))
   assert isinstance(state, ald.ChocoState)  # two buffers: (n, D) each
   assert state.public.shape == state.neighbor_sum.shape == (n, dim)
 
 
 def test_copies_equal_partners_public_copies_after_many_steps():
-  """Rotating MATCHA: worker i's copy of its slot-s partner j's public copy is j's own."""
+  """Rotating MATCHA: i's copy of its slot-s partner j's public copy is j's own."""
   rng = np.random.default_rng(2)
-  n, dim = 8, helpers.flat_dim(helpers.SHAPES)
+  n, dim = 6, helpers.flat_dim(SHAPES)
   problem = reference.Quadratic(rng, n, dim)
-  schedule = S.rotating([S.matcha(G1, 0.4, seed=3), S.matcha(G0, 0.4, seed=4)])
+  schedule = S.rotating([S.matcha(HEX, 0.4, seed=3), S.matcha(RING6, 0.4, seed=4)])
   mesh = ald.worker_mesh(n)
   tx = ald.aldsgd(0.1, schedule, compressor=C.top_k(0.2), consensus_lr=0.3)
-  step = helpers.make_step(tx, mesh)
-  params = ald.shard_workers(helpers.unflatten(rng.normal(size=(n, dim)),
-                                               helpers.SHAPES), mesh)
+  step = helpers.make_step(tx, mesh, SHAPES)
+  params = ald.shard_workers(helpers.unflatten(rng.normal(size=(n, dim)), SHAPES),
+                             mesh)
   state = jax.jit(ald.worker_map(tx.init, mesh))(params)
   a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
   b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
-  for _ in range(60):
+  for _ in range(80):
     params, state, _ = step(params, state, a, b)
   choco = state[1]
   assert isinstance(choco, ald.ChocoSlotState)
@@ -266,37 +268,38 @@ def test_hlo_permutes_carry_the_compressed_message(compressor, expected):
 
 
 def test_two_workers_per_device_equal_one():
+  """The two-buffer form (through `fold`) under 2 workers per device.
+
+  test_conformance's ``aldsgd_choco`` row checks the per-slot form
+  (`fold_messages`) under 2 and 4 workers per device.
+  """
   rng = np.random.default_rng(3)
-  n, dim = 6, helpers.flat_dim(helpers.SHAPES)
+  n, dim = 6, helpers.flat_dim(SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
-  cases = [  # per-slot copies (fold_messages) and the two-buffer form (fold)
-      ald.aldsgd(0.05, S.rotating([S.matcha(HEX, 0.5, seed=1), S.full(RING6)]),
-                 compressor=C.qsgd(4, seed=1), consensus_lr=0.5, **COEFFICIENTS),
-      ald.dsgd(0.05, S.full(HEX), compressor=C.random_k(0.3, seed=2),
-               consensus_lr=0.5),
-  ]
-  for tx in cases:
-    results = []
-    for per_device in (1, 2):
-      mesh = ald.worker_mesh(n, workers_per_device=per_device)
-      loss_fn = helpers.quadratic_loss_fn(helpers.SHAPES)
+  tx = ald.dsgd(0.05, S.full(HEX), compressor=C.random_k(0.3, seed=2),
+                consensus_lr=0.5)
+  loss_fn = helpers.quadratic_loss_fn(SHAPES)
 
-      def step(params, state, a, b, tx=tx):
-        loss, grads = jax.value_and_grad(loss_fn)(params, a, b)
-        updates, state = tx.update(grads, state, params, loss=loss)
-        return optax.apply_updates(params, updates), state
+  def step(params, state, a, b):
+    loss, grads = jax.value_and_grad(loss_fn)(params, a, b)
+    updates, state = tx.update(grads, state, params, loss=loss)
+    return optax.apply_updates(params, updates), state
 
-      step = jax.jit(ald.worker_map(step, mesh, workers_per_device=per_device))
-      params = ald.shard_workers(helpers.unflatten(x0, helpers.SHAPES), mesh)
-      state = jax.jit(ald.worker_map(tx.init, mesh,
-                                     workers_per_device=per_device))(params)
-      a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
-      b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
-      for _ in range(6):
-        params, state = step(params, state, a, b)
-      results.append(helpers.flatten(params, helpers.SHAPES))
-    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-6)
+  results = []
+  for per_device in (1, 2):
+    mesh = ald.worker_mesh(n, workers_per_device=per_device)
+    mapped = jax.jit(ald.worker_map(step, mesh, workers_per_device=per_device))
+    params = ald.shard_workers(helpers.unflatten(x0, SHAPES), mesh)
+    state = jax.jit(ald.worker_map(tx.init, mesh,
+                                   workers_per_device=per_device))(params)
+    a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
+    b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
+    for _ in range(6):
+      params, state = mapped(params, state, a, b)
+    results.append(helpers.flatten(params, SHAPES))
+  # To float32 rounding: XLA may contract a multiply-add differently.
+  np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-6)
 
 
 def test_tune_consensus_lr():

@@ -1,4 +1,4 @@
-"""Compressors: against NumPy, their bytes, sparse = dense apply, unbiasedness, bad input."""
+"""Compressors: against NumPy, bytes, sparse = dense apply, unbiasedness, bad input."""
 
 import jax
 import jax.numpy as jnp
