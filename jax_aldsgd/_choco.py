@@ -103,8 +103,13 @@ def check_consensus_lr(consensus_lr):
 
 
 def consensus_lr_given(consensus_lr) -> bool:
-  """Whether ``consensus_lr`` is anything but the default literal 1."""
-  return not (isinstance(consensus_lr, (int, float)) and consensus_lr == 1.0)
+  """Whether ``consensus_lr`` is a concrete value other than the default 1.
+
+  A traced one (``optax.inject_hyperparams`` injects every numeric default)
+  says nothing: only ``compressor`` then decides.
+  """
+  value = _checks.concrete_scalar("consensus_lr", consensus_lr)
+  return value is not None and value != 1.0
 
 
 def _require_compressor(compressor, consensus_lr, name):
