@@ -62,9 +62,13 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
       out of the average for that step (its weight goes back to the worker itself),
       so one diverging worker does not poison its neighbours. Costs one finiteness
       reduction over the parameters per step.
-    compressor: one of `jax_aldsgd.compressors` to run CHOCO-SGD (compressed
-      gossip with public copies; ALGORITHM.md section 9, scheme and memory in
-      ``jax_aldsgd._choco``); None (default) sends the parameters.
+    compressor: one of `jax_aldsgd.compressors` to run CHOCO-SGD (ALGORITHM.md
+      section 9): each active matching carries only the compressed message
+      (`jax_aldsgd.choco_message_bytes`). The state keeps public copies: 2
+      parameter-sized buffers on a `full` schedule, 2 per slot (matching of
+      each graph) on any other, so that each worker's copy of a neighbor's
+      public copy stays exactly the neighbor's own (details in
+      ``jax_aldsgd._choco``). None (default) sends the parameters.
     consensus_lr: CHOCO-SGD's consensus step ``gamma`` in (0, 1] (with a
       compressor only; see `jax_aldsgd.tune_consensus_lr`).
 

@@ -111,7 +111,8 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     compressor: one of `jax_aldsgd.compressors` to run AL-DSGD on CHOCO-SGD: the
       leader and max-degree node are chosen as here (uncompressed losses,
       degrees), the mixing and the pull use the neighbors' public copies, scaled
-      by ``consensus_lr`` (details and memory in ``jax_aldsgd._choco``).
+      by ``consensus_lr``; the state keeps 2 parameter-sized buffers per slot
+      (details in ``jax_aldsgd._choco``).
     consensus_lr: CHOCO-SGD's consensus step ``gamma`` in (0, 1] (with a
       compressor only).
 

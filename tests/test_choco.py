@@ -205,6 +205,41 @@ def test_copies_equal_partners_public_copies_after_many_steps():
   assert np.abs(public).max() > 0.1  # the copies did move
 
 
+class _DenseTopK(type(C.top_k(0.5))):
+  """Top-k applied by decompressing to a dense vector (the path not taken)."""
+
+  add_into = C.Compressor.add_into  # decode, then a dense add
+
+  def decode(self, message, size, draw):
+    values, indices = message
+    return jnp.zeros((size,), values.dtype).at[indices].set(values)
+
+
+def test_sparse_and_dense_message_paths_give_bit_equal_public_copies():
+  rng = np.random.default_rng(4)
+  n, dim = 6, helpers.flat_dim(SHAPES)
+  problem = reference.Quadratic(rng, n, dim)
+  x0 = rng.normal(size=(n, dim))
+  mesh = ald.worker_mesh(n)
+  schedule = S.rotating([S.matcha(HEX, 0.6, seed=2), S.full(RING6)])
+  states = []
+  for compressor in (C.top_k(0.2), _DenseTopK(0.2)):
+    tx = ald.aldsgd(0.1, schedule, compressor=compressor, consensus_lr=0.4)
+    step = helpers.make_step(tx, mesh, SHAPES)
+    params = ald.shard_workers(helpers.unflatten(x0, SHAPES), mesh)
+    state = jax.jit(ald.worker_map(tx.init, mesh))(params)
+    a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
+    b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
+    for _ in range(6):
+      params, state, _ = step(params, state, a, b)
+    states.append((params, state[1]))
+  sparse, dense = states
+  np.testing.assert_array_equal(sparse[1].public, dense[1].public)
+  np.testing.assert_array_equal(sparse[1].copies, dense[1].copies)
+  np.testing.assert_array_equal(helpers.flatten(sparse[0], SHAPES),
+                                helpers.flatten(dense[0], SHAPES))
+
+
 # ----------------------------------------------------------------------------
 # The bytes on the wire, from the compiled HLO.
 
