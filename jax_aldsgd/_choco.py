@@ -293,7 +293,7 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
   spec = _wire_spec(jax.eval_shape(
       lambda v, d: _encode(compressor, v, layout, d), flat, draws))
   zeros = jnp.zeros_like(flat)
-  carry = (state.public, state.copies, zeros)
+  carry = (zeros,)  # the gossip sum
   inputs = (flat, draws, _partner_draws(compressor, draws), near.present,
             near.degrees[near.partner])
   if with_loss:
@@ -301,42 +301,44 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
     carry += (zeros, zeros, loss, near.degrees[me])
     inputs += (loss,)
 
-  def build(s, carry, inputs):
+  # Each slot's branch sees only its rows: (public, copy) = (h_i^s, c_i^s).
+  def build(s, carry_row, inputs):
+    carry, (public, copy) = carry_row
     flat, draws, _, present = inputs[:4]
-    public = carry[0]
-    messages = _encode(compressor, flat - public[s], layout, draws)
-    own = _add(compressor, public[s], layout, messages, draws,
-               present[s].astype(dtype))
+    messages = _encode(compressor, flat - public, layout, draws)
+    public = _add(compressor, public, layout, messages, draws,
+                  present[s].astype(dtype))
     wire = _to_wire(messages, inputs[5:])  # the loss for AL-DSGD
-    return wire, (public.at[s].set(own),) + carry[1:]
+    return wire, (carry, (public, copy))
 
-  def combine(s, carry, received, inputs):
+  def combine(s, carry_row, received, inputs):
+    carry, (public, copy) = carry_row
     _, _, partner_draws, present, partner_degree = inputs[:5]
-    public, copies, gossip_sum = carry[:3]
     messages, extras = _from_wire(received, spec, int(with_loss))
-    copy = _add(compressor, copies[s], layout, messages, partner_draws,
+    copy = _add(compressor, copy, layout, messages, partner_draws,
                 present[s].astype(dtype))
-    diff = copy - public[s]
-    out = (public, copies.at[s].set(copy),
-           gossip_sum + jnp.where(present[s], diff, 0))
+    diff = copy - public
+    gossip_sum = carry[0] + jnp.where(present[s], diff, 0)
     if not with_loss:
-      return out
+      return (gossip_sum,), (public, copy)
     # The first strict argmin of the loss and argmax of the degree over
     # S_i = [i] + N_i (self first), as in adjacent_leader.
-    leader, target, best_loss, best_degree = carry[3:]
+    leader, target, best_loss, best_degree = carry[1:]
     better = present[s] & (extras[0] < best_loss)
     higher = present[s] & (partner_degree[s] > best_degree)
-    return out + (jnp.where(better, diff, leader), jnp.where(higher, diff, target),
-                  jnp.where(better, extras[0], best_loss),
-                  jnp.where(higher, partner_degree[s], best_degree))
+    carry = (gossip_sum, jnp.where(better, diff, leader),
+             jnp.where(higher, diff, target),
+             jnp.where(better, extras[0], best_loss),
+             jnp.where(higher, partner_degree[s], best_degree))
+    return carry, (public, copy)
 
-  carry = _exchange.fold_messages(schedule, step, axis_name, build, combine, carry,
-                                  inputs)
-  public, copies, gossip_sum = carry[:3]
+  carry, (public, copies) = _exchange.fold_messages(
+      schedule, step, axis_name, build, combine, carry,
+      (state.public, state.copies), inputs)
   new_state = ChocoSlotState(step + 1, public, copies)
   if with_loss:
-    return new_state, gossip_sum, carry[3], carry[4]
-  return new_state, gossip_sum, None, None
+    return new_state, carry[0], carry[1], carry[2]
+  return new_state, carry[0], None, None
 
 
 def choco_gossip(schedule: Schedule, axis_name: str = "workers", *, compressor,
