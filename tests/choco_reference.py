@@ -5,13 +5,15 @@ public copies as whole ``(n, d)`` arrays (one per slot for time-varying
 schedules: ``public[s][j]`` is worker j's public copy on slot s, which both
 ends of the edge know), dense mixing matrices, explicit neighbor lists. Random
 compressors take their draws (random-k's indices, QSGD's uniform noise) as
-inputs; the tests draw them with ``jax.random`` as the library documents.
+inputs (`leaf_q` draws them with ``jax.random`` as the library documents).
 """
 
 from __future__ import annotations
 
 import math
 
+import jax  # only for the random draws, made as the library documents them
+import jax.numpy as jnp
 import numpy as np
 
 from tests import reference
@@ -118,8 +120,6 @@ def schedule_inputs(schedule, step):
 
 def draw_key(seed, step, leaf, worker=None):
   """A leaf's ``jax.random`` key as the library documents it (worker: QSGD only)."""
-  import jax  # the draws only; nothing of the library
-
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), leaf)
   return key if worker is None else jax.random.fold_in(key, worker)
 
@@ -131,9 +131,6 @@ def leaf_q(compressor, step):
   ``rescale``, ``levels``, ``seed``) and draws random-k's indices and QSGD's
   noise with ``jax.random`` as the library documents.
   """
-  import jax
-  import jax.numpy as jnp
-
   name = type(compressor).__name__
 
   def q(v, leaf, worker):

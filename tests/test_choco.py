@@ -85,11 +85,10 @@ def _schedule(rng, kind):
 
 @pytest.mark.parametrize("seed,method,kind,compressor", [
     (0, "gossip", "full", C.top_k(0.3)),
-    (1, "gossip", "matcha", C.random_k(0.3, seed=3)),
     (3, "gossip", "rotating", C.qsgd(4, seed=1)),
     (4, "aldsgd", "rotating", C.top_k(0.3)),
+    (1, "aldsgd", "matcha", C.random_k(0.3, seed=3)),
     (6, "aldsgd", "full", C.scaled_sign()),
-    (7, "aldsgd", "explicit", C.random_k(0.4, seed=1)),
 ], ids=str)
 def test_matches_reference_over_steps(seed, method, kind, compressor):
   """Random graphs and inputs, several consecutive steps, every schedule kind."""
@@ -130,7 +129,7 @@ def test_matches_reference_over_steps(seed, method, kind, compressor):
 
 
 _EVERY_KIND = S.rotating([S.matcha(HEX, 0.5, seed=1), S.alternating(RING6),
-                          S.explicit(HEX, [{0, 2}, set(), {1}]), S.full(RING6)])
+                          S.explicit(RING6, [{0, 1}, set(), {1}]), S.full(RING6)])
 
 
 @pytest.mark.parametrize("method,schedule", [
