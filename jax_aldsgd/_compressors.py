@@ -11,7 +11,9 @@ time, flattened to 1-D:
   of the k entries for the sparse compressors, a dense add for sign and QSGD
   (``add_into`` does the same on a leaf's segment of a flat buffer of leaves,
   times a scalar weight); only `random_k` reads ``draw`` there (its indices);
-* ``decode(message, size, draw)`` is ``Q(v)`` as a dense vector (tests, tuning);
+* ``decode(message, size, draw)`` is ``Q(v)`` as a dense vector;
+* ``sparse_entries(message, draw)`` is ``(values, indices)`` for the sparse
+  compressors (what the transforms scatter-add), None for the dense ones;
 * ``message_bytes(size)`` is what the message of a leaf of ``size`` entries
   weighs on the wire.
 
@@ -94,6 +96,14 @@ class Compressor:
     """``target + Q(v)`` (``target`` 1-D, of the leaf's size)."""
     return self.add_into(target, 0, target.shape[0], message, draw)
 
+  def sparse_entries(self, message, draw):
+    """``(values, indices)`` of a sparse message (its nonzeros), else None.
+
+    Works on one leaf's message or on a batch of them (leading axes).
+    """
+    del message, draw
+    return None
+
   def add_into(self, flat, offset: int, size: int, message, draw, weight=1):
     """``flat[offset:offset + size] += weight * Q(v)`` on a 1-D buffer of leaves.
 
@@ -146,6 +156,10 @@ class TopK(Compressor):
   def decode(self, message, size, draw):
     return self.decode_add(jnp.zeros((size,), message[0].dtype), message, draw)
 
+  def sparse_entries(self, message, draw):
+    del draw
+    return message
+
   def add_into(self, flat, offset, size, message, draw, weight=1):
     del size, draw
     values, indices = message
@@ -190,6 +204,9 @@ class RandomK(Compressor):
 
   def decode(self, message, size, draw):
     return self.decode_add(jnp.zeros((size,), message[0].dtype), message, draw)
+
+  def sparse_entries(self, message, draw):
+    return message[0], draw
 
   def add_into(self, flat, offset, size, message, draw, weight=1):
     del size

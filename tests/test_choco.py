@@ -207,7 +207,8 @@ def test_copies_equal_partners_public_copies_after_many_steps():
 class _DenseTopK(type(C.top_k(0.5))):
   """Top-k applied by decompressing to a dense vector (the path not taken)."""
 
-  add_into = C.Compressor.add_into  # decode, then a dense add
+  def sparse_entries(self, message, draw):
+    return None  # the transforms then decode and add densely
 
   def decode(self, message, size, draw):
     values, indices = message
