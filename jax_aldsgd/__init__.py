@@ -4,11 +4,17 @@ AL-DSGD (He, Wang & Choromanska, arXiv 2405.11389), D-PSGD and MATCHA as optax
 transforms that run inside ``jax.shard_map`` over a ``"workers"`` mesh axis.
 """
 
+from jax_aldsgd import compressors as compressors
 from jax_aldsgd import schedules as schedules
 from jax_aldsgd import topologies as topologies
 from jax_aldsgd._alias import aldsgd as aldsgd
 from jax_aldsgd._alias import dsgd as dsgd
 from jax_aldsgd._alias import local_sgd as local_sgd
+from jax_aldsgd._choco import ChocoSlotState as ChocoSlotState
+from jax_aldsgd._choco import ChocoState as ChocoState
+from jax_aldsgd._choco import ConsensusTuning as ConsensusTuning
+from jax_aldsgd._choco import choco_message_bytes as choco_message_bytes
+from jax_aldsgd._choco import tune_consensus_lr as tune_consensus_lr
 from jax_aldsgd._gossip import GossipState as GossipState
 from jax_aldsgd._gossip import allreduce as allreduce
 from jax_aldsgd._gossip import allreduce_bytes as allreduce_bytes
@@ -34,6 +40,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdjacentLeaderState",
+    "ChocoSlotState",
+    "ChocoState",
+    "ConsensusTuning",
     "GossipState",
     "NetworkModel",
     "Schedule",
@@ -43,6 +52,8 @@ __all__ = [
     "aldsgd",
     "allreduce",
     "allreduce_bytes",
+    "choco_message_bytes",
+    "compressors",
     "dsgd",
     "emulate_cpu_devices",
     "gather_workers",
@@ -55,6 +66,7 @@ __all__ = [
     "schedules",
     "shard_workers",
     "stack_workers",
+    "tune_consensus_lr",
     "topologies",
     "unstack_workers",
     "worker_map",

@@ -63,7 +63,8 @@ def local_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.0,
 def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
          momentum: float = 0.0, weight_decay: float = 0.0,
          axis_name: str = "workers", skip_nonfinite: bool = False,
-         overlap: bool = False, every: int = 1, delay: int | None = None
+         overlap: bool = False, every: int = 1, delay: int | None = None,
+         compressor=None, consensus_lr=1.0
         ) -> optax.GradientTransformationExtraArgs:
   """Decentralized SGD: a local SGD step, then gossip (D-PSGD or MATCHA).
 
@@ -77,6 +78,8 @@ def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
     axis_name: the workers' mesh axis.
     skip_nonfinite, overlap, every, delay: see `jax_aldsgd.gossip`.
+    compressor, consensus_lr: compressed gossip (CHOCO-SGD), see
+      `jax_aldsgd.gossip`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -105,7 +108,8 @@ def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
   return optax.chain(
       local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
       gossip(schedule, axis_name, skip_nonfinite=skip_nonfinite, overlap=overlap,
-             every=every, delay=delay),
+             every=every, delay=delay, compressor=compressor,
+             consensus_lr=consensus_lr),
   )
 
 
@@ -114,7 +118,8 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
            c2: float = 0.1, p1: float = 0.2, p2: float = 0.2,
            pull_every: int = 1, axis_name: str = "workers",
            skip_nonfinite: bool = False, overlap: bool = False,
-           every: int = 1, pull_restart_every: int | None = None
+           every: int = 1, pull_restart_every: int | None = None,
+           compressor=None, consensus_lr=1.0
            ) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: a local SGD step, then `jax_aldsgd.adjacent_leader`.
 
@@ -127,7 +132,8 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     momentum: heavy-ball momentum (0 disables it, as in the reference).
     weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
     c1, c2, p1, p2, pull_every, skip_nonfinite, overlap, every,
-      pull_restart_every: see `jax_aldsgd.adjacent_leader`.
+      pull_restart_every, compressor, consensus_lr: see
+      `jax_aldsgd.adjacent_leader`.
     axis_name: the workers' mesh axis.
 
   Returns:
@@ -163,5 +169,6 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
       adjacent_leader(schedule, axis_name, c1=c1, c2=c2, p1=p1, p2=p2,
                       pull_every=pull_every, skip_nonfinite=skip_nonfinite,
                       overlap=overlap, every=every,
-                      pull_restart_every=pull_restart_every),
+                      pull_restart_every=pull_restart_every,
+                      compressor=compressor, consensus_lr=consensus_lr),
   )

@@ -382,3 +382,90 @@ def shared_cond(predicate, true_fn: Callable, false_fn: Callable, operand):
     return out, jax.tree.map(lambda _: True, out)
 
   return conditional(predicate, operand)
+
+
+# ----------------------------------------------------------------------------
+# A message per slot (compressed gossip).
+
+
+def fold_messages(schedule: Schedule, step: jax.Array, axis_name: str,
+                  build: Callable, combine: Callable, carry, rows, inputs):
+  """Like `fold`, but each active slot sends its own message, built in its branch.
+
+  ``rows`` is a pytree of per-slot state, each leaf with a leading axis of
+  ``schedule.num_slots``. For each slot s in order, if it is active, with ``c =
+  (carry, row)`` and ``row`` the slot's rows (``rows[s]``): ``message, c =
+  build(s, c, inputs)`` (a 1-D buffer, the same shape on every worker), then
+  ``c = combine(s, c, received, inputs)`` with the partner's message; the
+  slot's rows are written back after its branch. CHOCO-SGD needs this: a slot's
+  message compresses the difference to that slot's own public copy, so it
+  differs from slot to slot. Only one slot's rows enter a branch, so XLA does not
+  copy the whole per-slot state in and out of every conditional. As in `fold`,
+  everything per worker comes through ``carry``, ``rows`` and ``inputs``, and an
+  inactive slot neither builds nor sends anything.
+
+  Returns:
+    ``(carry, rows)``.
+  """
+  per_device = workers_per_device()
+  if per_device > 1:
+    return _block_fold_messages(schedule, axis_name, per_device, build, combine)(
+        step, carry, rows, inputs)
+  flags = _runtime_flags(schedule, step)
+  for s in range(schedule.num_slots):
+    pairs = _pairs(schedule.slot_partners[s])
+
+    def build_send_combine(c, s=s, pairs=pairs):
+      message, c = build(s, c, inputs)
+      return combine(s, c, lax.ppermute(message, axis_name, pairs), inputs)
+
+    row = jax.tree.map(lambda r, s=s: r[s], rows)
+    carry, row = lax.cond(flags[s], build_send_combine, lambda c: c, (carry, row))
+    rows = jax.tree.map(lambda r, x, s=s: r.at[s].set(x), rows, row)
+  return carry, rows
+
+
+def _block_fold_messages(schedule: Schedule, axis_name: str, per_device: int,
+                         build: Callable, combine: Callable):
+  """`fold_messages` over a device's block of workers (see `_block_fold`)."""
+  num_devices = lax.axis_size(axis_name)
+  plans = block_plan(schedule, num_devices, per_device)
+
+  @jax.custom_batching.custom_vmap
+  def fold_block(step, carry, rows, inputs):
+    del step, inputs  # only traced for output shapes
+    return carry, rows
+
+  @fold_block.def_vmap
+  def rule(axis_size, in_batched, step, carry, rows, inputs):
+    del axis_size
+    batched_step, batched_carry, batched_rows, batched_inputs = in_batched
+    widen = lambda x, b: x if b else jnp.broadcast_to(x, (per_device,) + x.shape)
+    carry = jax.tree.map(widen, carry, batched_carry)
+    rows = jax.tree.map(widen, rows, batched_rows)  # (k, S, ...)
+    inputs = jax.tree.map(widen, inputs, batched_inputs)
+    step = step[0] if batched_step else step
+    flags = _runtime_flags(schedule, step)
+    device = lax.axis_index(axis_name)
+    for s, (local, rounds) in enumerate(plans):
+
+      def build_send_combine(c, s=s, local=local, rounds=rounds):
+        buffer, c = jax.vmap(lambda c1, i1: build(s, c1, i1))(c, inputs)
+        received = _take_rows(buffer, jnp.asarray(local)[device])  # (k, L)
+        for plan in rounds:
+          message = buffer[jnp.asarray(plan.send_rows)[device]]  # (m, L)
+          message = lax.ppermute(message, axis_name, plan.pairs)
+          rows_ = jnp.asarray(plan.receive_rows)[device]
+          received = jnp.where((rows_ >= 0)[:, None],
+                               message[jnp.maximum(rows_, 0)], received)
+        return jax.vmap(lambda c1, r1, i1: combine(s, c1, r1, i1))(
+            c, received, inputs)
+
+      row = jax.tree.map(lambda r, s=s: r[:, s], rows)
+      carry, row = lax.cond(flags[s], build_send_combine, lambda c: c,
+                            (carry, row))
+      rows = jax.tree.map(lambda r, x, s=s: r.at[:, s].set(x), rows, row)
+    out = (carry, rows)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return fold_block

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jax_aldsgd import _checks
+from jax_aldsgd import _choco
 from jax_aldsgd import _exchange
 from jax_aldsgd import _network
 from jax_aldsgd import _pushsum
@@ -35,7 +36,8 @@ def check_schedule(schedule) -> Schedule:
 
 def gossip(schedule: Schedule, axis_name: str = "workers", *,
            skip_nonfinite: bool = False, overlap: bool = False, every: int = 1,
-           delay: int | None = None) -> optax.GradientTransformationExtraArgs:
+           delay: int | None = None, compressor=None, consensus_lr=1.0
+           ) -> optax.GradientTransformationExtraArgs:
   """Gossip averaging with the neighbours of the active matchings (D-PSGD, MATCHA).
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
@@ -74,6 +76,15 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
       default is ``None`` for that reason). Not combinable with
       ``overlap`` or ``skip_nonfinite``. A simulator of asynchrony: inside one
       jitted step it hides no latency.
+    compressor: one of `jax_aldsgd.compressors` to run CHOCO-SGD (ALGORITHM.md
+      section 9): each active matching carries only the compressed message
+      (`jax_aldsgd.choco_message_bytes`). The state keeps public copies: 2
+      parameter-sized buffers on a `full` schedule, 2 per slot (matching of
+      each graph) on any other, so that each worker's copy of a neighbor's
+      public copy stays exactly the neighbor's own (details in
+      ``jax_aldsgd._choco``). None (default) sends the parameters.
+    consensus_lr: CHOCO-SGD's consensus step ``gamma`` in (0, 1] (with a
+      compressor only; see `jax_aldsgd.tune_consensus_lr`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -103,10 +114,21 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     Lian et al., 2017, "Can Decentralized Algorithms Outperform Centralized
     Algorithms?"; Wang et al., 2019, "MATCHA" (arXiv 1905.09435).
   """
-  schedule = check_schedule(schedule)
-  skip_nonfinite = bool(skip_nonfinite)
   every = _variants.check_every(every)
   delay = 0 if delay is None else _checks.check_integer("delay", delay, 0)
+  if compressor is not None or _choco.consensus_lr_given(consensus_lr):
+    if delay:
+      raise ValueError(
+          f"gossip(delay={delay}) cannot be combined with a compressor: the "
+          "delayed exchange is push-sum, CHOCO-SGD's keeps public copies; "
+          "drop one of them.")
+    return _variants.apply(
+        _choco.choco_gossip(schedule, axis_name, compressor=compressor,
+                            consensus_lr=consensus_lr,
+                            skip_nonfinite=skip_nonfinite),
+        overlap=overlap, every=every)
+  schedule = check_schedule(schedule)
+  skip_nonfinite = bool(skip_nonfinite)
   if delay:
     for name, value in (("overlap", overlap), ("skip_nonfinite", skip_nonfinite)):
       if value:
@@ -148,10 +170,8 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
                                delta_tree)
     return new_updates, GossipState(count=state.count + 1)
 
-  transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-  if overlap:
-    transform = _variants.adapt_while_combine(transform)
-  return _variants.every_steps(transform, every)
+  return _variants.apply(optax.GradientTransformationExtraArgs(init_fn, update_fn),
+                         overlap=overlap, every=every)
 
 
 def gossip_message_bytes(params, *, skip_nonfinite: bool = False,
@@ -186,7 +206,8 @@ def _all_finite(tree) -> jax.Array:
   return finite.astype(jnp.float32)
 
 
-def allreduce(axis_name: str = "workers") -> optax.GradientTransformationExtraArgs:
+def allreduce(axis_name: str = "workers", *,
+              compressor=None) -> optax.GradientTransformationExtraArgs:
   """Centralized baseline: every worker moves to the mean of all ``x_hat``.
 
   ``x_i <- mean_j x_hat_j`` (one ``pmean`` over ``axis_name`` of one packed buffer),
@@ -195,6 +216,8 @@ def allreduce(axis_name: str = "workers") -> optax.GradientTransformationExtraAr
 
   Args:
     axis_name: the mesh axis the workers are mapped over.
+    compressor: must be None: the all-reduce does not compress (an error
+      otherwise).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -218,6 +241,11 @@ def allreduce(axis_name: str = "workers") -> optax.GradientTransformationExtraAr
     >>> [round(float(v), 3) for v in w[:, 0]]
     [7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0]
   """
+  if compressor is not None:
+    raise ValueError(
+        f"allreduce does not compress its messages, got compressor={compressor!r}; "
+        "for compressed communication use jax_aldsgd.gossip(schedule, "
+        "compressor=...) (CHOCO-SGD), or drop the compressor.")
 
   def init_fn(params):
     del params

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jax_aldsgd import _checks
+from jax_aldsgd import _choco
 from jax_aldsgd import _exchange
 from jax_aldsgd import _variants
 from jax_aldsgd._gossip import _all_finite, check_params, check_schedule
@@ -67,7 +68,8 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
                     c1: float = 0.3, c2: float = 0.1, p1: float = 0.2,
                     p2: float = 0.2, pull_every: int = 1,
                     skip_nonfinite: bool = False, overlap: bool = False,
-                    every: int = 1, pull_restart_every: int | None = None
+                    every: int = 1, pull_restart_every: int | None = None,
+                    compressor=None, consensus_lr=1.0
                     ) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: gossip, then averaging with and a pull toward two chosen neighbours.
 
@@ -122,6 +124,13 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
       the identity in between. The schedule's step counter and ``pull_every``
       count communication steps (``pull_every=2, every=4``: pull at steps 0,
       8, 16, ...).
+    compressor: one of `jax_aldsgd.compressors` to run AL-DSGD on CHOCO-SGD: the
+      leader and max-degree node are chosen as here (uncompressed losses,
+      degrees), the mixing and the pull use the neighbors' public copies, scaled
+      by ``consensus_lr``; the state keeps 2 parameter-sized buffers per slot
+      (details in ``jax_aldsgd._choco``).
+    consensus_lr: CHOCO-SGD's consensus step ``gamma`` in (0, 1] (with a
+      compressor only).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params``
@@ -159,13 +168,26 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     He, Wang & Choromanska, 2024, "Adjacent Leader Decentralized Stochastic
     Gradient Descent" (arXiv 2405.11389).
   """
-  schedule = check_schedule(schedule)
-  check_pull_coefficients(c1, c2, p1, p2, pull_every)
-  skip_nonfinite = bool(skip_nonfinite)
   every = _variants.check_every(every)
   if pull_restart_every is not None:
     pull_restart_every = _checks.check_integer("pull_restart_every",
                                                pull_restart_every, 1)
+  if compressor is not None or _choco.consensus_lr_given(consensus_lr):
+    if pull_restart_every is not None and _checks.concrete_scalar(
+        "pull_every", pull_every) != 1:
+      raise ValueError(
+          "pull_restart_every is not available with a compressor (CHOCO-SGD's "
+          "AL-DSGD counts its pull period from step 0); leave it None, or use "
+          "pull_every=1 (every step pulls, so the phase does not matter).")
+    return _variants.apply(
+        _choco.choco_adjacent_leader(
+            schedule, axis_name, compressor=compressor,
+            consensus_lr=consensus_lr, c1=c1, c2=c2, p1=p1, p2=p2,
+            pull_every=pull_every, skip_nonfinite=skip_nonfinite),
+        overlap=overlap, every=every)
+  schedule = check_schedule(schedule)
+  check_pull_coefficients(c1, c2, p1, p2, pull_every)
+  skip_nonfinite = bool(skip_nonfinite)
 
   def init_fn(params):
     del params
@@ -223,7 +245,5 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
                                delta_tree)
     return new_updates, AdjacentLeaderState(count=step + 1)
 
-  transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-  if overlap:
-    transform = _variants.adapt_while_combine(transform)
-  return _variants.every_steps(transform, every)
+  return _variants.apply(optax.GradientTransformationExtraArgs(init_fn, update_fn),
+                         overlap=overlap, every=every)

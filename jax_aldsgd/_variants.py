@@ -76,6 +76,14 @@ def every_steps(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def apply(inner: optax.GradientTransformationExtraArgs, *, overlap: bool,
+          every) -> optax.GradientTransformationExtraArgs:
+  """``inner`` with `adapt_while_combine` if ``overlap``, then `every_steps`."""
+  if overlap:
+    inner = adapt_while_combine(inner)
+  return every_steps(inner, every)
+
+
 def check_every(every):
   """Validates ``every`` (an integer >= 1); a tracer (inject_hyperparams) passes."""
   if _checks.is_traced(every):

@@ -31,6 +31,7 @@ import optax
 import pytest
 
 import jax_aldsgd as ald
+from jax_aldsgd import compressors as C
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 from tests import helpers
@@ -96,6 +97,10 @@ ROWS = [
     Row("aldsgd", functools.partial(ald.aldsgd, schedule=SCHEDULE),
         dict(learning_rate=0.05, momentum=0.5, weight_decay=1e-3, c1=0.3, c2=0.1,
              p1=0.2, p2=0.2)),
+    Row("aldsgd_choco", functools.partial(ald.aldsgd, schedule=SCHEDULE,
+                                          compressor=C.qsgd(4, seed=1)),
+        dict(learning_rate=0.05, consensus_lr=0.5, c1=0.3, c2=0.1, p1=0.2,
+             p2=0.2)),
 ]
 IDS = [row.name for row in ROWS]
 
