@@ -115,6 +115,19 @@ GRIDS: dict[str, Grid] = {
         _cell("aldsgd_dpsgd_every4", method="aldsgd_dpsgd", gossip_every=4),
         _cell("aldsgd_dpsgd_every16", method="aldsgd_dpsgd", gossip_every=16),
     )),
+    # Issue 12: compressed gossip (CHOCO-SGD), with and without AL-DSGD.
+    "compression": Grid((
+        _cell("dpsgd", method="dpsgd"),
+        _cell("choco_top_k", method="choco", compressor="top_k"),
+        _cell("choco_scaled_sign", method="choco", compressor="scaled_sign"),
+        _cell("choco_qsgd16", method="choco", compressor="qsgd", qsgd_levels=16),
+        _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
+        _cell("aldsgd_choco_top_k", method="aldsgd_choco", compressor="top_k"),
+        _cell("aldsgd_choco_scaled_sign", method="aldsgd_choco",
+              compressor="scaled_sign"),
+        _cell("aldsgd_choco_qsgd16", method="aldsgd_choco", compressor="qsgd",
+              qsgd_levels=16),
+    )),
 }
 
 

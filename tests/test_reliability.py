@@ -70,6 +70,10 @@ def test_bad_fields_the_library_checks(method, overrides, message):
     ("allreduce", dict(delay=1), "config.delay=1 applies to the gossip"),
     ("aldsgd_matcha", dict(delay=2), "config.delay=2 is not available for AL-DSGD"),
     ("dpsgd", dict(partition="shards"), "config.partition='shards' is not valid"),
+    ("choco", dict(compressor="top_k_plus"), "config.compressor='top_k_plus' is not"),
+    ("choco", dict(consensus_lr="fast"), "config.consensus_lr='fast' must be 'auto'"),
+    ("choco", dict(consensus_lr="1.5"), "config.consensus_lr='1.5' must be 'auto'"),
+    ("choco", dict(delay=1), "config.delay=1 is not available for"),
     ("dpsgd", dict(dirichlet_alpha=0.0), "config.dirichlet_alpha=0.0 must be"),
     ("dpsgd", dict(classes_per_worker=0), "config.classes_per_worker=0 must be"),
 ])

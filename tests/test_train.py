@@ -181,3 +181,20 @@ def test_local_steps_and_delay_count_the_bytes_actually_sent(mock_cifar, tmp_pat
   seconds = compare.simulated_seconds(run, network, compute_s_per_step=0.0)
   busiest = sum(int(schedule.active(k).sum()) for k in (0, 1))
   np.testing.assert_allclose(seconds[-1], busiest * record["message_bytes"] / 1.25e8)
+
+
+@pytest.mark.parametrize("compressor", ["top_k", "scaled_sign"])
+def test_choco_runs_with_the_tuned_consensus_step(mock_cifar, tmp_path, compressor):
+  config = tiny_config("aldsgd_choco", num_epochs=1, compressor=compressor)
+  record = train.train_and_evaluate(config, str(tmp_path))
+  assert all(np.isfinite(record["train_loss"]))
+  schedule = train.build_schedule(config, steps_per_epoch=3)
+  tuned = ald.tune_consensus_lr(schedule, train.build_compressor(config),
+                                num_params=1000, seed=config.seed)
+  assert record["consensus_lr"] == tuned.consensus_lr
+  params = jax.tree.map(lambda a: a[0], train.final_params(tmp_path))
+  message = ald.choco_message_bytes(params, train.build_compressor(config),
+                                    with_loss=True)
+  assert record["message_bytes"] == message < ald.gossip_message_bytes(params) / 3
+  degrees = sum(schedule.active_degrees(k) for k in range(3))
+  np.testing.assert_array_equal(record["bytes_sent"], degrees * message)

@@ -36,7 +36,8 @@ FINGERPRINT_FIELDS = (
     "c1", "c2", "p1", "p2", "pull_every", "momentum", "weight_decay",
     "same_init", "max_steps_per_epoch", "skip_nonfinite",
     "reference_epoch_phase", "overlap", "gossip_every", "delay", "partition",
-    "dirichlet_alpha", "classes_per_worker",
+    "dirichlet_alpha", "classes_per_worker", "compressor", "compress_fraction",
+    "qsgd_levels", "consensus_lr",
 )
 
 

@@ -37,7 +37,9 @@ from experiments.cifar import models
 from experiments.cifar import report
 
 METHODS = ("allreduce", "dpsgd", "dpsgd_reference", "matcha", "aldsgd_dpsgd",
-           "aldsgd_dpsgd_reference", "aldsgd_matcha", "local")
+           "aldsgd_dpsgd_reference", "aldsgd_matcha", "choco", "aldsgd_choco",
+           "local")
+COMPRESSORS = ("top_k", "random_k", "scaled_sign", "qsgd")
 TOPOLOGIES = ("paper", "ring", "torus", "exponential", "complete")
 
 
@@ -85,7 +87,7 @@ def build_schedule(config, steps_per_epoch: int | None = None
   if base in ("allreduce", "local"):
     return None
   graphs = _graphs(config)
-  if base == "dpsgd":
+  if base in ("dpsgd", "choco"):
     parts = [ald.schedules.full(g) for g in graphs]
   elif base == "dpsgd_reference":
     parts = [ald.schedules.alternating(g) for g in graphs]
@@ -114,15 +116,51 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
 
 
+def build_compressor(config):
+  """The compressor of a choco / aldsgd_choco run (None for the others)."""
+  if not config.method.endswith("choco"):
+    return None
+  if config.compressor == "qsgd":
+    return ald.compressors.qsgd(config.qsgd_levels, seed=config.seed)
+  if config.compressor == "random_k":
+    return ald.compressors.random_k(config.compress_fraction, seed=config.seed)
+  if config.compressor == "top_k":
+    return ald.compressors.top_k(config.compress_fraction)
+  return ald.compressors.scaled_sign()
+
+
+def consensus_lr(config, schedule) -> float | None:
+  """CHOCO's consensus step: the config's, or tuned when it is "auto".
+
+  The tuner (`jax_aldsgd.tune_consensus_lr`) runs pure compressed consensus
+  with this schedule and compressor on 1000 random parameters per worker,
+  seeded by config.seed, so a resumed run gets the same value.
+  """
+  compressor = build_compressor(config)
+  if compressor is None:
+    return None
+  if config.consensus_lr != "auto":
+    return float(config.consensus_lr)
+  tuned = ald.tune_consensus_lr(schedule, compressor, num_params=1000,
+                                seed=config.seed)
+  return float(tuned.consensus_lr)
+
+
 def build_optimizer(config, schedule, learning_rate,
-                    steps_per_epoch: int | None = None
-                    ) -> optax.GradientTransformation:
+                    steps_per_epoch: int | None = None,
+                    choco_lr: float | None = None) -> optax.GradientTransformation:
   """The local optimizer chained with the method's communication.
 
   The library's factories check their arguments (momentum, weight decay, the
   AL-DSGD coefficients, the MATCHA budget); their errors name the field.
   """
   common = dict(momentum=config.momentum, weight_decay=config.weight_decay)
+  compressor = build_compressor(config)
+  if compressor is not None:
+    if choco_lr is None:
+      raise ValueError(f"config.method={config.method!r} needs the consensus step "
+                       "(see consensus_lr).")
+    common.update(compressor=compressor, consensus_lr=choco_lr)
   if config.method.startswith("aldsgd_"):
     return ald.aldsgd(learning_rate, schedule, c1=config.c1, c2=config.c2,
                       p1=config.p1, p2=config.p2, pull_every=config.pull_every,
@@ -161,7 +199,11 @@ class Traffic:
     n = config.num_workers
     if schedule is not None:  # communicating every gossip_every steps
       schedule = ald.schedules.every(schedule, config.gossip_every)
-    if config.method.startswith("aldsgd_"):
+    compressor = build_compressor(config)
+    if compressor is not None:
+      message = ald.choco_message_bytes(
+          one_worker, compressor, with_loss=config.method.startswith("aldsgd_"))
+    elif config.method.startswith("aldsgd_"):
       message = ald.adjacent_leader_message_bytes(one_worker)
     elif schedule is not None:
       message = ald.gossip_message_bytes(
@@ -493,6 +535,16 @@ def validate_config(config) -> None:
   _choice(config, "topology", TOPOLOGIES)
   _choice(config, "graph_variant", ("pairs", "triples"))
   _choice(config, "partition", input_pipeline.PARTITIONS)
+  _choice(config, "compressor", COMPRESSORS)
+  if config.consensus_lr != "auto":
+    try:
+      gamma = float(config.consensus_lr)
+    except (TypeError, ValueError):
+      gamma = None
+    if gamma is None or not 0.0 < gamma <= 1.0:
+      raise ValueError(f"config.consensus_lr={config.consensus_lr!r} must be "
+                       "'auto' or a number in (0, 1], e.g. "
+                       "--config.consensus_lr=0.3.")
   graph_ids = config.graph_ids
   if (not isinstance(graph_ids, (tuple, list)) or not graph_ids or
       not all(isinstance(g, int) and not isinstance(g, bool) for g in graph_ids)):
@@ -522,6 +574,11 @@ def validate_config(config) -> None:
       raise ValueError(
           f"config.{name}={config[name]!r} applies to the gossip methods only, not "
           f"to config.method={config.method!r}; leave it at {default!r}.")
+  if config.delay and config.method.endswith("choco"):
+    raise ValueError(
+        f"config.delay={config.delay!r} is not available for "
+        f"config.method={config.method!r}: compressed gossip keeps public copies, "
+        "not push-sum weights; use delay with dpsgd, dpsgd_reference or matcha.")
   if config.delay and config.method.startswith("aldsgd_"):
     raise ValueError(
         f"config.delay={config.delay!r} is not available for AL-DSGD "
@@ -622,7 +679,7 @@ def _train_epoch(state, progress, *, epoch, steps_per_epoch, p_train_step, feed,
 
 
 def _epoch_record(state, progress, evaluator, lr_fn, steps_per_epoch, traffic,
-                  config) -> dict[str, Any]:
+                  config, choco_lr) -> dict[str, Any]:
   sums = ald.gather_workers(dict(
       loss=state.sums.loss, accuracy=state.sums.accuracy,
       nonfinite=state.sums.nonfinite_steps,
@@ -638,6 +695,7 @@ def _epoch_record(state, progress, evaluator, lr_fn, steps_per_epoch, traffic,
       nonfinite_steps=sums["nonfinite"].tolist(),
       params_finite=sums["finite"].tolist(),
       message_bytes=traffic.message_bytes,
+      consensus_lr=choco_lr,
       bytes_sent=progress.bytes_sent,
       bytes_sent_mean=float(np.mean(progress.bytes_sent)),
       time_train_s=progress.time_train_s,
@@ -676,7 +734,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
   schedule = build_schedule(config, steps_per_epoch)
   lr_fn = learning_rate_schedule(config, steps_per_epoch)
-  tx = build_optimizer(config, schedule, lr_fn, steps_per_epoch)
+  choco_lr = consensus_lr(config, schedule)
+  if choco_lr is not None and is_main:
+    print(f"consensus_lr {choco_lr:g} ({config.compressor}, "
+          f"{'tuned' if config.consensus_lr == 'auto' else 'given'})", flush=True)
+  tx = build_optimizer(config, schedule, lr_fn, steps_per_epoch, choco_lr)
   state = create_train_state(config, info, mesh, tx)
   traffic = Traffic.of(config, schedule, state.params)
   p_train_step = jax.jit(
@@ -724,7 +786,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
       # Evaluation.
       record = _epoch_record(state, progress, evaluator, lr_fn, steps_per_epoch,
-                             traffic, config)
+                             traffic, config, choco_lr)
       record["time_total_s"] = time.perf_counter() - started
       if is_main:
         log.append(record)

@@ -42,7 +42,8 @@ def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # allreduce | dpsgd | dpsgd_reference | matcha | aldsgd_dpsgd |
-  # aldsgd_dpsgd_reference | aldsgd_matcha | local (no communication at all).
+  # aldsgd_dpsgd_reference | aldsgd_matcha | choco | aldsgd_choco | local (no
+  # communication at all).
   # *_reference: the reference code's alternating flags (one matching per step,
   # ALGORITHM.md section 3), which is what its "D-PSGD" and its AL-DSGD "on
   # D-PSGD" ran; dpsgd / aldsgd_dpsgd: true D-PSGD (every matching, every step).
@@ -91,6 +92,16 @@ def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   config.overlap = False
   config.gossip_every = 1
   config.delay = 0
+
+  # Compressed gossip (CHOCO-SGD, ALGORITHM.md section 9), used by the methods
+  # choco (D-PSGD's schedule) and aldsgd_choco (AL-DSGD on it): the compressor
+  # top_k | random_k | scaled_sign | qsgd; the fraction of entries top_k and
+  # random_k send; qsgd's levels; the consensus step gamma in (0, 1], or "auto"
+  # to tune it once at the start (jax_aldsgd.tune_consensus_lr; the run logs it).
+  config.compressor = "top_k"
+  config.compress_fraction = 0.1
+  config.qsgd_levels = 16
+  config.consensus_lr = "auto"
 
   # Optimization (the reference's lr is tuned for D-PSGD and reused for all).
   config.batch_size = 16  # per worker
