@@ -128,29 +128,32 @@ def hlo_permutes(hlo: str):
 
 
 def check_bytes_against_hlo(schedule, message_bytes, hlo, steps, num_workers):
-  """Per-step bytes per worker: from the schedule vs from the HLO's permutes."""
+  """Per-step bytes per worker: from the schedule vs from the HLO's permutes.
+
+  Every collective-permute in the HLO must carry ``message_bytes`` over the
+  pairs of one of the schedule's slots, and every slot active at one of
+  ``steps`` must have at least one (a slot's permute appears once per switch
+  branch in which it is active, see jax_aldsgd._exchange.exchange_plan).
+  """
   permutes = hlo_permutes(hlo)
-  if len(permutes) != schedule.num_slots:
-    raise AssertionError(f"{len(permutes)} collective-permutes in the HLO, "
-                         f"{schedule.num_slots} slots in the schedule")
-  by_pairs = {}
+  slot_pairs = [frozenset((i, int(j)) for i, j in enumerate(partners) if j >= 0)
+                for partners in schedule.slot_partners]
   for size, pairs in permutes:
-    by_pairs.setdefault(pairs, []).append(size)
-  for s in range(schedule.num_slots):
-    pairs = frozenset((i, int(j)) for i, j in enumerate(schedule.slot_partners[s])
-                      if j >= 0)
-    sizes = by_pairs.get(pairs)
-    if not sizes or any(size != message_bytes for size in sizes):
-      raise AssertionError(f"slot {s}: HLO permutes {sizes} bytes over these pairs,"
-                           f" the schedule expects {message_bytes}")
+    if pairs not in slot_pairs or size != message_bytes:
+      raise AssertionError(f"the HLO permutes {size} bytes over pairs "
+                           f"{sorted(pairs)}; the schedule expects {message_bytes} "
+                           "bytes over one slot's pairs")
+  in_hlo = {pairs for _, pairs in permutes}
   from_schedule = []
   for k in steps:
     from_schedule.append(schedule.active_degrees(k) * message_bytes)
     from_hlo = [0] * num_workers
     for s in map(int, schedule.active(k).nonzero()[0]):
-      for i, j in enumerate(schedule.slot_partners[s]):
-        if j >= 0:
-          from_hlo[i] += message_bytes
+      if slot_pairs[s] not in in_hlo:
+        raise AssertionError(f"step {k}: slot {s} is active but no "
+                             "collective-permute in the HLO has its pairs")
+      for i, j in slot_pairs[s]:
+        from_hlo[i] += message_bytes
     if list(from_schedule[-1]) != from_hlo:
       raise AssertionError(f"step {k}: schedule says {from_schedule[-1]}, HLO "
                            f"{from_hlo}")

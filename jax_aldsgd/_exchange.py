@@ -62,8 +62,15 @@ def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
   sizes = [int(np.prod(jnp.shape(leaf))) for leaf in leaves]
   parts = [jnp.ravel(leaf).astype(dtype) for leaf in leaves]
   parts += [jnp.reshape(e, (1,)).astype(dtype) for e in extras]
-  buffer = jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
   offsets = np.cumsum([0] + sizes)
+  # Written leaf by leaf into one buffer: XLA updates it in place and fuses
+  # each leaf's producer into its update, where a concatenate of many operands
+  # costs several times a copy on XLA:CPU.
+  buffer = jnp.zeros((int(offsets[-1]) + len(extras),), dtype)
+  start = 0
+  for part in parts:
+    buffer = lax.dynamic_update_slice(buffer, part, (start,))
+    start += part.shape[0]
   shapes = [(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
 
   def unpack(flat):
@@ -76,6 +83,19 @@ def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     return jax.tree.unflatten(treedef, tree_leaves), extra_values
 
   return buffer, unpack
+
+
+def set_health_flag(buffer: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Writes 1.0 into the buffer's last entry if all others are finite, else 0.0.
+
+  One reduction over the packed message (not one per leaf) and an in-place
+  update of its last entry, the health flag `pack` left room for as an extra.
+
+  Returns:
+    ``(buffer, healthy)`` with ``healthy`` a bool scalar.
+  """
+  healthy = jnp.all(jnp.isfinite(buffer[:-1]))
+  return buffer.at[-1].set(healthy.astype(buffer.dtype)), healthy
 
 
 # The vmap axis of the workers that share a device (see worker_map's
@@ -182,45 +202,178 @@ def neighbourhood(schedule: Schedule, step: jax.Array, me: jax.Array,
   )
 
 
-def _runtime_flags(schedule: Schedule, step: jax.Array) -> jax.Array:
-  """The step's flags, kept opaque to XLA even where they are constant.
+# Most branches one lax.switch may have; schedules with more distinct
+# activation patterns are split into several switches over fewer slots.
+MAX_BRANCHES = 16
+# Most patterns enumerated on the host before falling back to one switch per slot.
+_MAX_PATTERNS = 4096
 
-  A constant-true predicate (e.g. `full`'s) would let XLA inline the
-  conditional, and with it the ordering that `fold` relies on: the exchanges
-  could then all be hoisted ahead of the combines, every received buffer alive
-  at once. ``step >= 0`` is always true but XLA cannot prove it.
+
+class SlotGroup(NamedTuple):
+  """Consecutive slots that one ``lax.switch`` (or none) exchanges.
+
+  Attributes:
+    slots: the slot indices of the group, in exchange order.
+    patterns: per branch, the group's slots active in it (in order); one
+      branch per distinct activation pattern the schedule can produce.
+    codes: ``(len(patterns),)`` int32 code of each pattern, bit k set if
+      ``slots[k]`` is active: the branch index is the position of the step's code.
   """
-  return schedule._active(step, jnp) & (step >= 0)
+
+  slots: tuple[int, ...]
+  patterns: tuple[tuple[int, ...], ...]
+  codes: np.ndarray
+
+
+@functools.lru_cache(maxsize=64)
+def exchange_plan(schedule: Schedule) -> tuple[SlotGroup, ...]:
+  """Splits the slots into groups of at most `MAX_BRANCHES` distinct patterns.
+
+  The schedule's distinct activation patterns are enumerated on the host
+  (``schedule._patterns``): `full` has one, `alternating` two, a rotation the
+  sum of its children's, MATCHA on R matchings ``2^F`` (F = matchings with
+  ``0 < p < 1``). Consecutive slots join a group while the patterns projected
+  on the group stay within `MAX_BRANCHES` (and 30 slots, the width of a code).
+  A schedule that cannot enumerate its patterns gets one group per slot,
+  patterns "off" and "on".
+  """
+  patterns = schedule._patterns(_MAX_PATTERNS)
+  if patterns is None:
+    patterns = None
+    groups = [[s] for s in range(schedule.num_slots)]
+  else:
+    table = np.array(sorted(patterns), dtype=bool).reshape(-1, schedule.num_slots)
+    groups, current = [], []
+    for s in range(schedule.num_slots):
+      candidate = current + [s]
+      distinct = len({tuple(row) for row in table[:, candidate]})
+      if current and (distinct > MAX_BRANCHES or len(candidate) > 30):
+        groups.append(current)
+        candidate = [s]
+      current = candidate
+    if current:
+      groups.append(current)
+  plan = []
+  for slots in groups:
+    if patterns is None:
+      rows = {(False,), (True,)}
+    else:
+      rows = {tuple(row) for row in table[:, slots]}
+    rows = sorted(rows)
+    codes = np.array([sum(int(on) << k for k, on in enumerate(row)) for row in rows],
+                     np.int32)
+    plan.append(SlotGroup(tuple(slots),
+                          tuple(tuple(s for s, on in zip(slots, row) if on)
+                                for row in rows), codes))
+  return tuple(plan)
+
+
+def _exchange_groups(plan, flags, always, receive, combine, start, buffer,
+                     per_slot, common):
+  """Runs the plan's groups in order: per group, the step's branch of a switch.
+
+  ``receive(s, buffer)`` is slot s's ``ppermute`` (zeros for a worker without a
+  partner in s) and ``combine(carry, received, per_slot(s), common)`` folds it
+  into the carry. A branch issues the ``ppermute`` of each of its active slots
+  unconditionally, so an inactive slot sends nothing and an active one needs
+  no predicate of its own. Where a branch exchanges several slots, the second
+  to the second-to-last each sit in a ``lax.cond`` on ``always`` (true, but not
+  provably so) that consumes the previous slot's carry: XLA cannot hoist those
+  exchanges ahead of the combines (an optimization barrier does not survive
+  XLA:CPU's passes), so at most two received buffers are alive at a time.
+
+  The last group's branches leave their last slot's combine to the caller:
+  they return ``(carry, received, per_slot(slot))`` and the combine runs after
+  the switch, where XLA fuses it with the unpacking and the parameter update
+  (no parameter-sized carry is written for a single active slot; the slot's
+  scalars leave the switch computed, so the fused loop does not recompute
+  them per element). A branch with no active slot returns zeros and the values
+  of a slot inactive at this step, whose combine adds nothing. The carry
+  starts as ``start(common)``.
+
+  Returns:
+    ``(carry, received, at_slot)``: ``combine(carry, received, at_slot,
+    common)`` is the fold's result (``received`` is None without slots).
+  """
+  carry = None
+  out = None
+  for g, group in enumerate(plan):
+    last_group = g == len(plan) - 1
+    # The carry leaves the switch if an earlier group made one or a branch
+    # combines inside; else it starts after the switch (fused, not written).
+    carry_out = carry is not None or any(
+        len(active) > (1 if last_group else 0) for active in group.patterns)
+
+    def run(active, c, group=group, last_group=last_group, carry_out=carry_out):
+      inside = active[:-1] if last_group else active
+      if carry_out and c is None:
+        c = start(common)
+      for k, s in enumerate(inside):
+        step_fn = lambda c, s=s: combine(c, receive(s, buffer), per_slot(s), common)
+        c = step_fn(c) if k == 0 else lax.cond(always, step_fn, lambda c: c, c)
+      if not last_group:
+        return c
+      if active:
+        pending = (receive(active[-1], buffer), per_slot(active[-1]))
+      else:  # nothing active in this group: an inactive slot adds nothing
+        pending = (jnp.zeros_like(buffer), per_slot(group.slots[0]))
+      return (c if carry_out else None), *pending
+
+    if len(group.patterns) == 1:
+      out = run(group.patterns[0], carry)
+    else:
+      code = sum(flags[s].astype(jnp.int32) << k for k, s in enumerate(group.slots))
+      index = jnp.argmax(jnp.asarray(group.codes) == code)
+      branches = [functools.partial(run, active) for active in group.patterns]
+      if carry is None:
+        out = lax.switch(index, [lambda _, f=f: f(None) for f in branches], 0)
+      else:
+        out = lax.switch(index, branches, carry)
+    if not last_group:
+      carry = out
+  if out is None:  # a schedule without slots
+    return start(common), None, None
+  carry, received, at_slot = out
+  return (start(common) if carry is None else carry), received, at_slot
 
 
 def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
-         combine: Callable, carry, inputs):
-  """Exchanges ``buffer`` slot by slot, folding each received buffer into ``carry``.
+         combine: Callable, start: Callable, per_slot, common):
+  """Exchanges ``buffer`` slot by slot, folding each received buffer into a carry.
 
-  For each slot s in order, if it is active: ``carry = combine(s, carry,
-  received, inputs)``, where ``received`` is the partner's buffer (zeros for a
-  worker without a partner in s; ``combine`` must ignore it there). The receive
-  and the combine of a slot sit in one ``lax.cond`` branch and the next slot's
-  branch consumes this one's carry, so the slots run in order and at most one
-  received buffer is alive at a time (memory: one buffer, not one per matching).
+  The carry starts as ``start(common)``. For each slot s in order, if it is
+  active: ``carry = combine(carry, received, at_slot, common)``, where
+  ``received`` is the partner's buffer (zeros for a worker without a partner in
+  s; ``combine`` must ignore it there) and ``at_slot`` is ``per_slot`` (a pytree
+  of ``(num_slots, ...)`` arrays) at s. The fold may also call ``combine`` once
+  with a slot that is inactive at this step (no ``present`` flag): it must
+  leave the carry unchanged then.
 
-  ``combine`` sees one worker; every per-worker value it needs must come through
-  ``carry`` or ``inputs`` (not a closure), because with several workers per
-  device the fold runs on the whole block (see `workers_per_device`).
+  The step picks one branch of a ``lax.switch`` over the schedule's distinct
+  activation patterns (`exchange_plan`; no switch at all for a schedule with
+  one pattern, such as `full`), and that branch issues the ``ppermute`` of each
+  active slot, so an inactive matching sends nothing. The slots are combined in
+  order and at most two received buffers are alive at a time (see
+  `_exchange_groups`).
+
+  ``start`` and ``combine`` see one worker; every per-worker value they need
+  must come through ``per_slot`` or ``common`` (not a closure), because with
+  several workers per device the fold runs on the whole block (see
+  `workers_per_device`).
   """
   per_device = workers_per_device()
   if per_device > 1:
-    return _block_fold(schedule, axis_name, per_device, combine)(
-        buffer, step, carry, inputs)
-  flags = _runtime_flags(schedule, step)
-  for s in range(schedule.num_slots):
-    pairs = _pairs(schedule.slot_partners[s])
+    return _block_fold(schedule, axis_name, per_device, combine, start)(
+        buffer, step, per_slot, common)
+  flags = schedule._active(step, jnp)
 
-    def receive_and_combine(c, s=s, pairs=pairs):
-      return combine(s, c, lax.ppermute(buffer, axis_name, pairs), inputs)
+  def receive(s, b):
+    return lax.ppermute(b, axis_name, _pairs(schedule.slot_partners[s]))
 
-    carry = lax.cond(flags[s], receive_and_combine, lambda c: c, carry)
-  return carry
+  carry, received, at_slot = _exchange_groups(
+      exchange_plan(schedule), flags, step >= 0, receive, combine, start, buffer,
+      lambda s: jax.tree.map(lambda a: a[s], per_slot), common)
+  return carry if received is None else combine(carry, received, at_slot, common)
 
 
 # ----------------------------------------------------------------------------
@@ -293,49 +446,55 @@ def _take_rows(block, rows):
 
 
 def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
-                combine: Callable):
+                combine: Callable, start: Callable):
   """`fold` over a device's whole block of ``per_device`` workers.
 
   Transforms call it per worker under ``jax.vmap`` over `LOCAL_AXIS`; its
-  batching rule receives the device's blocks and, per slot under ``lax.cond``
-  on the slot's flag, gathers each local worker's partner buffer (in-device
-  partners by indexing, others through the slot's ``ppermute`` rounds) and
-  applies ``combine`` to every local worker (vmapped).
+  batching rule receives the device's blocks and runs the same switch over
+  activation patterns as `fold`, where each active slot gathers each local
+  worker's partner buffer (in-device partners by indexing, others through the
+  slot's ``ppermute`` rounds) and applies ``combine`` to every local worker
+  (vmapped).
   """
   num_devices = lax.axis_size(axis_name)
   plans = block_plan(schedule, num_devices, per_device)
 
   @jax.custom_batching.custom_vmap
-  def fold_block(buffer, step, carry, inputs):
+  def fold_block(buffer, step, per_slot, common):
     # Only traced for output shapes: under worker_map's vmap the rule runs.
-    del buffer, step, inputs
-    return carry
+    del buffer, step, per_slot
+    return start(common)
 
   @fold_block.def_vmap
-  def rule(axis_size, in_batched, buffer, step, carry, inputs):
+  def rule(axis_size, in_batched, buffer, step, per_slot, common):
     del axis_size
-    batched_buffer, batched_step, batched_carry, batched_inputs = in_batched
+    batched_buffer, batched_step, batched_slot, batched_common = in_batched
     widen = lambda x, b: x if b else jnp.broadcast_to(x, (per_device,) + x.shape)
     buffer = widen(buffer, batched_buffer)
-    carry = jax.tree.map(widen, carry, batched_carry)
-    inputs = jax.tree.map(widen, inputs, batched_inputs)
+    per_slot = jax.tree.map(widen, per_slot, batched_slot)
+    common = jax.tree.map(widen, common, batched_common)
     step = step[0] if batched_step else step  # every local worker's step agrees
-    flags = _runtime_flags(schedule, step)
+    flags = schedule._active(step, jnp)
     device = lax.axis_index(axis_name)
-    for s, (local, rounds) in enumerate(plans):
 
-      def receive_and_combine(c, s=s, local=local, rounds=rounds):
-        received = _take_rows(buffer, jnp.asarray(local)[device])  # (k, L)
-        for plan in rounds:
-          message = buffer[jnp.asarray(plan.send_rows)[device]]  # (m, L)
-          message = lax.ppermute(message, axis_name, plan.pairs)
-          rows = jnp.asarray(plan.receive_rows)[device]
-          received = jnp.where((rows >= 0)[:, None],
-                               message[jnp.maximum(rows, 0)], received)
-        return jax.vmap(lambda c1, r1, i1: combine(s, c1, r1, i1))(
-            c, received, inputs)
+    def receive(s, block):
+      local, rounds = plans[s]
+      received = _take_rows(block, jnp.asarray(local)[device])  # (k, L)
+      for plan in rounds:
+        message = block[jnp.asarray(plan.send_rows)[device]]  # (m, L)
+        message = lax.ppermute(message, axis_name, plan.pairs)
+        rows = jnp.asarray(plan.receive_rows)[device]
+        received = jnp.where((rows >= 0)[:, None],
+                             message[jnp.maximum(rows, 0)], received)
+      return received
 
-      carry = lax.cond(flags[s], receive_and_combine, lambda c: c, carry)
+    combine_block = jax.vmap(combine)
+    carry, received, at_slot = _exchange_groups(
+        exchange_plan(schedule), flags, step >= 0, receive, combine_block,
+        jax.vmap(start), buffer, lambda s: jax.tree.map(lambda a: a[:, s], per_slot),
+        common)
+    if received is not None:
+      carry = combine_block(carry, received, at_slot, common)
     return carry, jax.tree.map(lambda _: True, carry)
 
   return fold_block

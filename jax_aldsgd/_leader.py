@@ -10,7 +10,7 @@ import optax
 
 from jax_aldsgd import _checks
 from jax_aldsgd import _exchange
-from jax_aldsgd._gossip import _all_finite, check_params, check_schedule
+from jax_aldsgd._gossip import check_params, check_schedule
 from jax_aldsgd._schedules import Schedule
 
 
@@ -142,36 +142,41 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     me = _exchange.worker_index(axis_name, schedule)
     step = state.count
     x_hat = jax.tree.map(jnp.add, params, updates)
-    healthy = _all_finite(x_hat) * jnp.isfinite(loss).astype(jnp.float32)
-    buffer, unpack = _exchange.pack(x_hat, (loss, healthy))  # 2 extras: see above
+    buffer, unpack = _exchange.pack(x_hat, (loss, 0.0))  # 2 extras: see above
+    # Healthy: x_hat and the loss finite (in the buffer's dtype).
+    buffer, self_ok = _exchange.set_health_flag(buffer)
     near = _exchange.neighbourhood(schedule, step, me, buffer.dtype)
-    self_ok = healthy > 0.5
 
     # Visit S_i = [i] + N_i in order, keeping (as differences to x_hat_i) the
     # running gossip sum, the first strict argmin of the loss and the first strict
     # argmax of the active degree among healthy entries; self is entry 0.
-    def combine(s, carry, received, inputs):
+    def combine(carry, received, at_slot, common):
       gossip_sum, leader, target, best_loss, best_degree = carry
-      own, present, partner_degree = inputs
+      present, partner_degree = at_slot
+      own, _ = common
       diff = received - own
-      neighbour_ok = present[s] & (received[-1] > 0.5)
-      mixes = neighbour_ok if skip_nonfinite else present[s]
+      neighbour_ok = present & (received[-1] > 0.5)
+      mixes = neighbour_ok if skip_nonfinite else present
       gossip_sum = gossip_sum + jnp.where(mixes, diff, 0)  # alpha applied below
       better = neighbour_ok & (received[-2] < best_loss)
       best_loss = jnp.where(better, received[-2], best_loss)
       leader = jnp.where(better, diff, leader)
-      higher = neighbour_ok & (partner_degree[s] > best_degree)
-      best_degree = jnp.where(higher, partner_degree[s], best_degree)
+      higher = neighbour_ok & (partner_degree > best_degree)
+      best_degree = jnp.where(higher, partner_degree, best_degree)
       target = jnp.where(higher, diff, target)
       return gossip_sum, leader, target, best_loss, best_degree
 
-    zeros = jnp.zeros_like(buffer)
-    start = (zeros, zeros, zeros,  # gossip sum, x_hat_b - x_hat_i, x_hat_m - x_hat_i
-             jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf),
-             jnp.where(self_ok, near.degrees[me], -1))
+    def start(common):
+      own, (own_loss, own_degree) = common
+      zeros = jnp.zeros_like(own)
+      # gossip sum, x_hat_b - x_hat_i, x_hat_m - x_hat_i, best loss, best degree
+      return zeros, zeros, zeros, own_loss, own_degree
+
+    own_rank = (jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf),
+                jnp.where(self_ok, near.degrees[me], -1))
     gossip_sum, leader, target, _, _ = _exchange.fold(
         buffer, schedule, step, axis_name, combine, start,
-        (buffer, near.present, near.degrees[near.partner]))
+        (near.present, near.degrees[near.partner]), (buffer, own_rank))
     gossip_sum = near.weight * gossip_sum
 
     dtype = buffer.dtype

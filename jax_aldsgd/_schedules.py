@@ -75,6 +75,15 @@ class Schedule(abc.ABC):
   def _active(self, step, xp):
     """``(num_slots,)`` bool flags at ``step``, with ``xp`` = numpy or jax.numpy."""
 
+  def _patterns(self, limit: int) -> frozenset[tuple[bool, ...]] | None:
+    """Every distinct ``(num_slots,)`` mask `_active` can return, or None.
+
+    None when there are more than ``limit`` of them or the schedule cannot
+    enumerate them; the exchange then falls back to one conditional per slot.
+    """
+    del limit
+    return None
+
   @property
   def num_workers(self) -> int:
     return self.graphs[0].num_workers
@@ -161,6 +170,10 @@ class Full(_SingleGraph):
   def _active(self, step, xp):
     return xp.ones((self.topology.num_matchings,), dtype=bool)
 
+  def _patterns(self, limit):
+    del limit
+    return frozenset({(True,) * self.topology.num_matchings})
+
 
 @dataclasses.dataclass(frozen=True)
 class Alternating(_SingleGraph):
@@ -174,6 +187,10 @@ class Alternating(_SingleGraph):
     active_matching = 1 - step % 2
     return xp.arange(self.topology.num_matchings) == active_matching
 
+  def _patterns(self, limit):
+    del limit
+    return frozenset(tuple(bool(f) for f in self._active(k, np)) for k in (0, 1))
+
 
 @dataclasses.dataclass(frozen=True)
 class Explicit(_SingleGraph):
@@ -186,6 +203,10 @@ class Explicit(_SingleGraph):
   def _active(self, step, xp):
     table = xp.asarray(np.array(self.pattern, dtype=bool))
     return table[step % len(self.pattern)]
+
+  def _patterns(self, limit):
+    patterns = frozenset(self.pattern)
+    return patterns if len(patterns) <= limit else None
 
 
 _GOLDEN = 0x9E3779B9
@@ -239,6 +260,21 @@ class Matcha(_SingleGraph):
     thresholds, always = self._thresholds
     return bernoulli_flags(xp, self.seed, step, thresholds, always)
 
+  def _patterns(self, limit):
+    # Matchings with p = 1 are always on, p = 0 never; the others take every
+    # combination with non-zero probability.
+    thresholds, always = self._thresholds
+    free = [m for m in range(len(thresholds)) if thresholds[m] > 0 and not always[m]]
+    if 2**len(free) > limit:
+      return None
+    patterns = set()
+    for bits in range(2**len(free)):
+      mask = [bool(a) for a in always]
+      for k, m in enumerate(free):
+        mask[m] = bool(bits >> k & 1)
+      patterns.add(tuple(mask))
+    return frozenset(patterns)
+
   @property
   def rho(self) -> float:
     """MATCHA's spectral quantity ``rho`` at this schedule's ``alpha``."""
@@ -266,6 +302,19 @@ class Rotating(Schedule):
         (which == g) & child._active(local_step, xp)
         for g, child in enumerate(self.schedules)
     ])
+
+  def _patterns(self, limit):
+    sizes = [s.num_slots for s in self.schedules]
+    patterns = set()
+    for g, child in enumerate(self.schedules):
+      own = child._patterns(limit)
+      if own is None:
+        return None
+      before, after = (False,) * sum(sizes[:g]), (False,) * sum(sizes[g + 1:])
+      patterns |= {before + p + after for p in own}
+      if len(patterns) > limit:
+        return None
+    return frozenset(patterns)
 
   def graph_index(self, step: int) -> int:
     step = _check_step(step)
