@@ -59,7 +59,7 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     skip_nonfinite: if True, a neighbour whose parameters contain NaN/Inf is left
       out of the average for that step (its weight goes back to the worker itself),
       so one diverging worker does not poison its neighbours. Costs one finiteness
-      reduction over the parameters per step.
+      reduction over each received message.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -85,10 +85,7 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     check_params(params, "gossip")
     me = _exchange.worker_index(axis_name, schedule)
     x_hat = jax.tree.map(jnp.add, params, updates)
-    extras = (0.0,) if skip_nonfinite else ()  # see gossip_message_bytes
-    buffer, unpack = _exchange.pack(x_hat, extras)
-    if skip_nonfinite:  # the extra is the health flag
-      buffer, _ = _exchange.set_health_flag(buffer)
+    buffer, unpack = _exchange.pack(x_hat)
     near = _exchange.neighbourhood(schedule, state.count, me, buffer.dtype)
 
     # v - x_hat = alpha sum_{s present} (x_hat_partner - x_hat). The fold only adds
@@ -96,8 +93,8 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     # into an FMA in one device layout and not in another.
     def combine(total, received, present, own):
       use = present
-      if skip_nonfinite:
-        use = use & (received[-1] > 0.5)
+      if skip_nonfinite:  # checked where it arrives: no flag on the wire
+        use = use & _exchange.all_finite(received)
       return total + jnp.where(use, received - own, 0)
 
     delta = near.weight * _exchange.fold(
@@ -114,14 +111,16 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
 def gossip_message_bytes(params, *, skip_nonfinite: bool = False) -> int:
   """Bytes one worker sends along one active matching under `gossip`.
 
-  The message is the packed parameters (float32, or wider if a leaf is), plus a
-  health flag with ``skip_nonfinite``.
+  The message is the packed parameters (float32, or wider if a leaf is); with
+  ``skip_nonfinite`` the receiver checks the parameters it gets, so no flag is
+  sent.
 
   Args:
     params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
-    skip_nonfinite: as given to `gossip`.
+    skip_nonfinite: as given to `gossip` (does not change the size).
   """
-  return _exchange.message_bytes(params, 1 if skip_nonfinite else 0)
+  del skip_nonfinite
+  return _exchange.message_bytes(params)
 
 
 def allreduce_bytes(num_workers: int, params) -> float:

@@ -54,7 +54,7 @@ def check_pull_coefficients(c1, c2, p1, p2, pull_every):
 def adjacent_leader_message_bytes(params) -> int:
   """Bytes one worker sends along one active matching under `adjacent_leader`.
 
-  The packed parameters plus two scalars: the loss and a health flag.
+  The packed parameters plus two scalars: the loss and whether it is finite.
 
   Args:
     params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
@@ -142,9 +142,13 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     me = _exchange.worker_index(axis_name, schedule)
     step = state.count
     x_hat = jax.tree.map(jnp.add, params, updates)
-    buffer, unpack = _exchange.pack(x_hat, (loss, 0.0))  # 2 extras: see above
-    # Healthy: x_hat and the loss finite (in the buffer's dtype).
-    buffer, self_ok = _exchange.set_health_flag(buffer)
+    # 2 extras (see above): the loss and whether it is finite. Whether x_hat is
+    # finite, each receiver checks on the message itself (one reduction that
+    # writes nothing; the sender writing its flag into the packed buffer would
+    # cost a copy of it).
+    buffer, unpack = _exchange.pack(
+        x_hat, (loss, jnp.isfinite(loss).astype(jnp.float32)))
+    self_ok = _exchange.all_finite(buffer)
     near = _exchange.neighbourhood(schedule, step, me, buffer.dtype)
 
     # Visit S_i = [i] + N_i in order, keeping (as differences to x_hat_i) the
@@ -155,7 +159,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
       present, partner_degree = at_slot
       own, _ = common
       diff = received - own
-      neighbour_ok = present & (received[-1] > 0.5)
+      neighbour_ok = present & (received[-1] > 0.5) & _exchange.all_finite(received)
       mixes = neighbour_ok if skip_nonfinite else present
       gossip_sum = gossip_sum + jnp.where(mixes, diff, 0)  # alpha applied below
       better = neighbour_ok & (received[-2] < best_loss)
