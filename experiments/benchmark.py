@@ -24,6 +24,23 @@ Methods are compiled first and then timed round-robin, one step each per round,
 so all of them see the same background load; ratios are medians of per-round
 ratios (paired), which cancels most of the machine's drift. Prints markdown
 tables and writes JSON.
+
+The exchange at every model size (``--sizes``, instead of the tables above):
+
+    python -m experiments.benchmark --sizes=546k,4M --size-steps=8 --warmup=2
+    python -m experiments.benchmark --sizes=36.5M --size-steps=3 --warmup=1 \
+        --size-schedules=rotating_alternating
+
+For each size and schedule kind (``--size-schedules``: full, alternating,
+rotating_alternating, matcha, rotating_matcha over paper graphs 0 and 1, 8
+workers), a compute-trivial model of that many parameters in 48 leaves runs
+local SGD, ``dsgd`` and ``aldsgd``, and a flat model of the same size runs
+local SGD and bare ``ppermute``s of its parameters for exactly the matchings
+active at each step; the table gives the extra time over local SGD of each
+(paired per round) and their ratios, the extra peak memory in parameter copies
+and the compile times. On a GPU host the same command measures the card (one
+worker per GPU: ``--sizes`` needs 8 devices; on fewer, the CPU table is the one
+to run).
 """
 
 from __future__ import annotations
@@ -398,13 +415,17 @@ def size_schedule(kind: str):
 class SizeBench:
   """One compiled step on a compute-trivial model: local SGD, then an exchange.
 
-  ``method`` is ``local``, ``dsgd``, ``aldsgd``, or ``bare`` with ``active`` the
-  tuple of slots whose matchings it ppermutes (one flat float32 buffer of
-  ``message_bytes``, the gossip message, added to the parameters: the bytes the
-  transforms move, with nothing else).
+  ``method`` is ``local``, ``dsgd``, ``aldsgd`` (on `trivial_shapes`), or, on
+  one flat leaf of ``size`` parameters, ``local_flat`` and ``bare`` with
+  ``active`` the tuple of slots whose matchings it ppermutes (the flat float32
+  parameters, as many bytes as the gossip message, added to the parameters: the
+  bytes the transforms move, with nothing else). ``share`` is another flat
+  bench whose state this one uses and updates (every bare program and
+  ``local_flat`` share one copy of the state: at 36.5M parameters each copy is
+  1.2 GB).
   """
 
-  def __init__(self, method, size, schedule, active=()):
+  def __init__(self, method, size, schedule, active=(), share=None):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
@@ -414,7 +435,7 @@ class SizeBench:
     n = schedule.num_workers
     mesh = ald.worker_mesh(n)
     lr, wd = 0.1, 5e-4
-    if method == "bare":
+    if method in ("bare", "local_flat"):
       shapes = [(size,)]
       tx = ald.local_sgd(lr, weight_decay=wd)
     else:
@@ -439,13 +460,18 @@ class SizeBench:
       return params, opt_state, loss
 
     self.method, self.size, self.active = method, size, active
-    params = [ald.shard_workers(jnp.full((n,) + shape, 0.01, jnp.float32), mesh)
-              for shape in shapes]
     self.num_params = sum(int(np.prod(s)) for s in shapes)
-    opt_state = jax.jit(ald.worker_map(tx.init, mesh))(params)
-    data = ald.shard_workers(jnp.linspace(0.5, 1.5, n, dtype=jnp.float32), mesh)
-    self.state = [params, opt_state]
-    self.data = data
+    if share is not None:
+      self.state, self.data = share.state, share.data
+      params, opt_state = self.state
+    else:
+      params = [ald.shard_workers(jnp.full((n,) + shape, 0.01, jnp.float32), mesh)
+                for shape in shapes]
+      opt_state = jax.jit(ald.worker_map(tx.init, mesh))(params)
+      self.data = ald.shard_workers(jnp.linspace(0.5, 1.5, n, dtype=jnp.float32),
+                                    mesh)
+      self.state = [params, opt_state]
+    data = self.data
     jitted = jax.jit(ald.worker_map(step, mesh), donate_argnums=(0, 1))
     started = time.perf_counter()
     self.compiled = jitted.lower(params, opt_state, data).compile()
@@ -461,7 +487,7 @@ class SizeBench:
     started = time.perf_counter()
     params, opt_state, loss = self.compiled(*self.state, self.data)
     jax.block_until_ready((params, opt_state, loss))
-    self.state = [params, opt_state]
+    self.state[:] = [params, opt_state]  # in place: shared by flat benches
     if record:
       self.times.append(time.perf_counter() - started)
 
@@ -469,10 +495,12 @@ class SizeBench:
 def run_size(size: int, kind: str, args) -> dict:
   """Times local SGD, bare ppermutes, dsgd and aldsgd round-robin at one size.
 
-  Step k of the timed rounds runs the schedule's step k in dsgd and aldsgd, and
-  the bare-ppermute program compiled for step k's active matchings (one program
-  per distinct active set), so all four see the same background load and the
-  same exchanges.
+  Round k runs step k of the schedule in ``dsgd`` and ``aldsgd`` and, on a flat
+  model of the same size, the bare-ppermute program compiled for step k's
+  active matchings (one program per distinct active set), so all of them see
+  the same background load and the same exchanges. Extra times are paired per
+  round: ``dsgd - local``, ``aldsgd - local`` (the 48-leaf model) and ``bare -
+  local_flat`` (the flat one: the cost of the ppermutes alone).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   schedule = size_schedule(kind)
@@ -481,12 +509,12 @@ def run_size(size: int, kind: str, args) -> dict:
   active = [tuple(int(s) for s in np.flatnonzero(schedule.active(k)))
             for k in steps]
   benches = {}
-  for method in ("local", "dsgd", "aldsgd"):
+  for method in ("local", "dsgd", "aldsgd", "local_flat"):
     print(f"{label}: compiling {method} ...", file=sys.stderr, flush=True)
     benches[method] = SizeBench(method, size, schedule)
-  bare = {}
-  for pattern in sorted(set(active)):
-    bare[pattern] = SizeBench("bare", size, schedule, pattern)
+  bare = {pattern: SizeBench("bare", size, schedule, pattern,
+                             share=benches["local_flat"])
+          for pattern in sorted(set(active))}
   message = benches["dsgd"].num_params * 4
   for name in ("dsgd", "aldsgd"):
     extras = 0 if name == "dsgd" else 2
@@ -497,47 +525,53 @@ def run_size(size: int, kind: str, args) -> dict:
   bare_times = []
   for k in steps:
     record = k >= args.warmup
-    benches["local"].step(record)
+    for name in ("local", "local_flat"):
+      benches[name].step(record)
     bare[active[k]].step(record)
     if record:
       bare_times.append(bare[active[k]].times[-1])
     for name in ("dsgd", "aldsgd"):
       benches[name].step(record)
   local = np.array(benches["local"].times)
-  bare_extra = np.array(bare_times) - local
+  flat = np.array(benches["local_flat"].times)
+  bare_extra = np.median(np.array(bare_times) - flat)
   row = dict(kind=kind, params=size, workers=schedule.num_workers,
              steps=args.size_steps, local_s=float(np.median(local)),
-             bare_s=float(np.median(bare_times)),
-             bare_extra_s=float(np.median(bare_extra)),
+             local_flat_s=float(np.median(flat)),
+             bare_s=float(np.median(bare_times)), bare_extra_s=float(bare_extra),
              bare_compile_s=max(b.compile_s for b in bare.values()),
-             bare_programs=len(bare))
+             bare_programs=len(bare), message_bytes=message)
   for name in ("dsgd", "aldsgd"):
     times = np.array(benches[name].times)
     row[f"{name}_s"] = float(np.median(times))
     row[f"{name}_extra_s"] = float(np.median(times - local))
-    row[f"{name}_vs_bare"] = float(np.median(times - local) / np.median(bare_extra))
+    row[f"{name}_vs_bare"] = float(np.median(times - local) / bare_extra)
     row[f"{name}_compile_s"] = benches[name].compile_s
     row[f"{name}_extra_copies"] = (
         (benches[name].peak - benches["local"].peak) / message)
     row[f"{name}_times"] = benches[name].times
   row["aldsgd_vs_dsgd"] = float(np.median(np.array(benches["aldsgd"].times) /
                                           np.array(benches["dsgd"].times)))
-  row["local_times"], row["bare_times"] = benches["local"].times, bare_times
+  row["aldsgd_minus_dsgd_copies"] = (
+      (benches["aldsgd"].peak - benches["dsgd"].peak) / message)
+  row["local_times"], row["local_flat_times"] = benches["local"].times, flat.tolist()
+  row["bare_times"] = bare_times
   return row
 
 
 def size_table(rows) -> str:
   lines = ["### The exchange at every model size: 8 workers, compute-trivial "
            "models (48 leaves), paper graphs 0 (and 1 for rotating)", "",
-           "| params | schedule | steps | local | bare ppermutes (extra) | dsgd "
-           "(extra) | aldsgd (extra) | dsgd / bare | aldsgd / bare | aldsgd / "
+           "| params | schedule | steps | local (flat) | bare ppermutes (extra) | "
+           "dsgd (extra) | aldsgd (extra) | dsgd / bare | aldsgd / bare | aldsgd / "
            "dsgd | + copies dsgd / aldsgd | compile dsgd / aldsgd |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   ms = lambda s: f"{s * 1e3:.1f} ms"
   for r in rows:
     lines.append(
         f"| {r['params'] / 1e6:.3g}M | {r['kind']} | {r['steps']} | "
-        f"{ms(r['local_s'])} | {ms(r['bare_s'])} ({ms(r['bare_extra_s'])}) | "
+        f"{ms(r['local_s'])} ({ms(r['local_flat_s'])}) | {ms(r['bare_s'])} "
+        f"({ms(r['bare_extra_s'])}) | "
         f"{ms(r['dsgd_s'])} ({ms(r['dsgd_extra_s'])}) | "
         f"{ms(r['aldsgd_s'])} ({ms(r['aldsgd_extra_s'])}) | "
         f"{r['dsgd_vs_bare']:.2f} | {r['aldsgd_vs_bare']:.2f} | "

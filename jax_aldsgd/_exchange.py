@@ -1,11 +1,14 @@
-"""The one place that communicates: per-slot ``ppermute`` under ``lax.cond``, and the mean.
+"""The one place that communicates: one ``lax.switch`` of ``ppermute``s per step, and the mean.
 
 Every worker packs what it sends (its post-local-step parameters ``x_hat`` and, for
-AL-DSGD, its loss and a health flag) into one flat buffer, so one matching costs
-exactly one ``collective-permute``. Each slot's ``ppermute`` sits in the true
-branch of a ``lax.cond`` on that slot's activation flag; the flag is computed
-from the step counter identically on every worker, so all workers take the same
-branch and an inactive matching sends nothing at run time.
+AL-DSGD, its loss and whether that is finite) into one flat buffer, so one
+matching costs exactly one ``collective-permute``. A schedule has few distinct
+activation patterns (`full` one, `alternating` two, a rotation the sum of its
+children's, MATCHA at most ``2^F``); the step's pattern, computed from the step
+counter identically on every worker, selects one branch of a ``lax.switch``, and
+that branch issues the ``ppermute`` of each slot active in the pattern, so all
+workers take the same branch and an inactive matching sends nothing at run time.
+A schedule with one pattern needs no switch (see `exchange_plan`, `fold`).
 """
 
 from __future__ import annotations
@@ -274,48 +277,53 @@ def _exchange_groups(plan, flags, always, receive, combine, start, buffer,
   partner in s) and ``combine(carry, received, per_slot(s), common)`` folds it
   into the carry. A branch issues the ``ppermute`` of each of its active slots
   unconditionally, so an inactive slot sends nothing and an active one needs
-  no predicate of its own. Where a branch exchanges several slots, the second
-  to the second-to-last each sit in a ``lax.cond`` on ``always`` (true, but not
-  provably so) that consumes the previous slot's carry: XLA cannot hoist those
-  exchanges ahead of the combines (an optimization barrier does not survive
-  XLA:CPU's passes), so at most two received buffers are alive at a time.
+  no predicate of its own. Where a branch exchanges several slots, every slot
+  after the first sits in a ``lax.cond`` on ``always`` (true, but not provably
+  so) that consumes the previous slot's carry: XLA cannot hoist those exchanges
+  ahead of the combines (an optimization barrier does not survive XLA:CPU's
+  passes), so one received buffer is alive at a time.
 
-  The last group's branches leave their last slot's combine to the caller:
-  they return ``(carry, received, per_slot(slot))`` and the combine runs after
+  Where no branch of the last group exchanges more than one slot (`alternating`,
+  a rotation of them, ...), a branch leaves its slot's combine to the caller:
+  it returns ``(received, per_slot(slot), True)`` and the combine runs after
   the switch, where XLA fuses it with the unpacking and the parameter update
-  (no parameter-sized carry is written for a single active slot; the slot's
-  scalars leave the switch computed, so the fused loop does not recompute
-  them per element). A branch with no active slot returns zeros and the values
-  of a slot inactive at this step, whose combine adds nothing. The carry
-  starts as ``start(common)``.
+  (no parameter-sized carry is written; the slot's scalars leave the switch
+  computed, so the fused loop does not recompute them per element). A branch
+  with no active slot then returns zeros and ``False`` (nothing to combine).
+  The carry starts as ``start(common)``.
 
   Returns:
-    ``(carry, received, at_slot)``: ``combine(carry, received, at_slot,
-    common)`` is the fold's result (``received`` is None without slots).
+    ``(carry, pending)``: the fold's result is ``carry`` if ``pending`` is None,
+    else with ``pending = (received, at_slot, valid)`` it is ``combine(carry,
+    received, at_slot, common)`` where ``valid``, else ``carry``.
   """
   carry = None
   out = None
   for g, group in enumerate(plan):
     last_group = g == len(plan) - 1
+    # Deferring needs a received buffer out of the switch next to the carry:
+    # only worth it (and only done) where no branch combines inside.
+    defer = last_group and all(len(active) <= 1 for active in group.patterns)
     # The carry leaves the switch if an earlier group made one or a branch
     # combines inside; else it starts after the switch (fused, not written).
     carry_out = carry is not None or any(
-        len(active) > (1 if last_group else 0) for active in group.patterns)
+        len(active) > (1 if defer else 0) for active in group.patterns)
 
-    def run(active, c, group=group, last_group=last_group, carry_out=carry_out):
-      inside = active[:-1] if last_group else active
+    def run(active, c, group=group, defer=defer, carry_out=carry_out):
+      inside = active if not defer or len(active) != 1 else ()
       if carry_out and c is None:
         c = start(common)
       for k, s in enumerate(inside):
         step_fn = lambda c, s=s: combine(c, receive(s, buffer), per_slot(s), common)
         c = step_fn(c) if k == 0 else lax.cond(always, step_fn, lambda c: c, c)
-      if not last_group:
-        return c
-      if active:
-        pending = (receive(active[-1], buffer), per_slot(active[-1]))
-      else:  # nothing active in this group: an inactive slot adds nothing
-        pending = (jnp.zeros_like(buffer), per_slot(group.slots[0]))
-      return (c if carry_out else None), *pending
+      c = c if carry_out else None
+      if not defer:
+        return c, None
+      if len(active) == 1:
+        return c, (receive(active[0], buffer), per_slot(active[0]),
+                   jnp.asarray(True))
+      return c, (jnp.zeros_like(buffer), per_slot(group.slots[0]),
+                 jnp.asarray(False))
 
     if len(group.patterns) == 1:
       out = run(group.patterns[0], carry)
@@ -327,12 +335,20 @@ def _exchange_groups(plan, flags, always, receive, combine, start, buffer,
         out = lax.switch(index, [lambda _, f=f: f(None) for f in branches], 0)
       else:
         out = lax.switch(index, branches, carry)
-    if not last_group:
-      carry = out
+    carry = out[0]
   if out is None:  # a schedule without slots
-    return start(common), None, None
-  carry, received, at_slot = out
-  return (start(common) if carry is None else carry), received, at_slot
+    return start(common), None
+  carry, pending = out
+  return (start(common) if carry is None else carry), pending
+
+
+def _finish(carry, pending, combine, common):
+  """The fold's result from `_exchange_groups`' ``(carry, pending)``."""
+  if pending is None:
+    return carry
+  received, at_slot, valid = pending
+  combined = combine(carry, received, at_slot, common)
+  return jax.tree.map(lambda new, old: jnp.where(valid, new, old), combined, carry)
 
 
 def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
@@ -343,16 +359,13 @@ def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
   active: ``carry = combine(carry, received, at_slot, common)``, where
   ``received`` is the partner's buffer (zeros for a worker without a partner in
   s; ``combine`` must ignore it there) and ``at_slot`` is ``per_slot`` (a pytree
-  of ``(num_slots, ...)`` arrays) at s. The fold may also call ``combine`` once
-  with a slot that is inactive at this step (no ``present`` flag): it must
-  leave the carry unchanged then.
+  of ``(num_slots, ...)`` arrays) at s.
 
   The step picks one branch of a ``lax.switch`` over the schedule's distinct
   activation patterns (`exchange_plan`; no switch at all for a schedule with
   one pattern, such as `full`), and that branch issues the ``ppermute`` of each
   active slot, so an inactive matching sends nothing. The slots are combined in
-  order and at most two received buffers are alive at a time (see
-  `_exchange_groups`).
+  order and one received buffer is alive at a time (see `_exchange_groups`).
 
   ``start`` and ``combine`` see one worker; every per-worker value they need
   must come through ``per_slot`` or ``common`` (not a closure), because with
@@ -368,10 +381,10 @@ def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
   def receive(s, b):
     return lax.ppermute(b, axis_name, _pairs(schedule.slot_partners[s]))
 
-  carry, received, at_slot = _exchange_groups(
+  carry, pending = _exchange_groups(
       exchange_plan(schedule), flags, step >= 0, receive, combine, start, buffer,
       lambda s: jax.tree.map(lambda a: a[s], per_slot), common)
-  return carry if received is None else combine(carry, received, at_slot, common)
+  return _finish(carry, pending, combine, common)
 
 
 # ----------------------------------------------------------------------------
@@ -487,12 +500,11 @@ def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
       return received
 
     combine_block = jax.vmap(combine)
-    carry, received, at_slot = _exchange_groups(
+    carry, pending = _exchange_groups(
         exchange_plan(schedule), flags, step >= 0, receive, combine_block,
         jax.vmap(start), buffer, lambda s: jax.tree.map(lambda a: a[:, s], per_slot),
         common)
-    if received is not None:
-      carry = combine_block(carry, received, at_slot, common)
+    carry = _finish(carry, pending, combine_block, common)
     return carry, jax.tree.map(lambda _: True, carry)
 
   return fold_block

@@ -89,7 +89,8 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
   ``optax.lookahead`` writes its pull): ``x_i - x_hat_i = A (v_i - x_hat_i) +
   B (x_hat_b - x_hat_i) + C (x_hat_m - x_hat_i)``, and the returned updates are
   ``x_i - x``. One ``ppermute`` per active matching carries a neighbour's
-  parameters, loss and health flag together; the degrees are computed locally from
+  parameters, loss and loss-finite flag together (the receiver checks the
+  parameters' finiteness itself); the degrees are computed locally from
   the schedule. The loss is ranked as given; the mixing keeps rows stochastic but,
   unlike plain gossip, does not preserve the workers' mean.
 

@@ -2,10 +2,11 @@
 
 A schedule is static, hashable host data. It owns a flat list of *slots*, one per
 matching of each of its graphs (a rotating schedule over G graphs has the slots of
-all G), and decides per step which slots are active. The transforms issue one
-``ppermute`` per slot under ``lax.cond`` on its flag, so a slot that is not active
-costs no communication, and the flags are computed from the step counter with the
-same code on the host (NumPy) and on every worker (traced ``jax.numpy``).
+all G), and decides per step which slots are active. The transforms issue the
+``ppermute`` of the active slots only, in the branch of a ``lax.switch`` over the
+schedule's distinct activation patterns (``_patterns``), so a slot that is not
+active costs no communication, and the flags are computed from the step counter
+with the same code on the host (NumPy) and on every worker (traced ``jax.numpy``).
 
 Random flags (MATCHA) come from a counter-based hash of ``(seed, step, matching)``
 in uint32 arithmetic, which NumPy and XLA evaluate bit for bit the same, so every
@@ -79,7 +80,7 @@ class Schedule(abc.ABC):
     """Every distinct ``(num_slots,)`` mask `_active` can return, or None.
 
     None when there are more than ``limit`` of them or the schedule cannot
-    enumerate them; the exchange then falls back to one conditional per slot.
+    enumerate them; the exchange then falls back to one two-way switch per slot.
     """
     del limit
     return None
