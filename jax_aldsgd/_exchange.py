@@ -1,7 +1,7 @@
 """The one place that communicates: one ``lax.switch`` of ``ppermute``s per step, and the mean.
 
 Every worker packs what it sends (its post-local-step parameters ``x_hat`` and, for
-AL-DSGD, its loss and whether that is finite) into one flat buffer, so one
+AL-DSGD, its loss and a health flag) into one flat buffer, so one
 matching costs exactly one ``collective-permute``. A schedule has few distinct
 activation patterns (`full` one, `alternating` two, a rotation the sum of its
 children's, MATCHA at most ``2^F``); the step's pattern, computed from the step
@@ -88,15 +88,20 @@ def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
   return buffer, unpack
 
 
-def all_finite(buffer: jax.Array) -> jax.Array:
-  """True if every entry of ``buffer`` is finite (bool scalar).
+def all_finite(tree) -> jax.Array:
+  """True if every entry of every leaf of ``tree`` is finite (bool scalar).
 
   ``x - x`` is 0 for finite ``x`` and NaN for inf and NaN (XLA keeps IEEE
-  semantics here), so one sum finds them all: one pass that reads the buffer
-  and writes nothing (``x * 0`` can make XLA materialize the zeros), which
-  vectorizes better than ``all(isfinite(x))``.
+  semantics here), so one sum per leaf finds them all: reductions that read
+  the leaves and write nothing (XLA fuses the leaves' producers into them),
+  which vectorize better than ``all(isfinite(x))``. Computed before packing,
+  the result travels in the message: writing it into the packed buffer
+  afterwards would make XLA copy the buffer.
   """
-  return jnp.isfinite(jnp.sum(buffer - buffer))
+  total = jnp.zeros((), jnp.float32)
+  for leaf in jax.tree.leaves(tree):
+    total = total + jnp.sum(leaf - leaf).astype(jnp.float32)
+  return jnp.isfinite(total)
 
 
 # The vmap axis of the workers that share a device (see worker_map's

@@ -59,7 +59,7 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     skip_nonfinite: if True, a neighbour whose parameters contain NaN/Inf is left
       out of the average for that step (its weight goes back to the worker itself),
       so one diverging worker does not poison its neighbours. Costs one finiteness
-      reduction over each received message.
+      reduction over the parameters per step.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
@@ -85,7 +85,10 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     check_params(params, "gossip")
     me = _exchange.worker_index(axis_name, schedule)
     x_hat = jax.tree.map(jnp.add, params, updates)
-    buffer, unpack = _exchange.pack(x_hat)
+    # With skip_nonfinite, a health flag travels with the parameters.
+    extras = ((_exchange.all_finite(x_hat).astype(jnp.float32),) if skip_nonfinite
+              else ())
+    buffer, unpack = _exchange.pack(x_hat, extras)
     near = _exchange.neighbourhood(schedule, state.count, me, buffer.dtype)
 
     # v - x_hat = alpha sum_{s present} (x_hat_partner - x_hat). The fold only adds
@@ -93,8 +96,8 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     # into an FMA in one device layout and not in another.
     def combine(total, received, present, own):
       use = present
-      if skip_nonfinite:  # checked where it arrives: no flag on the wire
-        use = use & _exchange.all_finite(received)
+      if skip_nonfinite:
+        use = use & (received[-1] > 0.5)
       return total + jnp.where(use, received - own, 0)
 
     delta = near.weight * _exchange.fold(
@@ -111,16 +114,14 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
 def gossip_message_bytes(params, *, skip_nonfinite: bool = False) -> int:
   """Bytes one worker sends along one active matching under `gossip`.
 
-  The message is the packed parameters (float32, or wider if a leaf is); with
-  ``skip_nonfinite`` the receiver checks the parameters it gets, so no flag is
-  sent.
+  The message is the packed parameters (float32, or wider if a leaf is), plus a
+  health flag with ``skip_nonfinite``.
 
   Args:
     params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
-    skip_nonfinite: as given to `gossip` (does not change the size).
+    skip_nonfinite: as given to `gossip`.
   """
-  del skip_nonfinite
-  return _exchange.message_bytes(params)
+  return _exchange.message_bytes(params, 1 if skip_nonfinite else 0)
 
 
 def allreduce_bytes(num_workers: int, params) -> float:

@@ -54,7 +54,7 @@ def check_pull_coefficients(c1, c2, p1, p2, pull_every):
 def adjacent_leader_message_bytes(params) -> int:
   """Bytes one worker sends along one active matching under `adjacent_leader`.
 
-  The packed parameters plus two scalars: the loss and whether it is finite.
+  The packed parameters plus two scalars: the loss and a health flag.
 
   Args:
     params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
@@ -89,8 +89,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
   ``optax.lookahead`` writes its pull): ``x_i - x_hat_i = A (v_i - x_hat_i) +
   B (x_hat_b - x_hat_i) + C (x_hat_m - x_hat_i)``, and the returned updates are
   ``x_i - x``. One ``ppermute`` per active matching carries a neighbour's
-  parameters, loss and loss-finite flag together (the receiver checks the
-  parameters' finiteness itself); the degrees are computed locally from
+  parameters, loss and health flag together; the degrees are computed locally from
   the schedule. The loss is ranked as given; the mixing keeps rows stochastic but,
   unlike plain gossip, does not preserve the workers' mean.
 
@@ -143,13 +142,8 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     me = _exchange.worker_index(axis_name, schedule)
     step = state.count
     x_hat = jax.tree.map(jnp.add, params, updates)
-    # 2 extras (see above): the loss and whether it is finite. Whether x_hat is
-    # finite, each receiver checks on the message itself (one reduction that
-    # writes nothing; the sender writing its flag into the packed buffer would
-    # cost a copy of it).
-    buffer, unpack = _exchange.pack(
-        x_hat, (loss, jnp.isfinite(loss).astype(jnp.float32)))
-    self_ok = _exchange.all_finite(buffer)
+    self_ok = _exchange.all_finite(x_hat) & jnp.isfinite(loss)
+    buffer, unpack = _exchange.pack(x_hat, (loss, self_ok.astype(jnp.float32)))
     near = _exchange.neighbourhood(schedule, step, me, buffer.dtype)
 
     # Visit S_i = [i] + N_i in order, keeping (as differences to x_hat_i) the
@@ -160,7 +154,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
       present, partner_degree = at_slot
       own, _ = common
       diff = received - own
-      neighbour_ok = present & (received[-1] > 0.5) & _exchange.all_finite(received)
+      neighbour_ok = present & (received[-1] > 0.5)
       mixes = neighbour_ok if skip_nonfinite else present
       gossip_sum = gossip_sum + jnp.where(mixes, diff, 0)  # alpha applied below
       better = neighbour_ok & (received[-2] < best_loss)

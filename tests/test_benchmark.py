@@ -38,7 +38,7 @@ def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
   schedule = S.rotating([S.matcha(T.paper_graph(1), 0.5, seed=4),
                          S.full(T.paper_graph(0))])
   hlo = _compiled_gossip_hlo(schedule, transform)
-  message = 4 * (37 + extras)  # float32 parameters, plus loss and its finite flag
+  message = 4 * (37 + extras)  # float32 parameters, plus loss and health flag
   permutes = benchmark.hlo_permutes(hlo)
   # One permute per (activation pattern, active slot), all of the message's size.
   plan = _exchange.exchange_plan(schedule)
