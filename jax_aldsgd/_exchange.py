@@ -245,7 +245,6 @@ def exchange_plan(schedule: Schedule) -> tuple[SlotGroup, ...]:
   """
   patterns = schedule._patterns(_MAX_PATTERNS)
   if patterns is None:
-    patterns = None
     groups = [[s] for s in range(schedule.num_slots)]
   else:
     table = np.array(sorted(patterns), dtype=bool).reshape(-1, schedule.num_slots)
