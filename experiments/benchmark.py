@@ -24,6 +24,23 @@ Methods are compiled first and then timed round-robin, one step each per round,
 so all of them see the same background load; ratios are medians of per-round
 ratios (paired), which cancels most of the machine's drift. Prints markdown
 tables and writes JSON.
+
+The exchange at every model size (``--sizes``, instead of the tables above):
+
+    python -m experiments.benchmark --sizes=546k,4M --size-steps=8 --warmup=2
+    python -m experiments.benchmark --sizes=36.5M --size-steps=3 --warmup=1 \
+        --size-schedules=rotating_alternating
+
+For each size and schedule kind (``--size-schedules``: full, alternating,
+rotating_alternating, matcha, rotating_matcha over paper graphs 0 and 1, 8
+workers), a compute-trivial model of that many parameters in 48 leaves runs
+local SGD, ``dsgd`` and ``aldsgd``, and a flat model of the same size runs
+local SGD and bare ``ppermute``s of its parameters for exactly the matchings
+active at each step; the table gives the extra time over local SGD of each
+(paired per round) and their ratios, the extra peak memory in parameter copies
+and the compile times. On a GPU host the same command measures the card (one
+worker per GPU: ``--sizes`` needs 8 devices; on fewer, the CPU table is the one
+to run).
 """
 
 from __future__ import annotations
@@ -64,6 +81,11 @@ def _parse(argv):
   parser.add_argument("--scaling-model", default="small_cnn")
   parser.add_argument("--scaling-batch", type=int, default=16)
   parser.add_argument("--json", default="", help="write the results here")
+  parser.add_argument("--sizes", default="",
+                      help="comma-separated model sizes (e.g. 546k,4M,36.5M): "
+                      "run only the exchange-vs-bare-ppermute rows instead")
+  parser.add_argument("--size-schedules", default=",".join(SIZE_SCHEDULES))
+  parser.add_argument("--size-steps", type=int, default=10)
   parser.add_argument("--quick", action="store_true",
                       help="tiny model and few steps (CI smoke run)")
   args = parser.parse_args(argv)
@@ -77,6 +99,14 @@ def _parse(argv):
       parser.error(f"unknown method {m!r}; valid methods are {', '.join(METHODS)}.")
   args.methods = methods
   args.scaling = [int(w) for w in args.scaling.split(",") if w]
+  try:
+    args.sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+  except ValueError as e:
+    parser.error(str(e))
+  args.size_schedules = [k for k in args.size_schedules.split(",") if k]
+  for kind in args.size_schedules:
+    if kind not in SIZE_SCHEDULES:
+      parser.error(f"unknown schedule {kind!r}; valid: {', '.join(SIZE_SCHEDULES)}.")
   for value, name in ((args.batch, "--batch"), (args.workers, "--workers"),
                       (args.steps, "--steps")):
     if value < 1:
@@ -117,29 +147,32 @@ def hlo_permutes(hlo: str):
 
 
 def check_bytes_against_hlo(schedule, message_bytes, hlo, steps, num_workers):
-  """Per-step bytes per worker: from the schedule vs from the HLO's permutes."""
+  """Per-step bytes per worker: from the schedule vs from the HLO's permutes.
+
+  Every collective-permute in the HLO must carry ``message_bytes`` over the
+  pairs of one of the schedule's slots, and every slot active at one of
+  ``steps`` must have at least one (a slot's permute appears once per switch
+  branch in which it is active, see jax_aldsgd._exchange.exchange_plan).
+  """
   permutes = hlo_permutes(hlo)
-  if len(permutes) != schedule.num_slots:
-    raise AssertionError(f"{len(permutes)} collective-permutes in the HLO, "
-                         f"{schedule.num_slots} slots in the schedule")
-  by_pairs = {}
+  slot_pairs = [frozenset((i, int(j)) for i, j in enumerate(partners) if j >= 0)
+                for partners in schedule.slot_partners]
   for size, pairs in permutes:
-    by_pairs.setdefault(pairs, []).append(size)
-  for s in range(schedule.num_slots):
-    pairs = frozenset((i, int(j)) for i, j in enumerate(schedule.slot_partners[s])
-                      if j >= 0)
-    sizes = by_pairs.get(pairs)
-    if not sizes or any(size != message_bytes for size in sizes):
-      raise AssertionError(f"slot {s}: HLO permutes {sizes} bytes over these pairs,"
-                           f" the schedule expects {message_bytes}")
+    if pairs not in slot_pairs or size != message_bytes:
+      raise AssertionError(f"the HLO permutes {size} bytes over pairs "
+                           f"{sorted(pairs)}; the schedule expects {message_bytes} "
+                           "bytes over one slot's pairs")
+  in_hlo = {pairs for _, pairs in permutes}
   from_schedule = []
   for k in steps:
     from_schedule.append(schedule.active_degrees(k) * message_bytes)
     from_hlo = [0] * num_workers
     for s in map(int, schedule.active(k).nonzero()[0]):
-      for i, j in enumerate(schedule.slot_partners[s]):
-        if j >= 0:
-          from_hlo[i] += message_bytes
+      if slot_pairs[s] not in in_hlo:
+        raise AssertionError(f"step {k}: slot {s} is active but no "
+                             "collective-permute in the HLO has its pairs")
+      for i, j in slot_pairs[s]:
+        from_hlo[i] += message_bytes
     if list(from_schedule[-1]) != from_hlo:
       raise AssertionError(f"step {k}: schedule says {from_schedule[-1]}, HLO "
                            f"{from_hlo}")
@@ -325,6 +358,235 @@ def machine() -> str:
           f"jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
+# ----------------------------------------------------------------------------
+# The exchange at every model size (--sizes): gossip and AL-DSGD against bare
+# ppermutes of the same bytes, on compute-trivial models.
+
+SIZE_SCHEDULES = ("full", "alternating", "rotating_alternating", "matcha",
+                  "rotating_matcha")
+
+
+def parse_size(text: str) -> int:
+  """``"546k"``, ``"4M"``, ``"36.5M"`` or ``"212"`` -> number of parameters."""
+  scale = {"k": 10**3, "m": 10**6}.get(text[-1:].lower(), 1)
+  number = text[:-1] if scale > 1 else text
+  try:
+    return int(round(float(number) * scale))
+  except ValueError:
+    raise ValueError(f"model size {text!r} is not a number of parameters such "
+                     "as 546k, 4M or 36.5M.") from None
+
+
+def trivial_shapes(size: int) -> list[tuple[int, ...]]:
+  """Leaf shapes of a compute-trivial model with ``size`` parameters.
+
+  16 "layers" of a kernel, a bias and a scale (48 leaves, like a small ResNet's
+  parameter tree), so packing the message works on many leaves as it does for a
+  real model.
+  """
+  layers, width = 16, 64
+  small = min(width, max(1, size // (layers * 8)))
+  kernel_total = size - 2 * layers * small
+  kernels = [kernel_total // layers + (l < kernel_total % layers)
+             for l in range(layers)]
+  shapes = []
+  for k in kernels:
+    shapes += [(k,), (small,), (small,)]
+  return shapes
+
+
+def size_schedule(kind: str):
+  import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+  s, t = ald.schedules, ald.topologies
+  g0, g1 = t.paper_graph(0), t.paper_graph(1)
+  return {
+      "full": lambda: s.full(g0),
+      "alternating": lambda: s.alternating(g0),
+      "rotating_alternating": lambda: s.rotating([s.alternating(g1),
+                                                  s.alternating(g0)]),
+      "matcha": lambda: s.matcha(g0, 0.5),
+      "rotating_matcha": lambda: s.rotating([s.matcha(g1, 0.5), s.matcha(g0, 0.5)]),
+  }[kind]()
+
+
+class SizeBench:
+  """One compiled step on a compute-trivial model: local SGD, then an exchange.
+
+  ``method`` is ``local``, ``dsgd``, ``aldsgd`` (on `trivial_shapes`), or, on
+  one flat leaf of ``size`` parameters, ``local_flat`` and ``bare`` with
+  ``active`` the tuple of slots whose matchings it ppermutes (the flat float32
+  parameters, as many bytes as the gossip message, added to the parameters: the
+  bytes the transforms move, with nothing else). ``share`` is another flat
+  bench whose state this one uses and updates (every bare program and
+  ``local_flat`` share one copy of the state: at 36.5M parameters each copy is
+  1.2 GB).
+  """
+
+  def __init__(self, method, size, schedule, active=(), share=None):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import optax  # pylint: disable=g-import-not-at-top
+    import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+
+    n = schedule.num_workers
+    mesh = ald.worker_mesh(n)
+    lr, wd = 0.1, 5e-4
+    if method in ("bare", "local_flat"):
+      shapes = [(size,)]
+      tx = ald.local_sgd(lr, weight_decay=wd)
+    else:
+      shapes = trivial_shapes(size)
+      tx = {"local": lambda: ald.local_sgd(lr, weight_decay=wd),
+            "dsgd": lambda: ald.dsgd(lr, schedule, weight_decay=wd),
+            "aldsgd": lambda: ald.aldsgd(lr, schedule, weight_decay=wd)}[method]()
+    pairs = [tuple((i, int(j)) for i, j in enumerate(schedule.slot_partners[s])
+                   if j >= 0) for s in active]
+
+    def step(params, opt_state, data):
+      def loss_fn(p):  # a reduction per leaf: compute-trivial
+        return data * sum(jnp.mean(leaf) for leaf in jax.tree.leaves(p))
+
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
+      params = optax.apply_updates(params, updates)
+      if pairs:
+        (flat,) = jax.tree.leaves(params)
+        received = sum(jax.lax.ppermute(flat, "workers", p) for p in pairs)
+        params = [flat + 1e-3 * received]
+      return params, opt_state, loss
+
+    self.method, self.size, self.active = method, size, active
+    self.num_params = sum(int(np.prod(s)) for s in shapes)
+    if share is not None:
+      self.state, self.data = share.state, share.data
+      params, opt_state = self.state
+    else:
+      params = [ald.shard_workers(jnp.full((n,) + shape, 0.01, jnp.float32), mesh)
+                for shape in shapes]
+      opt_state = jax.jit(ald.worker_map(tx.init, mesh))(params)
+      self.data = ald.shard_workers(jnp.linspace(0.5, 1.5, n, dtype=jnp.float32),
+                                    mesh)
+      self.state = [params, opt_state]
+    data = self.data
+    jitted = jax.jit(ald.worker_map(step, mesh), donate_argnums=(0, 1))
+    started = time.perf_counter()
+    self.compiled = jitted.lower(params, opt_state, data).compile()
+    self.compile_s = time.perf_counter() - started
+    memory = self.compiled.memory_analysis()
+    self.peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
+                 memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    self.hlo = self.compiled.as_text()
+    self.times = []
+
+  def step(self, record: bool) -> None:
+    import jax  # pylint: disable=g-import-not-at-top
+    started = time.perf_counter()
+    params, opt_state, loss = self.compiled(*self.state, self.data)
+    jax.block_until_ready((params, opt_state, loss))
+    self.state[:] = [params, opt_state]  # in place: shared by flat benches
+    if record:
+      self.times.append(time.perf_counter() - started)
+
+
+def run_size(size: int, kind: str, args) -> dict:
+  """Times local SGD, bare ppermutes, dsgd and aldsgd round-robin at one size.
+
+  Round k runs step k of the schedule in ``dsgd`` and ``aldsgd`` and, on a flat
+  model of the same size, the bare-ppermute program compiled for step k's
+  active matchings (one program per distinct active set), so all of them see
+  the same background load and the same exchanges. Extra times are paired per
+  round: ``dsgd - local``, ``aldsgd - local`` (the 48-leaf model) and ``bare -
+  local_flat`` (the flat one: the cost of the ppermutes alone).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  schedule = size_schedule(kind)
+  label = f"{kind} x {size}"
+  steps = range(args.warmup + args.size_steps)
+  active = [tuple(int(s) for s in np.flatnonzero(schedule.active(k)))
+            for k in steps]
+  benches = {}
+  for method in ("local", "dsgd", "aldsgd", "local_flat"):
+    print(f"{label}: compiling {method} ...", file=sys.stderr, flush=True)
+    benches[method] = SizeBench(method, size, schedule)
+  bare = {pattern: SizeBench("bare", size, schedule, pattern,
+                             share=benches["local_flat"])
+          for pattern in sorted(set(active))}
+  message = benches["dsgd"].num_params * 4
+  for name in ("dsgd", "aldsgd"):
+    extras = 0 if name == "dsgd" else 2
+    check_bytes_against_hlo(schedule, message + 4 * extras, benches[name].hlo,
+                            steps, schedule.num_workers)
+  for bench in bare.values():  # each program's first run is not timed
+    bench.step(record=False)
+  bare_times = []
+  for k in steps:
+    record = k >= args.warmup
+    for name in ("local", "local_flat"):
+      benches[name].step(record)
+    bare[active[k]].step(record)
+    if record:
+      bare_times.append(bare[active[k]].times[-1])
+    for name in ("dsgd", "aldsgd"):
+      benches[name].step(record)
+  local = np.array(benches["local"].times)
+  flat = np.array(benches["local_flat"].times)
+  bare_extra = np.median(np.array(bare_times) - flat)
+  row = dict(kind=kind, params=size, workers=schedule.num_workers,
+             steps=args.size_steps, local_s=float(np.median(local)),
+             local_flat_s=float(np.median(flat)),
+             bare_s=float(np.median(bare_times)), bare_extra_s=float(bare_extra),
+             bare_compile_s=max(b.compile_s for b in bare.values()),
+             bare_programs=len(bare), message_bytes=message)
+  for name in ("dsgd", "aldsgd"):
+    times = np.array(benches[name].times)
+    row[f"{name}_s"] = float(np.median(times))
+    row[f"{name}_extra_s"] = float(np.median(times - local))
+    row[f"{name}_vs_bare"] = float(np.median(times - local) / bare_extra)
+    row[f"{name}_compile_s"] = benches[name].compile_s
+    row[f"{name}_extra_copies"] = (
+        (benches[name].peak - benches["local"].peak) / message)
+    row[f"{name}_times"] = benches[name].times
+  row["aldsgd_vs_dsgd"] = float(np.median(np.array(benches["aldsgd"].times) /
+                                          np.array(benches["dsgd"].times)))
+  row["aldsgd_minus_dsgd_copies"] = (
+      (benches["aldsgd"].peak - benches["dsgd"].peak) / message)
+  row["local_times"], row["local_flat_times"] = benches["local"].times, flat.tolist()
+  row["bare_times"] = bare_times
+  return row
+
+
+def size_table(rows) -> str:
+  lines = ["### The exchange at every model size: 8 workers, compute-trivial "
+           "models (48 leaves), paper graphs 0 (and 1 for rotating)", "",
+           "| params | schedule | steps | local (flat) | bare ppermutes (extra) | "
+           "dsgd (extra) | aldsgd (extra) | dsgd / bare | aldsgd / bare | aldsgd / "
+           "dsgd | + copies dsgd / aldsgd | compile dsgd / aldsgd |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  ms = lambda s: f"{s * 1e3:.1f} ms"
+  for r in rows:
+    lines.append(
+        f"| {r['params'] / 1e6:.3g}M | {r['kind']} | {r['steps']} | "
+        f"{ms(r['local_s'])} ({ms(r['local_flat_s'])}) | {ms(r['bare_s'])} "
+        f"({ms(r['bare_extra_s'])}) | "
+        f"{ms(r['dsgd_s'])} ({ms(r['dsgd_extra_s'])}) | "
+        f"{ms(r['aldsgd_s'])} ({ms(r['aldsgd_extra_s'])}) | "
+        f"{r['dsgd_vs_bare']:.2f} | {r['aldsgd_vs_bare']:.2f} | "
+        f"{r['aldsgd_vs_dsgd']:.3f} | {r['dsgd_extra_copies']:.2f} / "
+        f"{r['aldsgd_extra_copies']:.2f} | {r['dsgd_compile_s']:.1f} / "
+        f"{r['aldsgd_compile_s']:.1f} s |")
+  return "\n".join(lines)
+
+
+def run_sizes(args) -> list[dict]:
+  rows = []
+  for size in args.sizes:
+    for kind in args.size_schedules:
+      rows.append(run_size(size, kind, args))
+      print(size_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+  return rows
+
+
 def main(argv=None) -> int:
   args = _parse(argv)
   import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
@@ -338,6 +600,13 @@ def main(argv=None) -> int:
   report = {"machine": machine(), "args": {k: v for k, v in vars(args).items()},
             "main": [], "scaling": []}
   print(f"machine: {report['machine']}", file=sys.stderr)
+  if args.sizes:
+    report["sizes"] = run_sizes(args)
+    print(size_table(report["sizes"]))
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
   report["main"] = run_interleaved(args.methods, args.model, args.workers,
                                    args.batch, args, f"{args.model} x {args.workers}")
   out = [table(report["main"], f"{args.model}, batch {args.batch} per worker, "

@@ -15,6 +15,7 @@ from jax_aldsgd._choco import ChocoState as ChocoState
 from jax_aldsgd._choco import ConsensusTuning as ConsensusTuning
 from jax_aldsgd._choco import choco_message_bytes as choco_message_bytes
 from jax_aldsgd._choco import tune_consensus_lr as tune_consensus_lr
+from jax_aldsgd._exchange import all_finite as all_finite
 from jax_aldsgd._gossip import GossipState as GossipState
 from jax_aldsgd._gossip import allreduce as allreduce
 from jax_aldsgd._gossip import allreduce_bytes as allreduce_bytes
@@ -50,6 +51,7 @@ __all__ = [
     "adjacent_leader",
     "adjacent_leader_message_bytes",
     "aldsgd",
+    "all_finite",
     "allreduce",
     "allreduce_bytes",
     "choco_message_bytes",
@@ -66,8 +68,8 @@ __all__ = [
     "schedules",
     "shard_workers",
     "stack_workers",
-    "tune_consensus_lr",
     "topologies",
+    "tune_consensus_lr",
     "unstack_workers",
     "worker_map",
     "worker_mesh",

@@ -459,10 +459,11 @@ def choco_adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     _exchange.check_float_leaves(params, "params")
     return _init(params, True, schedule.num_slots)
 
-  def update_fn(updates, state, params=None, *, loss=None, **extra_args):
+  def update_fn(updates, state, params=None, *, loss=None, value=None,
+                **extra_args):
     del extra_args
     check_params(params, "adjacent_leader")
-    loss = _check_loss(loss)
+    loss = _check_loss(loss, value)
     me = _exchange.worker_index(axis_name, schedule)
     step = state.count
     x_half = jax.tree.map(jnp.add, params, updates)

@@ -1,11 +1,14 @@
-"""The one place that communicates: per-slot ``ppermute`` under ``lax.cond``, and the mean.
+"""The one place that communicates: one ``lax.switch`` of ``ppermute``s per step, and the mean.
 
 Every worker packs what it sends (its post-local-step parameters ``x_hat`` and, for
-AL-DSGD, its loss and a health flag) into one flat buffer, so one matching costs
-exactly one ``collective-permute``. Each slot's ``ppermute`` sits in the true
-branch of a ``lax.cond`` on that slot's activation flag; the flag is computed
-from the step counter identically on every worker, so all workers take the same
-branch and an inactive matching sends nothing at run time.
+AL-DSGD, its loss and a health flag) into one flat buffer, so one
+matching costs exactly one ``collective-permute``. A schedule has few distinct
+activation patterns (`full` one, `alternating` two, a rotation the sum of its
+children's, MATCHA at most ``2^F``); the step's pattern, computed from the step
+counter identically on every worker, selects one branch of a ``lax.switch``, and
+that branch issues the ``ppermute`` of each slot active in the pattern, so all
+workers take the same branch and an inactive matching sends nothing at run time.
+A schedule with one pattern needs no switch (see `exchange_plan`, `fold`).
 """
 
 from __future__ import annotations
@@ -72,8 +75,15 @@ def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
   sizes = [int(np.prod(jnp.shape(leaf))) for leaf in leaves]
   parts = [jnp.ravel(leaf).astype(dtype) for leaf in leaves]
   parts += [jnp.reshape(e, (1,)).astype(dtype) for e in extras]
-  buffer = jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
   offsets = np.cumsum([0] + sizes)
+  # Written part by part into one buffer: XLA fuses each leaf's producer into
+  # its in-place update, so the message is the only parameter-sized temporary
+  # (a concatenate of many operands materializes every operand first).
+  buffer = jnp.zeros((int(offsets[-1]) + len(extras),), dtype)
+  start = 0
+  for part in parts:
+    buffer = lax.dynamic_update_slice(buffer, part, (start,))
+    start += part.shape[0]
   shapes = [(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
 
   def unpack(flat):
@@ -86,6 +96,22 @@ def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     return jax.tree.unflatten(treedef, tree_leaves), extra_values
 
   return buffer, unpack
+
+
+def all_finite(tree) -> jax.Array:
+  """True if every entry of every leaf of ``tree`` is finite (bool scalar).
+
+  ``x - x`` is 0 for finite ``x`` and NaN for inf and NaN (XLA keeps IEEE
+  semantics here), so one sum per leaf finds them all: reductions that read
+  the leaves and write nothing (XLA fuses the leaves' producers into them),
+  which vectorize better than ``all(isfinite(x))``. Computed before packing,
+  the result travels in the message: writing it into the packed buffer
+  afterwards would make XLA copy the buffer.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for leaf in jax.tree.leaves(tree):
+    total = total + jnp.sum(leaf - leaf).astype(jnp.float32)
+  return jnp.isfinite(total)
 
 
 # The vmap axis of the workers that share a device (see worker_map's
@@ -192,45 +218,187 @@ def neighbourhood(schedule: Schedule, step: jax.Array, me: jax.Array,
   )
 
 
-def _runtime_flags(schedule: Schedule, step: jax.Array) -> jax.Array:
-  """The step's flags, kept opaque to XLA even where they are constant.
+# Most branches one lax.switch may have; schedules with more distinct
+# activation patterns are split into several switches over fewer slots.
+MAX_BRANCHES = 16
+# Most patterns enumerated on the host before falling back to one switch per slot.
+_MAX_PATTERNS = 4096
 
-  A constant-true predicate (e.g. `full`'s) would let XLA inline the
-  conditional, and with it the ordering that `fold` relies on: the exchanges
-  could then all be hoisted ahead of the combines, every received buffer alive
-  at once. ``step >= 0`` is always true but XLA cannot prove it.
+
+class SlotGroup(NamedTuple):
+  """Consecutive slots that one ``lax.switch`` (or none) exchanges.
+
+  Attributes:
+    slots: the slot indices of the group, in exchange order.
+    patterns: per branch, the group's slots active in it (in order); one
+      branch per distinct activation pattern the schedule can produce.
+    codes: ``(len(patterns),)`` int32 code of each pattern, bit k set if
+      ``slots[k]`` is active: the branch index is the position of the step's code.
   """
-  return schedule.slot_flags(step, jnp) & (step >= 0)
+
+  slots: tuple[int, ...]
+  patterns: tuple[tuple[int, ...], ...]
+  codes: np.ndarray
+
+
+@functools.lru_cache(maxsize=64)
+def exchange_plan(schedule: Schedule) -> tuple[SlotGroup, ...]:
+  """Splits the slots into groups of at most `MAX_BRANCHES` distinct patterns.
+
+  The schedule's distinct activation patterns are enumerated on the host
+  (``schedule._patterns``): `full` has one, `alternating` two, a rotation the
+  sum of its children's, MATCHA on R matchings ``2^F`` (F = matchings with
+  ``0 < p < 1``). Consecutive slots join a group while the patterns projected
+  on the group stay within `MAX_BRANCHES` (and 30 slots, the width of a code).
+  A schedule that cannot enumerate its patterns gets one group per slot,
+  patterns "off" and "on".
+  """
+  patterns = schedule.activation_patterns(_MAX_PATTERNS)
+  if patterns is None:
+    groups = [[s] for s in range(schedule.num_slots)]
+  else:
+    table = np.array(sorted(patterns), dtype=bool).reshape(-1, schedule.num_slots)
+    groups, current = [], []
+    for s in range(schedule.num_slots):
+      candidate = current + [s]
+      distinct = len({tuple(row) for row in table[:, candidate]})
+      if current and (distinct > MAX_BRANCHES or len(candidate) > 30):
+        groups.append(current)
+        candidate = [s]
+      current = candidate
+    if current:
+      groups.append(current)
+  plan = []
+  for slots in groups:
+    if patterns is None:
+      rows = {(False,), (True,)}
+    else:
+      rows = {tuple(row) for row in table[:, slots]}
+    rows = sorted(rows)
+    codes = np.array([sum(int(on) << k for k, on in enumerate(row)) for row in rows],
+                     np.int32)
+    plan.append(SlotGroup(tuple(slots),
+                          tuple(tuple(s for s, on in zip(slots, row) if on)
+                                for row in rows), codes))
+  return tuple(plan)
+
+
+def _exchange_groups(plan, flags, always, receive, combine, start, buffer,
+                     per_slot, common):
+  """Runs the plan's groups in order: per group, the step's branch of a switch.
+
+  ``receive(s, buffer)`` is slot s's ``ppermute`` (zeros for a worker without a
+  partner in s) and ``combine(carry, received, per_slot(s), common)`` folds it
+  into the carry. A branch issues the ``ppermute`` of each of its active slots
+  unconditionally, so an inactive slot sends nothing and an active one needs
+  no predicate of its own. Where a branch exchanges several slots, every slot
+  after the first sits in a ``lax.cond`` on ``always`` (true, but not provably
+  so) that consumes the previous slot's carry: XLA cannot hoist those exchanges
+  ahead of the combines (an optimization barrier does not survive XLA:CPU's
+  passes), so one received buffer is alive at a time.
+
+  Where no branch of the last group exchanges more than one slot (`alternating`,
+  a rotation of them, ...), a branch leaves its slot's combine to the caller:
+  it returns ``(received, per_slot(slot), True)`` and the combine runs after
+  the switch, where XLA fuses it with the unpacking and the parameter update
+  (no parameter-sized carry is written; the slot's scalars leave the switch
+  computed, so the fused loop does not recompute them per element). A branch
+  with no active slot then returns zeros and ``False`` (nothing to combine).
+  The carry starts as ``start(common)``.
+
+  Returns:
+    ``(carry, pending)``: the fold's result is ``carry`` if ``pending`` is None,
+    else with ``pending = (received, at_slot, valid)`` it is ``combine(carry,
+    received, at_slot, common)`` where ``valid``, else ``carry``.
+  """
+  carry = None
+  out = None
+  for g, group in enumerate(plan):
+    last_group = g == len(plan) - 1
+    # Deferring needs a received buffer out of the switch next to the carry:
+    # only worth it (and only done) where no branch combines inside.
+    defer = last_group and all(len(active) <= 1 for active in group.patterns)
+    # The carry leaves the switch if an earlier group made one or a branch
+    # combines inside; else it starts after the switch (fused, not written).
+    carry_out = carry is not None or any(
+        len(active) > (1 if defer else 0) for active in group.patterns)
+
+    def run(active, c, group=group, defer=defer, carry_out=carry_out):
+      inside = active if not defer or len(active) != 1 else ()
+      if carry_out and c is None:
+        c = start(common)
+      for k, s in enumerate(inside):
+        step_fn = lambda c, s=s: combine(c, receive(s, buffer), per_slot(s), common)
+        c = step_fn(c) if k == 0 else lax.cond(always, step_fn, lambda c: c, c)
+      c = c if carry_out else None
+      if not defer:
+        return c, None
+      if len(active) == 1:
+        return c, (receive(active[0], buffer), per_slot(active[0]),
+                   jnp.asarray(True))
+      return c, (jnp.zeros_like(buffer), per_slot(group.slots[0]),
+                 jnp.asarray(False))
+
+    if len(group.patterns) == 1:
+      out = run(group.patterns[0], carry)
+    else:
+      code = sum(flags[s].astype(jnp.int32) << k for k, s in enumerate(group.slots))
+      index = jnp.argmax(jnp.asarray(group.codes) == code)
+      branches = [functools.partial(run, active) for active in group.patterns]
+      if carry is None:
+        out = lax.switch(index, [lambda _, f=f: f(None) for f in branches], 0)
+      else:
+        out = lax.switch(index, branches, carry)
+    carry = out[0]
+  if out is None:  # a schedule without slots
+    return start(common), None
+  carry, pending = out
+  return (start(common) if carry is None else carry), pending
+
+
+def _finish(carry, pending, combine, common):
+  """The fold's result from `_exchange_groups`' ``(carry, pending)``."""
+  if pending is None:
+    return carry
+  received, at_slot, valid = pending
+  combined = combine(carry, received, at_slot, common)
+  return jax.tree.map(lambda new, old: jnp.where(valid, new, old), combined, carry)
 
 
 def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
-         combine: Callable, carry, inputs):
-  """Exchanges ``buffer`` slot by slot, folding each received buffer into ``carry``.
+         combine: Callable, start: Callable, per_slot, common):
+  """Exchanges ``buffer`` slot by slot, folding each received buffer into a carry.
 
-  For each slot s in order, if it is active: ``carry = combine(s, carry,
-  received, inputs)``, where ``received`` is the partner's buffer (zeros for a
-  worker without a partner in s; ``combine`` must ignore it there). The receive
-  and the combine of a slot sit in one ``lax.cond`` branch and the next slot's
-  branch consumes this one's carry, so the slots run in order and at most one
-  received buffer is alive at a time (memory: one buffer, not one per matching).
+  The carry starts as ``start(common)``. For each slot s in order, if it is
+  active: ``carry = combine(carry, received, at_slot, common)``, where
+  ``received`` is the partner's buffer (zeros for a worker without a partner in
+  s; ``combine`` must ignore it there) and ``at_slot`` is ``per_slot`` (a pytree
+  of ``(num_slots, ...)`` arrays) at s.
 
-  ``combine`` sees one worker; every per-worker value it needs must come through
-  ``carry`` or ``inputs`` (not a closure), because with several workers per
-  device the fold runs on the whole block (see `workers_per_device`).
+  The step picks one branch of a ``lax.switch`` over the schedule's distinct
+  activation patterns (`exchange_plan`; no switch at all for a schedule with
+  one pattern, such as `full`), and that branch issues the ``ppermute`` of each
+  active slot, so an inactive matching sends nothing. The slots are combined in
+  order and one received buffer is alive at a time (see `_exchange_groups`).
+
+  ``start`` and ``combine`` see one worker; every per-worker value they need
+  must come through ``per_slot`` or ``common`` (not a closure), because with
+  several workers per device the fold runs on the whole block (see
+  `workers_per_device`).
   """
   per_device = workers_per_device()
   if per_device > 1:
-    return _block_fold(schedule, axis_name, per_device, combine)(
-        buffer, step, carry, inputs)
-  flags = _runtime_flags(schedule, step)
-  for s in range(schedule.num_slots):
-    pairs = _pairs(schedule.slot_partners[s])
+    return _block_fold(schedule, axis_name, per_device, combine, start)(
+        buffer, step, per_slot, common)
+  flags = schedule.slot_flags(step, jnp)
 
-    def receive_and_combine(c, s=s, pairs=pairs):
-      return combine(s, c, lax.ppermute(buffer, axis_name, pairs), inputs)
+  def receive(s, b):
+    return lax.ppermute(b, axis_name, _pairs(schedule.slot_partners[s]))
 
-    carry = lax.cond(flags[s], receive_and_combine, lambda c: c, carry)
-  return carry
+  carry, pending = _exchange_groups(
+      exchange_plan(schedule), flags, step >= 0, receive, combine, start, buffer,
+      lambda s: jax.tree.map(lambda a: a[s], per_slot), common)
+  return _finish(carry, pending, combine, common)
 
 
 # ----------------------------------------------------------------------------
@@ -303,49 +471,54 @@ def _take_rows(block, rows):
 
 
 def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
-                combine: Callable):
+                combine: Callable, start: Callable):
   """`fold` over a device's whole block of ``per_device`` workers.
 
   Transforms call it per worker under ``jax.vmap`` over `LOCAL_AXIS`; its
-  batching rule receives the device's blocks and, per slot under ``lax.cond``
-  on the slot's flag, gathers each local worker's partner buffer (in-device
-  partners by indexing, others through the slot's ``ppermute`` rounds) and
-  applies ``combine`` to every local worker (vmapped).
+  batching rule receives the device's blocks and runs the same switch over
+  activation patterns as `fold`, where each active slot gathers each local
+  worker's partner buffer (in-device partners by indexing, others through the
+  slot's ``ppermute`` rounds) and applies ``combine`` to every local worker
+  (vmapped).
   """
   num_devices = lax.axis_size(axis_name)
   plans = block_plan(schedule, num_devices, per_device)
 
   @jax.custom_batching.custom_vmap
-  def fold_block(buffer, step, carry, inputs):
+  def fold_block(buffer, step, per_slot, common):
     # Only traced for output shapes: under worker_map's vmap the rule runs.
-    del buffer, step, inputs
-    return carry
+    del buffer, step, per_slot
+    return start(common)
 
   @fold_block.def_vmap
-  def rule(axis_size, in_batched, buffer, step, carry, inputs):
+  def rule(axis_size, in_batched, buffer, step, per_slot, common):
     del axis_size
-    batched_buffer, batched_step, batched_carry, batched_inputs = in_batched
+    batched_buffer, batched_step, batched_slot, batched_common = in_batched
     widen = lambda x, b: x if b else jnp.broadcast_to(x, (per_device,) + x.shape)
     buffer = widen(buffer, batched_buffer)
-    carry = jax.tree.map(widen, carry, batched_carry)
-    inputs = jax.tree.map(widen, inputs, batched_inputs)
+    per_slot = jax.tree.map(widen, per_slot, batched_slot)
+    common = jax.tree.map(widen, common, batched_common)
     step = step[0] if batched_step else step  # every local worker's step agrees
-    flags = _runtime_flags(schedule, step)
+    flags = schedule.slot_flags(step, jnp)
     device = lax.axis_index(axis_name)
-    for s, (local, rounds) in enumerate(plans):
 
-      def receive_and_combine(c, s=s, local=local, rounds=rounds):
-        received = _take_rows(buffer, jnp.asarray(local)[device])  # (k, L)
-        for plan in rounds:
-          message = buffer[jnp.asarray(plan.send_rows)[device]]  # (m, L)
-          message = lax.ppermute(message, axis_name, plan.pairs)
-          rows = jnp.asarray(plan.receive_rows)[device]
-          received = jnp.where((rows >= 0)[:, None],
-                               message[jnp.maximum(rows, 0)], received)
-        return jax.vmap(lambda c1, r1, i1: combine(s, c1, r1, i1))(
-            c, received, inputs)
+    def receive(s, block):
+      local, rounds = plans[s]
+      received = _take_rows(block, jnp.asarray(local)[device])  # (k, L)
+      for plan in rounds:
+        message = block[jnp.asarray(plan.send_rows)[device]]  # (m, L)
+        message = lax.ppermute(message, axis_name, plan.pairs)
+        rows = jnp.asarray(plan.receive_rows)[device]
+        received = jnp.where((rows >= 0)[:, None],
+                             message[jnp.maximum(rows, 0)], received)
+      return received
 
-      carry = lax.cond(flags[s], receive_and_combine, lambda c: c, carry)
+    combine_block = jax.vmap(combine)
+    carry, pending = _exchange_groups(
+        exchange_plan(schedule), flags, step >= 0, receive, combine_block,
+        jax.vmap(start), buffer, lambda s: jax.tree.map(lambda a: a[:, s], per_slot),
+        common)
+    carry = _finish(carry, pending, combine_block, common)
     return carry, jax.tree.map(lambda _: True, carry)
 
   return fold_block
@@ -386,6 +559,17 @@ def shared_cond(predicate, true_fn: Callable, false_fn: Callable, operand):
 
 # ----------------------------------------------------------------------------
 # A message per slot (compressed gossip).
+
+
+def _runtime_flags(schedule: Schedule, step: jax.Array) -> jax.Array:
+  """The step's flags, kept opaque to XLA even where they are constant.
+
+  A constant-true predicate (e.g. `full`'s) would let XLA inline the
+  conditional, and with it the ordering that `fold_messages` relies on: the
+  exchanges could then all be hoisted ahead of the combines, every received
+  buffer alive at once. ``step >= 0`` is always true but XLA cannot prove it.
+  """
+  return schedule.slot_flags(step, jnp) & (step >= 0)
 
 
 def fold_messages(schedule: Schedule, step: jax.Array, axis_name: str,

@@ -148,23 +148,24 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     check_params(params, "gossip")
     me = _exchange.worker_index(axis_name, schedule)
     x_hat = jax.tree.map(jnp.add, params, updates)
-    extras = (_all_finite(x_hat),) if skip_nonfinite else ()  # see gossip_message_bytes
+    # With skip_nonfinite, a health flag travels with the parameters.
+    extras = ((_exchange.all_finite(x_hat).astype(jnp.float32),) if skip_nonfinite
+              else ())
     buffer, unpack = _exchange.pack(x_hat, extras)
     near = _exchange.neighbourhood(schedule, state.count, me, buffer.dtype)
 
     # v - x_hat = alpha sum_{s present} (x_hat_partner - x_hat). The fold only adds
     # differences and alpha multiplies once: no multiply-add for XLA to contract
     # into an FMA in one device layout and not in another.
-    def combine(s, total, received, inputs):
-      own, present = inputs
-      use = present[s]
+    def combine(total, received, present, own):
+      use = present
       if skip_nonfinite:
         use = use & (received[-1] > 0.5)
       return total + jnp.where(use, received - own, 0)
 
     delta = near.weight * _exchange.fold(
-        buffer, schedule, state.count, axis_name, combine, jnp.zeros_like(buffer),
-        (buffer, near.present))
+        buffer, schedule, state.count, axis_name, combine, jnp.zeros_like,
+        near.present, buffer)
     delta_tree, _ = unpack(delta)
     new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates,
                                delta_tree)
@@ -196,14 +197,6 @@ def allreduce_bytes(num_workers: int, params) -> float:
   """
   return _network.ring_allreduce_fraction(num_workers) * _exchange.message_bytes(
       params)
-
-
-def _all_finite(tree) -> jax.Array:
-  """1.0 if every entry of every leaf is finite, else 0.0 (float32 scalar)."""
-  finite = jnp.array(True)
-  for leaf in jax.tree.leaves(tree):
-    finite = finite & jnp.all(jnp.isfinite(leaf))
-  return finite.astype(jnp.float32)
 
 
 def allreduce(axis_name: str = "workers", *,

@@ -12,7 +12,7 @@ from jax_aldsgd import _checks
 from jax_aldsgd import _choco
 from jax_aldsgd import _exchange
 from jax_aldsgd import _variants
-from jax_aldsgd._gossip import _all_finite, check_params, check_schedule
+from jax_aldsgd._gossip import check_params, check_schedule
 from jax_aldsgd._schedules import Schedule
 
 
@@ -22,12 +22,20 @@ class AdjacentLeaderState(NamedTuple):
   count: jax.Array  # int32 scalar
 
 
-def _check_loss(loss) -> jax.Array:
+def _check_loss(loss, value=None) -> jax.Array:
+  """The loss from ``loss=`` or optax's ``value=`` (e.g. for reduce_on_plateau)."""
+  if loss is not None and value is not None and loss is not value:
+    raise ValueError(
+        "adjacent_leader got both loss= and value=; they name the same thing "
+        "(value= is optax's name, shared with optax.contrib.reduce_on_plateau "
+        "and line searches): pass the loss once, as either.")
+  loss = value if loss is None else loss
   if loss is None:
     raise ValueError(
         "adjacent_leader needs this worker's scalar mini-batch loss to rank "
-        "neighbours: call update(updates, state, params, loss=loss), with the "
-        "loss of the current parameters on this worker's batch.")
+        "neighbors: call update(updates, state, params, loss=loss) (or "
+        "value=loss, optax's name), with the loss of the current parameters on "
+        "this worker's batch.")
   loss = jnp.asarray(loss)
   if loss.shape != ():
     raise ValueError(f"loss must be this worker's scalar loss, got shape "
@@ -134,7 +142,9 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params``
-    and the extra argument ``loss=`` (this worker's scalar mini-batch loss).
+    and this worker's scalar mini-batch loss as ``loss=`` or as ``value=``
+    (optax's name, so it chains with ``optax.contrib.reduce_on_plateau`` and
+    line searches without passing the loss twice).
 
   Raises:
     ValueError: for coefficients outside [0, 1], ``c1 + c2 > 1``, ``p1 + p2 > 1``,
@@ -193,43 +203,48 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     del params
     return AdjacentLeaderState(count=jnp.zeros([], jnp.int32))
 
-  def update_fn(updates, state, params=None, *, loss=None, **extra_args):
+  def update_fn(updates, state, params=None, *, loss=None, value=None,
+                **extra_args):
     del extra_args
     check_params(params, "adjacent_leader")
-    loss = _check_loss(loss)
+    loss = _check_loss(loss, value)
     me = _exchange.worker_index(axis_name, schedule)
     step = state.count
     x_hat = jax.tree.map(jnp.add, params, updates)
-    healthy = _all_finite(x_hat) * jnp.isfinite(loss).astype(jnp.float32)
-    buffer, unpack = _exchange.pack(x_hat, (loss, healthy))  # 2 extras: see above
+    self_ok = _exchange.all_finite(x_hat) & jnp.isfinite(loss)
+    buffer, unpack = _exchange.pack(x_hat, (loss, self_ok.astype(jnp.float32)))
     near = _exchange.neighbourhood(schedule, step, me, buffer.dtype)
-    self_ok = healthy > 0.5
 
     # Visit S_i = [i] + N_i in order, keeping (as differences to x_hat_i) the
     # running gossip sum, the first strict argmin of the loss and the first strict
     # argmax of the active degree among healthy entries; self is entry 0.
-    def combine(s, carry, received, inputs):
+    def combine(carry, received, at_slot, common):
       gossip_sum, leader, target, best_loss, best_degree = carry
-      own, present, partner_degree = inputs
+      present, partner_degree = at_slot
+      own, _ = common
       diff = received - own
-      neighbour_ok = present[s] & (received[-1] > 0.5)
-      mixes = neighbour_ok if skip_nonfinite else present[s]
+      neighbour_ok = present & (received[-1] > 0.5)
+      mixes = neighbour_ok if skip_nonfinite else present
       gossip_sum = gossip_sum + jnp.where(mixes, diff, 0)  # alpha applied below
       better = neighbour_ok & (received[-2] < best_loss)
       best_loss = jnp.where(better, received[-2], best_loss)
       leader = jnp.where(better, diff, leader)
-      higher = neighbour_ok & (partner_degree[s] > best_degree)
-      best_degree = jnp.where(higher, partner_degree[s], best_degree)
+      higher = neighbour_ok & (partner_degree > best_degree)
+      best_degree = jnp.where(higher, partner_degree, best_degree)
       target = jnp.where(higher, diff, target)
       return gossip_sum, leader, target, best_loss, best_degree
 
-    zeros = jnp.zeros_like(buffer)
-    start = (zeros, zeros, zeros,  # gossip sum, x_hat_b - x_hat_i, x_hat_m - x_hat_i
-             jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf),
-             jnp.where(self_ok, near.degrees[me], -1))
+    def start(common):
+      own, (own_loss, own_degree) = common
+      zeros = jnp.zeros_like(own)
+      # gossip sum, x_hat_b - x_hat_i, x_hat_m - x_hat_i, best loss, best degree
+      return zeros, zeros, zeros, own_loss, own_degree
+
+    own_rank = (jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf),
+                jnp.where(self_ok, near.degrees[me], -1))
     gossip_sum, leader, target, _, _ = _exchange.fold(
         buffer, schedule, step, axis_name, combine, start,
-        (buffer, near.present, near.degrees[near.partner]))
+        (near.present, near.degrees[near.partner]), (buffer, own_rank))
     gossip_sum = near.weight * gossip_sum
 
     dtype = buffer.dtype

@@ -76,13 +76,13 @@ def delayed_gossip(schedule: Schedule, axis_name: str,
     z_hat = jnp.concatenate([psi * x + u, psi[None]])  # (L,): z_hat, then psi
     near = _exchange.neighbourhood(schedule, state.count, me, x.dtype)
 
-    def combine(s, total, received, inputs):
-      (present,) = inputs
-      return total + jnp.where(present[s], received, 0)
+    def combine(total, received, present, common):
+      del common
+      return total + jnp.where(present, received, 0)
 
     incoming = near.weight * _exchange.fold(
-        z_hat, schedule, state.count, axis_name, combine, jnp.zeros_like(z_hat),
-        (near.present,))
+        z_hat, schedule, state.count, axis_name, combine, jnp.zeros_like,
+        near.present, z_hat)
     if delay:
       arrived = state.in_flight[0]
       in_flight = jnp.concatenate([state.in_flight[1:], incoming[None]])

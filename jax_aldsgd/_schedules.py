@@ -2,10 +2,11 @@
 
 A schedule is static, hashable host data. It owns a flat list of *slots*, one per
 matching of each of its graphs (a rotating schedule over G graphs has the slots of
-all G), and decides per step which slots are active. The transforms issue one
-``ppermute`` per slot under ``lax.cond`` on its flag, so a slot that is not active
-costs no communication, and the flags are computed from the step counter with the
-same code on the host (NumPy) and on every worker (traced ``jax.numpy``).
+all G), and decides per step which slots are active. The transforms issue the
+``ppermute`` of the active slots only, in the branch of a ``lax.switch`` over the
+schedule's distinct activation patterns (``_patterns``), so a slot that is not
+active costs no communication, and the flags are computed from the step counter
+with the same code on the host (NumPy) and on every worker (traced ``jax.numpy``).
 
 Random flags (MATCHA) come from a counter-based hash of ``(seed, step, matching)``
 in uint32 arithmetic, which NumPy and XLA evaluate bit for bit the same, so every
@@ -68,7 +69,8 @@ class Schedule(abc.ABC):
   an inactive slot sends nothing.
 
   To write your own schedule, subclass this and define `graphs`,
-  `neighbor_weight` and `slot_flags`. Make the subclass a frozen dataclass (or
+  `neighbor_weight` and `slot_flags` (and, optionally, `activation_patterns`
+  for a faster exchange). Make the subclass a frozen dataclass (or
   otherwise hashable and compared by value): transforms cache per-schedule plans
   and the trainer fingerprints runs by it. Only ``slot_flags`` sees the step;
   everything else is static host data.
@@ -119,6 +121,18 @@ class Schedule(abc.ABC):
       step: the step counter (non-negative).
       xp: ``numpy`` or ``jax.numpy``.
     """
+
+  def activation_patterns(self, limit: int) -> frozenset[tuple[bool, ...]] | None:
+    """Every distinct ``(num_slots,)`` mask `slot_flags` can return, or None.
+
+    Optional for a schedule of your own: the exchange runs one ``lax.switch``
+    per step over these patterns (one branch each, issuing exactly that
+    pattern's ``ppermute`` s). None (the default) when there are more than
+    ``limit`` of them or the schedule cannot enumerate them; the exchange then
+    falls back to one two-way switch per slot.
+    """
+    del limit
+    return None
 
   @property
   def num_workers(self) -> int:
@@ -206,6 +220,10 @@ class Full(_SingleGraph):
   def slot_flags(self, step, xp):
     return xp.ones((self.topology.num_matchings,), dtype=bool)
 
+  def activation_patterns(self, limit):
+    del limit
+    return frozenset({(True,) * self.topology.num_matchings})
+
 
 @dataclasses.dataclass(frozen=True)
 class Alternating(_SingleGraph):
@@ -219,6 +237,10 @@ class Alternating(_SingleGraph):
     active_matching = 1 - step % 2
     return xp.arange(self.topology.num_matchings) == active_matching
 
+  def activation_patterns(self, limit):
+    del limit
+    return frozenset(tuple(bool(f) for f in self.slot_flags(k, np)) for k in (0, 1))
+
 
 @dataclasses.dataclass(frozen=True)
 class Explicit(_SingleGraph):
@@ -231,6 +253,10 @@ class Explicit(_SingleGraph):
   def slot_flags(self, step, xp):
     table = xp.asarray(np.array(self.pattern, dtype=bool))
     return table[step % len(self.pattern)]
+
+  def activation_patterns(self, limit):
+    patterns = frozenset(self.pattern)
+    return patterns if len(patterns) <= limit else None
 
 
 _GOLDEN = 0x9E3779B9
@@ -284,6 +310,21 @@ class Matcha(_SingleGraph):
     thresholds, always = self._thresholds
     return bernoulli_flags(xp, self.seed, step, thresholds, always)
 
+  def activation_patterns(self, limit):
+    # Matchings with p = 1 are always on, p = 0 never; the others take every
+    # combination with non-zero probability.
+    thresholds, always = self._thresholds
+    free = [m for m in range(len(thresholds)) if thresholds[m] > 0 and not always[m]]
+    if 2**len(free) > limit:
+      return None
+    patterns = set()
+    for bits in range(2**len(free)):
+      mask = [bool(a) for a in always]
+      for k, m in enumerate(free):
+        mask[m] = bool(bits >> k & 1)
+      patterns.add(tuple(mask))
+    return frozenset(patterns)
+
   @property
   def rho(self) -> float:
     """MATCHA's spectral quantity ``rho`` at this schedule's ``alpha``."""
@@ -331,6 +372,19 @@ class Rotating(Schedule):
         for g, child in enumerate(self.schedules)
     ])
 
+  def activation_patterns(self, limit):
+    sizes = [s.num_slots for s in self.schedules]
+    patterns = set()
+    for g, child in enumerate(self.schedules):
+      own = child.activation_patterns(limit)
+      if own is None:
+        return None
+      before, after = (False,) * sum(sizes[:g]), (False,) * sum(sizes[g + 1:])
+      patterns |= {before + p + after for p in own}
+      if len(patterns) > limit:
+        return None
+    return frozenset(patterns)
+
   def graph_index(self, step: int) -> int:
     step = _check_step(step)
     which = self._which(step)
@@ -359,6 +413,12 @@ class Every(Schedule):
 
   def graph_index(self, step: int) -> int:
     return self.schedule.graph_index(_check_step(step) // self.every)
+
+  def activation_patterns(self, limit):
+    own = self.schedule.activation_patterns(limit)
+    if own is None or len(own) >= limit:
+      return None
+    return own | {(False,) * self.num_slots}
 
 
 # ----------------------------------------------------------------------------

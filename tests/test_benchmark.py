@@ -11,6 +11,7 @@ import optax
 import pytest
 
 import jax_aldsgd as ald
+from jax_aldsgd import _exchange
 from experiments import benchmark
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
@@ -39,7 +40,9 @@ def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
   hlo = _compiled_gossip_hlo(schedule, transform)
   message = 4 * (37 + extras)  # float32 parameters, plus loss and health flag
   permutes = benchmark.hlo_permutes(hlo)
-  assert len(permutes) == schedule.num_slots
+  # One permute per (activation pattern, active slot), all of the message's size.
+  plan = _exchange.exchange_plan(schedule)
+  assert len(permutes) == sum(len(a) for g in plan for a in g.patterns)
   assert {size for size, _ in permutes} == {message}
   sent = benchmark.check_bytes_against_hlo(schedule, message, hlo, range(20), 8)
   # Independently: the mean over workers and steps of (active degree x message).
@@ -49,6 +52,10 @@ def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
   assert sent == pytest.approx(message * sum(degrees) / 20)
   with pytest.raises(AssertionError, match="the schedule expects"):
     benchmark.check_bytes_against_hlo(schedule, message + 4, hlo, range(3), 8)
+  # A slot that is active at a step but has no permute in the HLO is caught.
+  with pytest.raises(AssertionError, match="no collective-permute"):
+    benchmark.check_bytes_against_hlo(
+        schedule, message, hlo.replace("collective-permute", "copy"), range(2), 8)
 
 
 @pytest.mark.slow

@@ -246,3 +246,30 @@ def test_ring_consensus_rate_matches_spectral_gap():
     x, state = step(x, state)
   observed = (distances[-1] / distances[10]) ** (1 / (steps - 11))
   assert abs(observed - rate) < 0.01, (observed, rate)
+
+
+def test_value_is_an_alias_of_loss():
+  """optax's value= (reduce_on_plateau, line searches) serves as the loss."""
+  mesh = ald.worker_mesh(8)
+  schedule = S.rotating([S.full(T.paper_graph(1)), S.full(T.paper_graph(0))])
+  tx = ald.adjacent_leader(schedule, **COEFFICIENTS)
+  x_hat = jnp.asarray(X_HAT, jnp.float32)
+  losses = jnp.asarray(LOSSES, jnp.float32)
+
+  def mix(params, loss, by):
+    state = tx.init(params)
+    updates, _ = tx.update(jnp.zeros_like(params), state, params, **{by: loss})
+    return params + updates
+
+  by_loss = jax.jit(ald.worker_map(lambda p, l: mix(p, l, "loss"), mesh))(x_hat, losses)
+  by_value = jax.jit(ald.worker_map(lambda p, l: mix(p, l, "value"), mesh))(x_hat,
+                                                                          losses)
+  np.testing.assert_array_equal(by_value, by_loss)
+  assert not np.allclose(by_loss, x_hat)
+
+  def both(params, loss):
+    state = tx.init(params)
+    return tx.update(params, state, params, loss=loss, value=loss + 1)[0]
+
+  with pytest.raises(ValueError, match="got both loss= and value="):
+    jax.jit(ald.worker_map(both, mesh))(x_hat, losses)

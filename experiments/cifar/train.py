@@ -30,7 +30,6 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 import jax_aldsgd as ald
-from jax_aldsgd import _gossip
 from experiments.cifar import checkpoint as checkpoint_lib
 from experiments.cifar import input_pipeline
 from experiments.cifar import models
@@ -220,15 +219,6 @@ class Traffic:
 # The state of all workers, and one step.
 
 
-def _all_finite(tree) -> jax.Array:
-  """Whether every entry of every leaf of one worker's ``tree`` is finite (bool).
-
-  The library's check, the one that decides which neighbours
-  ``skip_nonfinite`` leaves out.
-  """
-  return _gossip._all_finite(tree).astype(bool)  # pylint: disable=protected-access
-
-
 @flax.struct.dataclass
 class EpochSums:
   """Running sums over the current epoch's steps (one scalar per worker)."""
@@ -317,7 +307,7 @@ def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   # The parameters too: XLA's CPU max may drop NaNs (relu(NaN) = 0), so a NaN
   # batch can give a finite loss and NaN gradients.
-  finite = jnp.isfinite(loss) & _all_finite(params)
+  finite = jnp.isfinite(loss) & ald.all_finite(params)
   # A diverged worker's NaN must not wipe out its epoch's other statistics.
   sums = EpochSums(loss=state.sums.loss + jnp.where(finite, loss, 0.0),
                    accuracy=state.sums.accuracy + accuracy,
@@ -437,7 +427,7 @@ def _consensus_distance(params) -> jax.Array:
   return jnp.sqrt(squares)
 
 
-_workers_finite = jax.jit(jax.vmap(_all_finite))
+_workers_finite = jax.jit(jax.vmap(ald.all_finite))
 
 
 # ----------------------------------------------------------------------------
