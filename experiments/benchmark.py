@@ -55,6 +55,12 @@ import time
 
 METHODS = ("local", "allreduce", "dpsgd", "matcha", "aldsgd_dpsgd",
            "aldsgd_matcha")
+# Compressed gossip: "choco:COMPRESSOR" (D-PSGD's schedule) or
+# "aldsgd_choco:COMPRESSOR", with the trainer's compressor settings (top-k and
+# random-k 10%, qsgd 16 levels) and consensus step 0.1.
+COMPRESSORS = ("top_k", "random_k", "scaled_sign", "qsgd")
+CHOCO_METHODS = tuple(f"{base}:{c}" for base in ("choco", "aldsgd_choco")
+                      for c in COMPRESSORS)
 
 # Numbers reported for the reference PyTorch + MPI implementation on the 2-core
 # development CPU, 8 ranks of one thread, ResNet-50, batch 16, synthetic data
@@ -72,7 +78,9 @@ def _parse(argv):
   parser.add_argument("--workers", type=int, default=8)
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--methods", default=",".join(METHODS),
+                      help="comma-separated, from: " + ", ".join(
+                          METHODS + CHOCO_METHODS))
   parser.add_argument("--dataset", default="cifar10",
                       help="input shape and classes: cifar10, cifar100, "
                       "fashion_mnist")
@@ -91,12 +99,15 @@ def _parse(argv):
   args = parser.parse_args(argv)
   if args.quick:
     args.model, args.batch, args.steps, args.warmup = "small_cnn", 4, 3, 1
+    if args.methods == ",".join(METHODS):  # and every compressor's bytes
+      args.methods += ",choco:top_k,choco:random_k,choco:scaled_sign,choco:qsgd"
     args.scaling = args.scaling or "4,8"
     args.scaling_batch = 4
   methods = [m for m in args.methods.split(",") if m]
   for m in methods:
-    if m not in METHODS:
-      parser.error(f"unknown method {m!r}; valid methods are {', '.join(METHODS)}.")
+    if m not in METHODS + CHOCO_METHODS:
+      parser.error(f"unknown method {m!r}; valid methods are "
+                   f"{', '.join(METHODS + CHOCO_METHODS)}.")
   args.methods = methods
   args.scaling = [int(w) for w in args.scaling.split(",") if w]
   try:
@@ -117,8 +128,11 @@ def _parse(argv):
 def make_config(method: str, model: str, workers: int, batch: int, dataset: str):
   from experiments.cifar.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
+  method, _, compressor = method.partition(":")
   config.update(dict(method=method, model=model, num_workers=workers,
                      batch_size=batch, dataset=dataset))
+  if compressor:
+    config.compressor, config.consensus_lr = compressor, "0.1"
   # A step's cost does not depend on where epochs start.
   config.reference_epoch_phase = False
   if workers != 8:  # the paper graphs have 8 (or 16) workers
@@ -194,7 +208,8 @@ class Bench:
     info = input_pipeline.DATASETS[args.dataset]
     mesh = ald.worker_mesh(workers)
     self.schedule = train.build_schedule(config)
-    tx = train.build_optimizer(config, self.schedule, config.learning_rate)
+    tx = train.build_optimizer(config, self.schedule, config.learning_rate,
+                               choco_lr=train.consensus_lr(config, self.schedule))
     self.state = train.create_train_state(config, info, mesh, tx)
     self.num_params = sum(int(np.prod(a.shape[1:]))
                           for a in jax.tree.leaves(self.state.params))
