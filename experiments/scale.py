@@ -631,9 +631,9 @@ parameters: ResNet-50 of the paper (545,930 parameters, 2.18 MB) and a
   at large n and high latency the all-reduce baselines are pessimistic.)
 * **gossip** (D-PSGD: every matching of the graph at every step), on a ring (2
   matchings), a 2-D torus (4 matchings, 3 at n = 8), the exponential graph
-  (``i ~ i +/- 2^k``, ``2 log2 n - 1`` neighbours, about that many matchings):
+  (``i ~ i +/- 2^k``, ``2 log2 n - 1`` neighbors, about that many matchings):
   ``R * (L + B / b)``, matchings one after the other as the transforms run them
-  (today's default, `NetworkModel(concurrent=False)`). With every neighbour behind
+  (today's default, `NetworkModel(concurrent=False)`). With every neighbor behind
   one network link, sending them all at once saves only ``(R - 1) L``. Gossip
   messages cross hosts even with {g} workers per host, so the gossip times are
   the same in both settings.

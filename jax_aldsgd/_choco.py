@@ -422,7 +422,7 @@ def choco_gossip(schedule: Schedule, axis_name: str = "workers", *, compressor,
     x_half = jax.tree.map(jnp.add, params, updates)
     flat, unpack = _exchange.pack(x_half)
     layout = _layout(x_half)
-    near = _exchange.neighbourhood(schedule, state.count, me, flat.dtype)
+    near = _exchange.neighborhood(schedule, state.count, me, flat.dtype)
     if per_slot:
       state, gossip_sum, _, _ = _slot_step(compressor, schedule, axis_name, state,
                                            flat, layout, near, me)
@@ -468,7 +468,7 @@ def choco_adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     step = state.count
     x_half = jax.tree.map(jnp.add, params, updates)
     flat, unpack = _exchange.pack(x_half)
-    near = _exchange.neighbourhood(schedule, step, me, flat.dtype)
+    near = _exchange.neighborhood(schedule, step, me, flat.dtype)
     state, gossip_sum, leader, target = _slot_step(
         compressor, schedule, axis_name, state, flat, _layout(x_half), near, me,
         loss)

@@ -187,13 +187,13 @@ def _pairs(partners: np.ndarray) -> tuple[tuple[int, int], ...]:
   return tuple((int(i), int(j)) for i, j in enumerate(partners) if j >= 0)
 
 
-class Neighbourhood(NamedTuple):
+class Neighborhood(NamedTuple):
   """What a worker knows about this step's exchanges without communicating.
 
   Attributes:
     present: ``(S,)`` bool, whether this worker has a partner in each active slot.
     partner: ``(S,)`` int, this worker's partner per slot (0 where it has none).
-    weight: scalar neighbour weight ``alpha`` of this step's graph (all active
+    weight: scalar neighbor weight ``alpha`` of this step's graph (all active
       slots belong to one graph; 0 when none is active).
     degrees: ``(n,)`` active degree of every worker, computed locally.
   """
@@ -204,12 +204,12 @@ class Neighbourhood(NamedTuple):
   degrees: jax.Array
 
 
-def neighbourhood(schedule: Schedule, step: jax.Array, me: jax.Array,
-                  dtype) -> Neighbourhood:
+def neighborhood(schedule: Schedule, step: jax.Array, me: jax.Array,
+                  dtype) -> Neighborhood:
   flags = schedule.slot_flags(step, jnp)  # (S,)
   partners = jnp.asarray(schedule.slot_partners)  # (S, n)
   my_partner = partners[:, me]  # (S,)
-  return Neighbourhood(
+  return Neighborhood(
       present=flags & (my_partner >= 0),
       partner=jnp.maximum(my_partner, 0),
       # A schedule runs one graph per step (rotating: one child at a time).

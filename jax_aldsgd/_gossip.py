@@ -38,7 +38,7 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
            skip_nonfinite: bool = False, overlap: bool = False, every: int = 1,
            delay: int | None = None, compressor=None, consensus_lr=1.0
            ) -> optax.GradientTransformationExtraArgs:
-  """Gossip averaging with the neighbours of the active matchings (D-PSGD, MATCHA).
+  """Gossip averaging with the neighbors of the active matchings (D-PSGD, MATCHA).
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
   local optimizer in ``optax.chain``. With ``x`` the parameters and ``u`` the
@@ -53,12 +53,12 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
   parameters; inactive matchings cost none.
 
   Args:
-    schedule: which matchings are active per step and their neighbour weight
+    schedule: which matchings are active per step and their neighbor weight
       (`jax_aldsgd.schedules`); its ``num_workers`` must equal the axis size.
     axis_name: the mesh axis the workers are mapped over.
-    skip_nonfinite: if True, a neighbour whose parameters contain NaN/Inf is left
+    skip_nonfinite: if True, a neighbor whose parameters contain NaN/Inf is left
       out of the average for that step (its weight goes back to the worker itself),
-      so one diverging worker does not poison its neighbours. Costs one finiteness
+      so one diverging worker does not poison its neighbors. Costs one finiteness
       reduction over the parameters per step.
     overlap: exchange the parameters ``x`` instead of ``x + u``
       (adapt-while-combine, Lian et al.'s form): ``x+ = W x + u``. The exchange
@@ -152,7 +152,7 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     extras = ((_exchange.all_finite(x_hat).astype(jnp.float32),) if skip_nonfinite
               else ())
     buffer, unpack = _exchange.pack(x_hat, extras)
-    near = _exchange.neighbourhood(schedule, state.count, me, buffer.dtype)
+    near = _exchange.neighborhood(schedule, state.count, me, buffer.dtype)
 
     # v - x_hat = alpha sum_{s present} (x_hat_partner - x_hat). The fold only adds
     # differences and alpha multiplies once: no multiply-add for XLA to contract

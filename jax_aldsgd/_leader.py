@@ -1,4 +1,4 @@
-"""AL-DSGD: gossip plus a pull toward the adjacent leader and the max-degree neighbour."""
+"""AL-DSGD: gossip plus a pull toward the adjacent leader and the max-degree neighbor."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
                     every: int = 1, pull_restart_every: int | None = None,
                     compressor=None, consensus_lr=1.0
                     ) -> optax.GradientTransformationExtraArgs:
-  """AL-DSGD: gossip, then averaging with and a pull toward two chosen neighbours.
+  """AL-DSGD: gossip, then averaging with and a pull toward two chosen neighbors.
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
   local optimizer in ``optax.chain`` (ALGORITHM.md section 2). With ``x_hat = x + u``
@@ -100,17 +100,17 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
   Since ``A + B + C = 1``, the update is computed as differences (the way
   ``optax.lookahead`` writes its pull): ``x_i - x_hat_i = A (v_i - x_hat_i) +
   B (x_hat_b - x_hat_i) + C (x_hat_m - x_hat_i)``, and the returned updates are
-  ``x_i - x``. One ``ppermute`` per active matching carries a neighbour's
+  ``x_i - x``. One ``ppermute`` per active matching carries a neighbor's
   parameters, loss and health flag together; the degrees are computed locally from
   the schedule. The loss is ranked as given; the mixing keeps rows stochastic but,
   unlike plain gossip, does not preserve the workers' mean.
 
   A worker whose loss or parameters are not finite is never chosen as leader or
   max-degree node (the next eligible one in ``S_i`` order is), and with
-  ``skip_nonfinite=True`` it is also left out of its neighbours' gossip average.
+  ``skip_nonfinite=True`` it is also left out of its neighbors' gossip average.
 
   Args:
-    schedule: which matchings are active per step and their neighbour weight;
+    schedule: which matchings are active per step and their neighbor weight;
       its ``num_workers`` must equal the axis size.
     axis_name: the mesh axis the workers are mapped over.
     c1: averaging weight of the adjacent leader (performance term).
@@ -123,7 +123,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
       ``batch_idx % I``: pass the steps per epoch, as to
       ``schedules.rotating(..., restart_every=)``); ``None`` (default): from
       step 0.
-    skip_nonfinite: leave non-finite neighbours out of the gossip average.
+    skip_nonfinite: leave non-finite neighbors out of the gossip average.
     overlap: adapt-while-combine: ``x+ = A v + B x_b + C x_m + u`` with ``v = W
       x`` and ``b``, ``m`` chosen from ``x`` and the pre-step losses, so the
       exchange carries ``x`` and the loss: it waits for the forward pass (the
@@ -213,7 +213,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     x_hat = jax.tree.map(jnp.add, params, updates)
     self_ok = _exchange.all_finite(x_hat) & jnp.isfinite(loss)
     buffer, unpack = _exchange.pack(x_hat, (loss, self_ok.astype(jnp.float32)))
-    near = _exchange.neighbourhood(schedule, step, me, buffer.dtype)
+    near = _exchange.neighborhood(schedule, step, me, buffer.dtype)
 
     # Visit S_i = [i] + N_i in order, keeping (as differences to x_hat_i) the
     # running gossip sum, the first strict argmin of the loss and the first strict
@@ -223,13 +223,13 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
       present, partner_degree = at_slot
       own, _ = common
       diff = received - own
-      neighbour_ok = present & (received[-1] > 0.5)
-      mixes = neighbour_ok if skip_nonfinite else present
+      neighbor_ok = present & (received[-1] > 0.5)
+      mixes = neighbor_ok if skip_nonfinite else present
       gossip_sum = gossip_sum + jnp.where(mixes, diff, 0)  # alpha applied below
-      better = neighbour_ok & (received[-2] < best_loss)
+      better = neighbor_ok & (received[-2] < best_loss)
       best_loss = jnp.where(better, received[-2], best_loss)
       leader = jnp.where(better, diff, leader)
-      higher = neighbour_ok & (partner_degree > best_degree)
+      higher = neighbor_ok & (partner_degree > best_degree)
       best_degree = jnp.where(higher, partner_degree, best_degree)
       target = jnp.where(higher, diff, target)
       return gossip_sum, leader, target, best_loss, best_degree

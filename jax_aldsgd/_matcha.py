@@ -1,4 +1,4 @@
-"""MATCHA's activation probabilities and neighbour weight (host side, NumPy/SciPy).
+"""MATCHA's activation probabilities and neighbor weight (host side, NumPy/SciPy).
 
 Wang et al., "MATCHA: Speeding Up Decentralized SGD via Matching Decomposition
 Sampling" (arXiv 1905.09435); ALGORITHM.md section 6.
@@ -8,7 +8,7 @@ With matching Laplacians ``L_m`` and activation probabilities ``p_m``:
 * probabilities maximise the algebraic connectivity of the expected graph,
   ``lambda_2(sum_m p_m L_m)`` s.t. ``sum_m p_m <= budget * R``, ``0 <= p_m <= 1``
   (a concave program; solved here as a small SDP by an interior-point method);
-* the neighbour weight ``alpha`` minimises
+* the neighbor weight ``alpha`` minimises
   ``rho(alpha) = lambda_max(E[W^T W] - 11^T / n)`` where ``W = I - alpha sum_m B_m L_m``
   with ``B_m ~ Bernoulli(p_m)``, so that, with ``Lbar = sum p_m L_m``,
   ``V = sum p_m (1 - p_m) L_m`` and ``L_m^2 = 2 L_m``,
@@ -287,7 +287,7 @@ def matcha_rho(topology: Topology, probabilities, alpha: float) -> float:
 
 def matcha_neighbor_weight(topology: Topology,
                            probabilities) -> tuple[float, float]:
-  """Neighbour weight ``alpha`` minimising ``rho``, and that ``rho``.
+  """Neighbor weight ``alpha`` minimising ``rho``, and that ``rho``.
 
   Args:
     topology: the base graph and its matchings.

@@ -74,7 +74,7 @@ def delayed_gossip(schedule: Schedule, axis_name: str,
     u, _ = _exchange.pack(updates)
     psi = state.weight.astype(x.dtype)
     z_hat = jnp.concatenate([psi * x + u, psi[None]])  # (L,): z_hat, then psi
-    near = _exchange.neighbourhood(schedule, state.count, me, x.dtype)
+    near = _exchange.neighborhood(schedule, state.count, me, x.dtype)
 
     def combine(total, received, present, common):
       del common

@@ -1,4 +1,4 @@
-"""Which matchings are active at step k, and with which neighbour weight.
+"""Which matchings are active at step k, and with which neighbor weight.
 
 A schedule is static, hashable host data. It owns a flat list of *slots*, one per
 matching of each of its graphs (a rotating schedule over G graphs has the slots of
@@ -50,7 +50,7 @@ def _check_step(step) -> int:
 
 
 def dpsgd_weight(topology: Topology) -> float:
-  """D-PSGD's neighbour weight ``alpha = 2 / (lambda_2(L) + lambda_max(L))``.
+  """D-PSGD's neighbor weight ``alpha = 2 / (lambda_2(L) + lambda_max(L))``.
 
   For a disconnected graph (allowed inside rotating schedules) ``lambda_2`` is the
   smallest non-zero eigenvalue, the one that governs mixing within components.
@@ -65,7 +65,7 @@ class Schedule(abc.ABC):
 
   A schedule owns a flat list of *slots*, one per matching of each of its
   `graphs` in order, and says per step which slots are active. The transforms
-  issue one ``ppermute`` per active slot with the neighbour weight of its graph;
+  issue one ``ppermute`` per active slot with the neighbor weight of its graph;
   an inactive slot sends nothing.
 
   To write your own schedule, subclass this and define `graphs`,
@@ -157,7 +157,7 @@ class Schedule(abc.ABC):
 
   @functools.cached_property
   def slot_weight(self) -> np.ndarray:
-    """``(num_slots,)`` neighbour weight of each slot's graph."""
+    """``(num_slots,)`` neighbor weight of each slot's graph."""
     weights = np.array([self.neighbor_weight[g] for g, _ in self.slots])
     weights.setflags(write=False)
     return weights

@@ -44,7 +44,7 @@ def _as_edge(raw, where: str, num_workers: int) -> Edge:
                        f"[0, {num_workers - 1}].")
   if i == j:
     raise ValueError(f"{where}: self-loop ({i}, {j}); a worker cannot be its own "
-                     "neighbour, remove the edge.")
+                     "neighbor, remove the edge.")
   return int(i), int(j)
 
 
@@ -56,7 +56,7 @@ class Topology:
     num_workers: number of workers ``n >= 2``.
     matchings: sequence of matchings; each matching is a sequence of edges ``(i, j)``
       with ``0 <= i, j < n``, ``i != j``, and no worker in two edges of the same
-      matching. Order is kept: it is the order in which neighbours are visited
+      matching. Order is kept: it is the order in which neighbors are visited
       (``N_i`` is ordered by matching index) and in which exchanges are issued.
     allow_disconnected: a disconnected graph cannot reach consensus on its own, so
       it is refused unless this is ``True`` (the reference's sparsest graphs are
@@ -349,7 +349,7 @@ def _misra_gries(n: int, edges: list[Edge]) -> dict[Edge, int]:
     adjacency[i].add(j)
     adjacency[j].add(i)
   palette = range(max(len(a) for a in adjacency) + 1)
-  # at[u][c] = the neighbour reached from u by the edge of colour c.
+  # at[u][c] = the neighbor reached from u by the edge of colour c.
   at: list[dict[int, int]] = [{} for _ in range(n)]
 
   def colour_of(u, v):

@@ -1,7 +1,7 @@
 """A plain NumPy reference of ALGORITHM.md, on stacked ``(n, d)`` arrays.
 
 Written from the spec, not from the library: dense mixing matrices, explicit
-neighbour lists, ``np.argmin``/``np.argmax`` (first index on ties), and the
+neighbor lists, ``np.argmin``/``np.argmax`` (first index on ties), and the
 averaging/corrective-force form of section 2 step 6 (not the closed form the
 library computes). Inputs are plain lists of matchings, active flags and weights.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def neighbour_lists(num_workers, matchings, active):
+def neighbor_lists(num_workers, matchings, active):
   """N_i: partners of i in the active matchings, ordered by matching index."""
-  neighbours = [[] for _ in range(num_workers)]
+  neighbors = [[] for _ in range(num_workers)]
   for matching, on in zip(matchings, active):
     if on:
       for i, j in matching:
-        neighbours[i].append(j)
-        neighbours[j].append(i)
-  return neighbours
+        neighbors[i].append(j)
+        neighbors[j].append(i)
+  return neighbors
 
 
 def mixing_matrix(num_workers, matchings, active, weights):
@@ -63,7 +63,7 @@ def adjacent_leader(x_hat, losses, matchings, active, weights, *, c1, c2, p1, p2
 
   ``healthy`` (default: all) marks workers whose loss and parameters are finite;
   the others are never chosen as leader or max-degree node, and with
-  ``skip_unhealthy`` they are also left out of their neighbours' gossip.
+  ``skip_unhealthy`` they are also left out of their neighbors' gossip.
   """
   n = len(x_hat)
   healthy = np.ones(n, bool) if healthy is None else np.asarray(healthy)
@@ -71,13 +71,13 @@ def adjacent_leader(x_hat, losses, matchings, active, weights, *, c1, c2, p1, p2
              skip=~healthy if skip_unhealthy else None)
   if not pull:
     return v
-  neighbours = neighbour_lists(n, matchings, active)
-  degrees = np.array([len(nb) for nb in neighbours])
+  neighbors = neighbor_lists(n, matchings, active)
+  degrees = np.array([len(nb) for nb in neighbors])
   out = v.copy()
   for i in range(n):
-    if not neighbours[i]:
+    if not neighbors[i]:
       continue
-    candidates = [i] + neighbours[i]
+    candidates = [i] + neighbors[i]
     leader = _first_best(candidates, lambda j: losses[j], healthy)
     top = _first_best(candidates, lambda j: -degrees[j], healthy)
     y = (1 - c1 - c2) * v[i] + c1 * x_hat[leader] + c2 * x_hat[top]

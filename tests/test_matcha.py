@@ -1,4 +1,4 @@
-"""MATCHA's probabilities and neighbour weight against the reference values (section 6)."""
+"""MATCHA's probabilities and neighbor weight against the reference values (section 6)."""
 
 import math
 

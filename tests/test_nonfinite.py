@@ -43,7 +43,7 @@ def test_nan_loss_is_never_the_leader():
 
 
 @pytest.mark.parametrize("transform", ["gossip", "adjacent_leader"])
-def test_nan_parameters_are_skipped_by_neighbours(transform):
+def test_nan_parameters_are_skipped_by_neighbors(transform):
   x_hat, losses = _case(1)
   x_hat[5, 2] = np.nan  # one entry of worker 5's parameters
   healthy = np.isfinite(x_hat).all(1)
@@ -63,10 +63,10 @@ def test_nan_parameters_are_skipped_by_neighbours(transform):
   others = np.arange(8) != 5
   assert np.isfinite(got[others]).all()
   np.testing.assert_allclose(got[others], want[others], rtol=1e-5, atol=1e-5)
-  # Without the option the reference behaviour spreads NaN to 5's neighbours.
+  # Without the option the reference behaviour spreads NaN to 5's neighbors.
   plain = helpers.flatten(helpers.mix_once(make(), tree, losses, 0, mesh), helpers.SHAPES)
-  neighbours = set(SCHEDULE.slot_partners[:, 5]) - {-1}
-  assert all(np.isnan(plain[j]).any() for j in neighbours)
+  neighbors = set(SCHEDULE.slot_partners[:, 5]) - {-1}
+  assert all(np.isnan(plain[j]).any() for j in neighbors)
 
 
 def test_one_diverged_worker_of_eight_mid_training():

@@ -79,7 +79,7 @@ def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   config.p1 = 0.2
   config.p2 = 0.2
   config.pull_every = 1
-  # Leave neighbours whose parameters are NaN/Inf out of the gossip average
+  # Leave neighbors whose parameters are NaN/Inf out of the gossip average
   # (a diverging worker then cannot poison the others). The reference has no
   # such guard; it costs one finiteness check of the parameters per step.
   config.skip_nonfinite = False
