@@ -1,6 +1,6 @@
 r"""What one training step costs: gossip and AL-DSGD against local SGD and all-reduce.
 
-    python -m experiments.benchmark [--model=resnet20] [--batch=32] [--workers=8]
+    .venv/bin/python -m experiments.benchmark [--model=resnet20] [--batch=32] [--workers=8]
         [--steps=30] [--methods=local,allreduce,...] [--json=out.json]
         [--scaling=8,16,32 --scaling-model=small_cnn] [--quick]
 
@@ -27,8 +27,8 @@ tables and writes JSON.
 
 The exchange at every model size (``--sizes``, instead of the tables above):
 
-    python -m experiments.benchmark --sizes=546k,4M --size-steps=8 --warmup=2
-    python -m experiments.benchmark --sizes=36.5M --size-steps=3 --warmup=1 \
+    .venv/bin/python -m experiments.benchmark --sizes=546k,4M --size-steps=8 --warmup=2
+    .venv/bin/python -m experiments.benchmark --sizes=36.5M --size-steps=3 --warmup=1 \
         --size-schedules=rotating_alternating
 
 For each size and schedule kind (``--size-schedules``: full, alternating,

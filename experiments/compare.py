@@ -1,6 +1,6 @@
 r"""Compares finished or running experiments: one plot and a markdown table.
 
-    python -m experiments.compare WORKDIR [WORKDIR ...] [--out=comparison.png]
+    .venv/bin/python -m experiments.compare WORKDIR [WORKDIR ...] [--out=comparison.png]
         [--target=0.85] [--gbit 1 10 [--latency-us 50] [--node-gbit G]
         [--concurrent]]
 

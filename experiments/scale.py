@@ -1,6 +1,6 @@
 r"""Time per step at scale, by simulation: gossip, compressed gossip and overlap vs all-reduce.
 
-    python -m experiments.scale [--out=experiments/results/scale]
+    .venv/bin/python -m experiments.scale [--out=experiments/results/scale]
         [--workers=8,16,32,64,128,256,512,1024] [--gbit=1,10,100]
         [--latency-us=5,50] [--compute-ms=resnet50=20,100m=150]
         [--matcha-max-n=256] [--measure-compute]
@@ -545,7 +545,7 @@ def main(argv=None) -> int:
         _sizes("--time-matcha", args.time_matcha)))
   threads = "".join(f"{name}={os.environ[name]} " for name in (
       "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if name in os.environ)
-  command = threads + "python -m experiments.scale " + " ".join(
+  command = threads + ".venv/bin/python -m experiments.scale " + " ".join(
       sys.argv[1:] if argv is None else argv)
   flat = [n for n in workers if n in (8, 64, 256, 1024)] or workers
   hosts = [n for n in workers if n >= 2 * WORKERS_PER_HOST and

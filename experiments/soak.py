@@ -1,6 +1,6 @@
 r"""Soak test: many back-to-back AL-DSGD steps on emulated CPU devices, no hangs.
 
-    python -m experiments.soak [--steps=10000] [--workers=8] [--timeout=30]
+    .venv/bin/python -m experiments.soak [--steps=10000] [--workers=8] [--timeout=30]
 
 Dispatches ``--steps`` jitted AL-DSGD steps (rotating MATCHA schedule, so the
 collectives change from step to step) with no host synchronisation in between,

@@ -322,15 +322,16 @@ def _fixed_graph_step(compressor, schedule, axis_name, state, flat, layout, near
   neighbor_sum = _add(compressor, state.neighbor_sum, layout, messages, draws,
                       -degree)
 
-  def combine(s, total, received, inputs):
-    present, partner_draws = inputs
+  def combine(total, received, present, common):
+    _, partner_draws = common
     received_messages, _ = _from_wire(received, spec)
     return _add(compressor, total, layout, received_messages, partner_draws,
-                present[s].astype(total.dtype))
+                present.astype(total.dtype))
 
-  neighbor_sum = _exchange.fold(_to_wire(messages), schedule, step, axis_name,
-                                combine, neighbor_sum,
-                                (near.present, _partner_draws(compressor, draws)))
+  neighbor_sum = _exchange.fold(
+      _to_wire(messages), schedule, step, axis_name, combine,
+      lambda common: common[0], near.present,
+      (neighbor_sum, _partner_draws(compressor, draws)))
   return ChocoState(step + 1, public, neighbor_sum), neighbor_sum
 
 

@@ -23,12 +23,7 @@ class AdjacentLeaderState(NamedTuple):
 
 
 def _check_loss(loss, value=None) -> jax.Array:
-  """The loss from ``loss=`` or optax's ``value=`` (e.g. for reduce_on_plateau)."""
-  if loss is not None and value is not None and loss is not value:
-    raise ValueError(
-        "adjacent_leader got both loss= and value=; they name the same thing "
-        "(value= is optax's name, shared with optax.contrib.reduce_on_plateau "
-        "and line searches): pass the loss once, as either.")
+  """The loss from ``loss=``, else from optax's ``value=`` (reduce_on_plateau)."""
   loss = value if loss is None else loss
   if loss is None:
     raise ValueError(
@@ -144,7 +139,8 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params``
     and this worker's scalar mini-batch loss as ``loss=`` or as ``value=``
     (optax's name, so it chains with ``optax.contrib.reduce_on_plateau`` and
-    line searches without passing the loss twice).
+    line searches without passing the loss twice); ``loss=`` wins if both are
+    given.
 
   Raises:
     ValueError: for coefficients outside [0, 1], ``c1 + c2 > 1``, ``p1 + p2 > 1``,

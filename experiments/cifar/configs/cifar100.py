@@ -3,8 +3,8 @@
 The method is the config's argument, as in default.py (default: AL-DSGD on
 D-PSGD). From the repository root:
 
-    python -m experiments.cifar --config=experiments/cifar/configs/cifar100.py:aldsgd_dpsgd --workdir=workdirs/cifar100_aldsgd_dpsgd
-    python -m experiments.cifar --config=experiments/cifar/configs/cifar100.py:dpsgd --workdir=workdirs/cifar100_dpsgd
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/cifar100.py:aldsgd_dpsgd --workdir=workdirs/cifar100_aldsgd_dpsgd
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/cifar100.py:dpsgd --workdir=workdirs/cifar100_dpsgd
 
 Hardware and runtime: as default.py (8 accelerators; ~6 days on a 2-core CPU).
 Needs CIFAR-100 prepared for tensorflow-datasets (see README). Expected result:

@@ -11,13 +11,13 @@ alternating "D-PSGD" flags over the rotating pair, with the rotation and the
 pull period restarted each epoch (ALGORITHM.md section 8.1). Every method, from the
 repository root:
 
-    python -m experiments.cifar --config=experiments/cifar/configs/default.py --workdir=workdirs/cifar10_aldsgd_dpsgd_reference
-    python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_dpsgd --workdir=workdirs/cifar10_aldsgd_dpsgd
-    python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_matcha --workdir=workdirs/cifar10_aldsgd_matcha
-    python -m experiments.cifar --config=experiments/cifar/configs/default.py:dpsgd --workdir=workdirs/cifar10_dpsgd
-    python -m experiments.cifar --config=experiments/cifar/configs/default.py:dpsgd_reference --workdir=workdirs/cifar10_dpsgd_reference
-    python -m experiments.cifar --config=experiments/cifar/configs/default.py:matcha --workdir=workdirs/cifar10_matcha
-    python -m experiments.cifar --config=experiments/cifar/configs/default.py:allreduce --workdir=workdirs/cifar10_allreduce
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py --workdir=workdirs/cifar10_aldsgd_dpsgd_reference
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_dpsgd --workdir=workdirs/cifar10_aldsgd_dpsgd
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_matcha --workdir=workdirs/cifar10_aldsgd_matcha
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:dpsgd --workdir=workdirs/cifar10_dpsgd
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:dpsgd_reference --workdir=workdirs/cifar10_dpsgd_reference
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:matcha --workdir=workdirs/cifar10_matcha
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:allreduce --workdir=workdirs/cifar10_allreduce
 
 Methods: ``allreduce`` (centralized baseline), ``dpsgd`` (every matching at every
 step, alpha = 2 / (lambda_2 + lambda_max)), ``dpsgd_reference`` (the reference

@@ -4,11 +4,12 @@ The paper's protocol (8 workers, graph pair (0, 1) rotated, batch 16 per worker,
 different initializations, weight decay 5e-4, no momentum) on the real data that
 installs offline (Debian's dataset-fashion-mnist IDX files), with a small CNN and
 a few epochs so that it finishes in minutes on a 2-core CPU. The method is the
-config's argument, as in default.py (default: AL-DSGD on D-PSGD). From the
+config's argument, as in default.py (default: the paper's setup, AL-DSGD on the
+reference's alternating flags with its epoch phase). From the
 repository root:
 
-    python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py --workdir=workdirs/fmnist_aldsgd_dpsgd
-    python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py:matcha --workdir=workdirs/fmnist_matcha
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py --workdir=workdirs/fmnist_aldsgd
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py:matcha --workdir=workdirs/fmnist_matcha
 
 Hardware: 2 CPU cores (8 emulated devices). Runtime and result of the first
 command, measured on a 2-core AMD EPYC: 1 min 22 s; after 4 epochs mean test

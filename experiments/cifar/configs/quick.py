@@ -3,7 +3,7 @@
 The method is the config's argument, as in default.py (default: AL-DSGD on
 D-PSGD). From the repository root:
 
-    python -m experiments.cifar --config=experiments/cifar/configs/quick.py:aldsgd_dpsgd --workdir=workdirs/cifar10_quick
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/quick.py:aldsgd_dpsgd --workdir=workdirs/cifar10_quick
 
 Hardware: one machine (8 accelerators, or 8 emulated CPU devices). Needs CIFAR-10
 prepared for tensorflow-datasets (see README). Runtime and result: not yet run
