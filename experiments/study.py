@@ -305,7 +305,8 @@ def report(args) -> int:
     if grid == "low_degree" and any(summaries.values()):
       sections.append(f"Final test accuracy per worker (%), {grid}:\n\n"
                       f"{per_worker_table(summaries)}")
-    figure = out.parent / f"{out.name}_{grid}.png"
+    figure = out.parent / (f"{out.name}.png" if len(args.grids) == 1 else
+                           f"{out.name}_{grid}.png")
     plot_grid(grid, runs_by_cell, figure)
     sections.append(f"![{grid}]({figure.name})")
     raw[grid] = {name: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
@@ -313,7 +314,7 @@ def report(args) -> int:
   text = "\n\n".join(sections) + "\n"
   print(text)
   out.parent.mkdir(parents=True, exist_ok=True)
-  (out.parent / f"{out.name}_tables.md").write_text(text)
+  (out.parent / f"{out.name}.md").write_text(text)
   (out.parent / f"{out.name}.json").write_text(json.dumps(raw, indent=1))
   return 0
 

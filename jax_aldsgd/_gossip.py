@@ -136,6 +136,7 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
             f"gossip(delay={delay}) cannot be combined with {name}=True: the "
             "delayed (push-sum) exchange sends x + u and mixes every share it "
             f"receives; use delay=0 for {name}, or drop {name}.")
+    _pushsum.warn_if_negative_self_weight(schedule)
     return _variants.every_steps(
         _pushsum.delayed_gossip(schedule, axis_name, delay), every)
 

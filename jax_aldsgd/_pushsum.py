@@ -18,14 +18,41 @@ plus what is in flight stays ``n``, exactly as in plain gossip.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jax_aldsgd import _exchange
 from jax_aldsgd._schedules import Schedule
+
+
+def warn_if_negative_self_weight(schedule: Schedule) -> None:
+  """Warns when a worker's own weight ``w_ii = 1 - d_i alpha`` can be negative.
+
+  Push-sum with delays needs non-negative weights: with a negative ``w_ii`` the
+  delayed shares can drive ``psi`` through zero and ``x = z / psi`` diverges
+  (seen on the reference's graph pair, D-PSGD's ``alpha = 2/7`` and degree 5:
+  ``w_ii = -0.43``, delay 4). Without delay the same weights are fine.
+  """
+  patterns = schedule.activation_patterns(4096)
+  if patterns is None:  # every slot may be active at once
+    patterns = {(True,) * schedule.num_slots}
+  present = schedule.slot_partners >= 0  # (S, n)
+  weight = np.asarray(schedule.slot_weight)
+  worst = max(float(np.max((np.asarray(p)[:, None] * present).sum(0)
+                           * np.max(weight[list(p)], initial=0.0)))
+              for p in patterns)
+  if worst > 1.0:
+    warnings.warn(
+        f"gossip(delay=...) on a schedule whose self-weights 1 - degree * alpha "
+        f"reach {1.0 - worst:.3g} < 0: delayed push-sum is not stable with "
+        "negative weights and may diverge. Use neighbor weights alpha <= "
+        "1 / (max degree + 1), e.g. schedules.full(topology, "
+        "neighbor_weight=1 / (max(topology.degrees) + 1)).", stacklevel=3)
 
 
 class DelayedGossipState(NamedTuple):

@@ -1,5 +1,7 @@
 """Overlap (adapt-while-combine), local steps (every) and bounded staleness (delay)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -292,3 +294,15 @@ def test_skipped_steps_issue_no_collective():
              and any(not (helpers.hlo_called(bodies, [b]) & permutes)
                      for b in branches)]
     assert gates, "no conditional separates the exchange from the skipped steps"
+
+
+def test_delay_warns_about_negative_self_weights():
+  # D-PSGD's alpha = 2/7 on paper graph 0 gives worker 4 (degree 5) the weight
+  # 1 - 5 * 2/7 < 0, with which delayed push-sum can diverge.
+  with pytest.warns(UserWarning, match=r"self-weights .* reach -0.429 < 0"):
+    ald.gossip(S.full(T.paper_graph(0)), delay=2)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    ald.gossip(S.alternating(T.paper_graph(0)), delay=2)  # one matching a step
+    graph = T.paper_graph(0)
+    ald.gossip(S.full(graph, neighbor_weight=1 / (max(graph.degrees) + 1)), delay=2)
