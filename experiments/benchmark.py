@@ -53,21 +53,23 @@ import re
 import sys
 import time
 
-METHODS = ("local", "allreduce", "dpsgd", "matcha", "aldsgd_dpsgd",
-           "aldsgd_matcha")
+METHODS = ("local", "allreduce", "dpsgd", "matcha", "aldsgd_dpsgd", "aldsgd_matcha")
 # Compressed gossip: "choco:COMPRESSOR" (D-PSGD's schedule) or
 # "aldsgd_choco:COMPRESSOR", with the trainer's compressor settings (top-k and
 # random-k 10%, qsgd 16 levels) and consensus step 0.1.
 COMPRESSORS = ("top_k", "random_k", "scaled_sign", "qsgd")
-CHOCO_METHODS = tuple(f"{base}:{c}" for base in ("choco", "aldsgd_choco")
-                      for c in COMPRESSORS)
+CHOCO_METHODS = tuple(
+  f"{base}:{c}" for base in ("choco", "aldsgd_choco") for c in COMPRESSORS
+)
 
 # Numbers reported for the reference PyTorch + MPI implementation on the 2-core
 # development CPU, 8 ranks of one thread, ResNet-50, batch 16, synthetic data
 # (from the benchmark issue; not re-measured here, the code is not available).
 REFERENCE = {
-    "model": "resnet50", "batch": 16, "workers": 8,
-    "rows": {"local": 0.515, "dpsgd": 0.66, "matcha": 0.66, "aldsgd_dpsgd": 0.89},
+  "model": "resnet50",
+  "batch": 16,
+  "workers": 8,
+  "rows": {"local": 0.515, "dpsgd": 0.66, "matcha": 0.66, "aldsgd_dpsgd": 0.89},
 }
 
 
@@ -78,24 +80,33 @@ def _parse(argv):
   parser.add_argument("--workers", type=int, default=8)
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--methods", default=",".join(METHODS),
-                      help="comma-separated, from: " + ", ".join(
-                          METHODS + CHOCO_METHODS))
-  parser.add_argument("--dataset", default="cifar10",
-                      help="input shape and classes: cifar10, cifar100, "
-                      "fashion_mnist")
-  parser.add_argument("--scaling", default="",
-                      help="comma-separated worker counts for a scaling table")
+  parser.add_argument(
+    "--methods",
+    default=",".join(METHODS),
+    help="comma-separated, from: " + ", ".join(METHODS + CHOCO_METHODS),
+  )
+  parser.add_argument(
+    "--dataset",
+    default="cifar10",
+    help="input shape and classes: cifar10, cifar100, fashion_mnist",
+  )
+  parser.add_argument(
+    "--scaling", default="", help="comma-separated worker counts for a scaling table"
+  )
   parser.add_argument("--scaling-model", default="small_cnn")
   parser.add_argument("--scaling-batch", type=int, default=16)
   parser.add_argument("--json", default="", help="write the results here")
-  parser.add_argument("--sizes", default="",
-                      help="comma-separated model sizes (e.g. 546k,4M,36.5M): "
-                      "run only the exchange-vs-bare-ppermute rows instead")
+  parser.add_argument(
+    "--sizes",
+    default="",
+    help="comma-separated model sizes (e.g. 546k,4M,36.5M): "
+    "run only the exchange-vs-bare-ppermute rows instead",
+  )
   parser.add_argument("--size-schedules", default=",".join(SIZE_SCHEDULES))
   parser.add_argument("--size-steps", type=int, default=10)
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny model and few steps (CI smoke run)")
+  parser.add_argument(
+    "--quick", action="store_true", help="tiny model and few steps (CI smoke run)"
+  )
   args = parser.parse_args(argv)
   if args.quick:
     args.model, args.batch, args.steps, args.warmup = "small_cnn", 4, 3, 1
@@ -106,8 +117,9 @@ def _parse(argv):
   methods = [m for m in args.methods.split(",") if m]
   for m in methods:
     if m not in METHODS + CHOCO_METHODS:
-      parser.error(f"unknown method {m!r}; valid methods are "
-                   f"{', '.join(METHODS + CHOCO_METHODS)}.")
+      parser.error(
+        f"unknown method {m!r}; valid methods are {', '.join(METHODS + CHOCO_METHODS)}."
+      )
   args.methods = methods
   args.scaling = [int(w) for w in args.scaling.split(",") if w]
   try:
@@ -118,8 +130,11 @@ def _parse(argv):
   for kind in args.size_schedules:
     if kind not in SIZE_SCHEDULES:
       parser.error(f"unknown schedule {kind!r}; valid: {', '.join(SIZE_SCHEDULES)}.")
-  for value, name in ((args.batch, "--batch"), (args.workers, "--workers"),
-                      (args.steps, "--steps")):
+  for value, name in (
+    (args.batch, "--batch"),
+    (args.workers, "--workers"),
+    (args.steps, "--steps"),
+  ):
     if value < 1:
       parser.error(f"{name} must be >= 1, got {value}.")
   return args
@@ -127,10 +142,14 @@ def _parse(argv):
 
 def make_config(method: str, model: str, workers: int, batch: int, dataset: str):
   from experiments.cifar.configs import default  # pylint: disable=g-import-not-at-top
+
   config = default.get_config()
   method, _, compressor = method.partition(":")
-  config.update(dict(method=method, model=model, num_workers=workers,
-                     batch_size=batch, dataset=dataset))
+  config.update(
+    dict(
+      method=method, model=model, num_workers=workers, batch_size=batch, dataset=dataset
+    )
+  )
   if compressor:
     config.compressor, config.consensus_lr = compressor, "0.1"
   # A step's cost does not depend on where epochs start.
@@ -154,8 +173,10 @@ def hlo_permutes(hlo: str):
     for d in filter(None, dims.split(",")):
       count *= int(d)
     pairs = re.search(r"source_target_pairs=\{((?:\{\d+,\d+\},?)*)\}", line)
-    pair_list = frozenset(tuple(int(v) for v in p.split(","))
-                          for p in re.findall(r"\{(\d+,\d+)\}", pairs.group(1)))
+    pair_list = frozenset(
+      tuple(int(v) for v in p.split(","))
+      for p in re.findall(r"\{(\d+,\d+)\}", pairs.group(1))
+    )
     found.append((count * sizes[dtype], pair_list))
   return found
 
@@ -169,13 +190,17 @@ def check_bytes_against_hlo(schedule, message_bytes, hlo, steps, num_workers):
   branch in which it is active, see jax_aldsgd._exchange.exchange_plan).
   """
   permutes = hlo_permutes(hlo)
-  slot_pairs = [frozenset((i, int(j)) for i, j in enumerate(partners) if j >= 0)
-                for partners in schedule.slot_partners]
+  slot_pairs = [
+    frozenset((i, int(j)) for i, j in enumerate(partners) if j >= 0)
+    for partners in schedule.slot_partners
+  ]
   for size, pairs in permutes:
     if pairs not in slot_pairs or size != message_bytes:
-      raise AssertionError(f"the HLO permutes {size} bytes over pairs "
-                           f"{sorted(pairs)}; the schedule expects {message_bytes} "
-                           "bytes over one slot's pairs")
+      raise AssertionError(
+        f"the HLO permutes {size} bytes over pairs "
+        f"{sorted(pairs)}; the schedule expects {message_bytes} "
+        "bytes over one slot's pairs"
+      )
   in_hlo = {pairs for _, pairs in permutes}
   from_schedule = []
   for k in steps:
@@ -183,13 +208,16 @@ def check_bytes_against_hlo(schedule, message_bytes, hlo, steps, num_workers):
     from_hlo = [0] * num_workers
     for s in map(int, schedule.active(k).nonzero()[0]):
       if slot_pairs[s] not in in_hlo:
-        raise AssertionError(f"step {k}: slot {s} is active but no "
-                             "collective-permute in the HLO has its pairs")
-      for i, j in slot_pairs[s]:
+        raise AssertionError(
+          f"step {k}: slot {s} is active but no "
+          "collective-permute in the HLO has its pairs"
+        )
+      for i, _ in slot_pairs[s]:
         from_hlo[i] += message_bytes
     if list(from_schedule[-1]) != from_hlo:
-      raise AssertionError(f"step {k}: schedule says {from_schedule[-1]}, HLO "
-                           f"{from_hlo}")
+      raise AssertionError(
+        f"step {k}: schedule says {from_schedule[-1]}, HLO {from_hlo}"
+      )
   return float(sum(b.mean() for b in from_schedule) / len(from_schedule))
 
 
@@ -199,27 +227,38 @@ class Bench:
   def __init__(self, method, model, workers, batch, args):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
+
     import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
-    from experiments.cifar import input_pipeline  # pylint: disable=g-import-not-at-top
-    from experiments.cifar import train  # pylint: disable=g-import-not-at-top
+    from experiments.cifar import (
+      input_pipeline,  # pylint: disable=g-import-not-at-top
+      train,  # pylint: disable=g-import-not-at-top
+    )
 
     self.method, self.model, self.workers, self.batch = method, model, workers, batch
     config = make_config(method, model, workers, batch, args.dataset)
     info = input_pipeline.DATASETS[args.dataset]
     mesh = ald.worker_mesh(workers)
     self.schedule = train.build_schedule(config)
-    tx = train.build_optimizer(config, self.schedule, config.learning_rate,
-                               choco_lr=train.consensus_lr(config, self.schedule))
+    tx = train.build_optimizer(
+      config,
+      self.schedule,
+      config.learning_rate,
+      choco_lr=train.consensus_lr(config, self.schedule),
+    )
     self.state = train.create_train_state(config, info, mesh, tx)
-    self.num_params = sum(int(np.prod(a.shape[1:]))
-                          for a in jax.tree.leaves(self.state.params))
+    self.num_params = sum(
+      int(np.prod(a.shape[1:])) for a in jax.tree.leaves(self.state.params)
+    )
     self.traffic = train.Traffic.of(config, self.schedule, self.state.params)
     rng = np.random.default_rng(0)
     self.batch_arrays = dict(
-        image=ald.shard_workers(rng.normal(size=(workers, batch) + info.image_shape)
-                                .astype(np.float32), mesh),
-        label=ald.shard_workers(rng.integers(0, info.num_classes, (workers, batch))
-                                .astype(np.int32), mesh))
+      image=ald.shard_workers(
+        rng.normal(size=(workers, batch) + info.image_shape).astype(np.float32), mesh
+      ),
+      label=ald.shard_workers(
+        rng.integers(0, info.num_classes, (workers, batch)).astype(np.int32), mesh
+      ),
+    )
     step = jax.jit(ald.worker_map(train.train_step, mesh), donate_argnums=0)
     started = time.perf_counter()
     self.compiled = step.lower(self.state, self.batch_arrays).compile()
@@ -229,14 +268,19 @@ class Bench:
     # XLA's buffer assignment: live arguments and outputs (donated ones counted
     # once) plus the temporaries' peak. (peak_memory_in_bytes is not filled in on
     # CPU.)
-    self.peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
-                 memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    self.peak = (
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      - memory.alias_size_in_bytes
+      + memory.temp_size_in_bytes
+    )
     self.times = []
     self.steps_run = 0
     self.loss = None
 
   def step(self, record: bool) -> None:
     import jax  # pylint: disable=g-import-not-at-top
+
     started = time.perf_counter()
     self.state, metrics = self.compiled(self.state, self.batch_arrays)
     self.loss = metrics["loss"]
@@ -247,13 +291,16 @@ class Bench:
 
   def row(self, first_timed_step: int) -> dict:
     import numpy as np  # pylint: disable=g-import-not-at-top
+
     import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+
     if not np.isfinite(np.asarray(ald.gather_workers(self.loss))).all():
       raise FloatingPointError(f"{self.method}: the loss became non-finite")
     timed = range(first_timed_step, self.steps_run)
     if self.schedule is not None:
-      sent = check_bytes_against_hlo(self.schedule, self.traffic.message_bytes,
-                                     self.hlo, timed, self.workers)
+      sent = check_bytes_against_hlo(
+        self.schedule, self.traffic.message_bytes, self.hlo, timed, self.workers
+      )
     elif self.method == "allreduce":
       if "all-reduce" not in self.hlo:
         raise AssertionError("allreduce step has no all-reduce in its HLO")
@@ -264,14 +311,20 @@ class Bench:
       sent = 0.0
     times = np.array(self.times)
     return dict(
-        times=self.times,
-        method=self.method, model=self.model, workers=self.workers,
-        batch=self.batch, params=self.num_params, step_s=float(np.median(times)),
-        step_p10_s=float(np.percentile(times, 10)),
-        step_p90_s=float(np.percentile(times, 90)), compile_s=self.compile_s,
-        bytes_per_worker_step=sent, peak_bytes_per_device=int(self.peak),
-        images_per_s=self.workers * self.batch / float(np.median(times)),
-        collective_permutes=self.hlo.count("collective-permute("),
+      times=self.times,
+      method=self.method,
+      model=self.model,
+      workers=self.workers,
+      batch=self.batch,
+      params=self.num_params,
+      step_s=float(np.median(times)),
+      step_p10_s=float(np.percentile(times, 10)),
+      step_p90_s=float(np.percentile(times, 90)),
+      compile_s=self.compile_s,
+      bytes_per_worker_step=sent,
+      peak_bytes_per_device=int(self.peak),
+      images_per_s=self.workers * self.batch / float(np.median(times)),
+      collective_permutes=self.hlo.count("collective-permute("),
     )
 
 
@@ -299,6 +352,7 @@ def add_ratios(rows):
   median of (t_allreduce - t_local).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   local = next((r for r in rows if r["method"] == "local"), None)
   allreduce = next((r for r in rows if r["method"] == "allreduce"), None)
   if local is None:
@@ -311,55 +365,68 @@ def add_ratios(rows):
     r["time_vs_local_p10"] = float(np.percentile(ratios, 10))
     r["time_vs_local_p90"] = float(np.percentile(ratios, 90))
     r["extra_memory_param_copies"] = (
-        (r["peak_bytes_per_device"] - local["peak_bytes_per_device"]) /
-        (4 * r["params"]))
+      r["peak_bytes_per_device"] - local["peak_bytes_per_device"]
+    ) / (4 * r["params"])
     if allreduce is not None:
       overhead = float(np.median(np.array(allreduce["times"]) - base))
       r["overhead_s"] = float(np.median(times - base))
-      r["overhead_vs_allreduce"] = (r["overhead_s"] / overhead if overhead > 0
-                                    else float("nan"))
+      r["overhead_vs_allreduce"] = (
+        r["overhead_s"] / overhead if overhead > 0 else float("nan")
+      )
   return rows
 
 
 def table(rows, title):
-  lines = [f"### {title}", "",
-           "| method | step (median) | p10-p90 | vs local (paired, p10-p90) | "
-           "overhead / all-reduce's | compile | MB sent / worker / step | "
-           "peak MB / device | + param copies | images/s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"### {title}",
+    "",
+    "| method | step (median) | p10-p90 | vs local (paired, p10-p90) | "
+    "overhead / all-reduce's | compile | MB sent / worker / step | "
+    "peak MB / device | + param copies | images/s |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     lines.append(
-        f"| {r['method']} | {r['step_s'] * 1e3:.1f} ms | "
-        f"{r['step_p10_s'] * 1e3:.1f}-{r['step_p90_s'] * 1e3:.1f} | "
-        f"{r.get('time_vs_local', float('nan')):.3f}x "
-        f"({r.get('time_vs_local_p10', float('nan')):.3f}-"
-        f"{r.get('time_vs_local_p90', float('nan')):.3f}) | "
-        f"{r.get('overhead_vs_allreduce', float('nan')):.2f} | "
-        f"{r['compile_s']:.1f} s | {r['bytes_per_worker_step'] / 1e6:.3f} | "
-        f"{r['peak_bytes_per_device'] / 1e6:.1f} | "
-        f"{r.get('extra_memory_param_copies', float('nan')):.2f} | "
-        f"{r['images_per_s']:.0f} |")
+      f"| {r['method']} | {r['step_s'] * 1e3:.1f} ms | "
+      f"{r['step_p10_s'] * 1e3:.1f}-{r['step_p90_s'] * 1e3:.1f} | "
+      f"{r.get('time_vs_local', float('nan')):.3f}x "
+      f"({r.get('time_vs_local_p10', float('nan')):.3f}-"
+      f"{r.get('time_vs_local_p90', float('nan')):.3f}) | "
+      f"{r.get('overhead_vs_allreduce', float('nan')):.2f} | "
+      f"{r['compile_s']:.1f} s | {r['bytes_per_worker_step'] / 1e6:.3f} | "
+      f"{r['peak_bytes_per_device'] / 1e6:.1f} | "
+      f"{r.get('extra_memory_param_copies', float('nan')):.2f} | "
+      f"{r['images_per_s']:.0f} |"
+    )
   return "\n".join(lines)
 
 
 def reference_table(rows):
   ours = {r["method"]: r for r in rows}
-  lines = ["### Peer: the reference PyTorch + MPI code (figures from the issue, "
-           "same 2-core machine class)", "",
-           "| method | reference step | reference images/s | ours | ours images/s |",
-           "|---|---|---|---|---|"]
+  lines = [
+    "### Peer: the reference PyTorch + MPI code (figures from the issue, "
+    "same 2-core machine class)",
+    "",
+    "| method | reference step | reference images/s | ours | ours images/s |",
+    "|---|---|---|---|---|",
+  ]
   for method, seconds in REFERENCE["rows"].items():
     mine = ours.get(method)
     lines.append(
-        f"| {method} | {seconds * 1e3:.0f} ms | "
-        f"{REFERENCE['workers'] * REFERENCE['batch'] / seconds:.0f} | " +
-        (f"{mine['step_s'] * 1e3:.0f} ms | {mine['images_per_s']:.0f} |" if mine
-         else "not run | |"))
+      f"| {method} | {seconds * 1e3:.0f} ms | "
+      f"{REFERENCE['workers'] * REFERENCE['batch'] / seconds:.0f} | "
+      + (
+        f"{mine['step_s'] * 1e3:.0f} ms | {mine['images_per_s']:.0f} |"
+        if mine
+        else "not run | |"
+      )
+    )
   return "\n".join(lines)
 
 
 def machine() -> str:
   import jax  # pylint: disable=g-import-not-at-top
+
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
@@ -368,17 +435,24 @@ def machine() -> str:
   except OSError:
     pass
   devices = jax.devices()
-  return (f"{devices[0].platform} ({len(devices)} devices: "
-          f"{devices[0].device_kind}); host CPU {cpu}; {os.cpu_count()} cores; "
-          f"jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  return (
+    f"{devices[0].platform} ({len(devices)} devices: "
+    f"{devices[0].device_kind}); host CPU {cpu}; {os.cpu_count()} cores; "
+    f"jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+  )
 
 
 # ----------------------------------------------------------------------------
 # The exchange at every model size (--sizes): gossip and AL-DSGD against bare
 # ppermutes of the same bytes, on compute-trivial models.
 
-SIZE_SCHEDULES = ("full", "alternating", "rotating_alternating", "matcha",
-                  "rotating_matcha")
+SIZE_SCHEDULES = (
+  "full",
+  "alternating",
+  "rotating_alternating",
+  "matcha",
+  "rotating_matcha",
+)
 
 
 def parse_size(text: str) -> int:
@@ -388,8 +462,9 @@ def parse_size(text: str) -> int:
   try:
     return int(round(float(number) * scale))
   except ValueError:
-    raise ValueError(f"model size {text!r} is not a number of parameters such "
-                     "as 546k, 4M or 36.5M.") from None
+    raise ValueError(
+      f"model size {text!r} is not a number of parameters such as 546k, 4M or 36.5M."
+    ) from None
 
 
 def trivial_shapes(size: int) -> list[tuple[int, ...]]:
@@ -402,8 +477,9 @@ def trivial_shapes(size: int) -> list[tuple[int, ...]]:
   layers, width = 16, 64
   small = min(width, max(1, size // (layers * 8)))
   kernel_total = size - 2 * layers * small
-  kernels = [kernel_total // layers + (l < kernel_total % layers)
-             for l in range(layers)]
+  kernels = [
+    kernel_total // layers + (l < kernel_total % layers) for l in range(layers)
+  ]
   shapes = []
   for k in kernels:
     shapes += [(k,), (small,), (small,)]
@@ -412,15 +488,15 @@ def trivial_shapes(size: int) -> list[tuple[int, ...]]:
 
 def size_schedule(kind: str):
   import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+
   s, t = ald.schedules, ald.topologies
   g0, g1 = t.paper_graph(0), t.paper_graph(1)
   return {
-      "full": lambda: s.full(g0),
-      "alternating": lambda: s.alternating(g0),
-      "rotating_alternating": lambda: s.rotating([s.alternating(g1),
-                                                  s.alternating(g0)]),
-      "matcha": lambda: s.matcha(g0, 0.5),
-      "rotating_matcha": lambda: s.rotating([s.matcha(g1, 0.5), s.matcha(g0, 0.5)]),
+    "full": lambda: s.full(g0),
+    "alternating": lambda: s.alternating(g0),
+    "rotating_alternating": lambda: s.rotating([s.alternating(g1), s.alternating(g0)]),
+    "matcha": lambda: s.matcha(g0, 0.5),
+    "rotating_matcha": lambda: s.rotating([s.matcha(g1, 0.5), s.matcha(g0, 0.5)]),
   }[kind]()
 
 
@@ -442,6 +518,7 @@ class SizeBench:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
+
     import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
 
     n = schedule.num_workers
@@ -452,11 +529,15 @@ class SizeBench:
       tx = ald.local_sgd(lr, weight_decay=wd)
     else:
       shapes = trivial_shapes(size)
-      tx = {"local": lambda: ald.local_sgd(lr, weight_decay=wd),
-            "dsgd": lambda: ald.dsgd(lr, schedule, weight_decay=wd),
-            "aldsgd": lambda: ald.aldsgd(lr, schedule, weight_decay=wd)}[method]()
-    pairs = [tuple((i, int(j)) for i, j in enumerate(schedule.slot_partners[s])
-                   if j >= 0) for s in active]
+      tx = {
+        "local": lambda: ald.local_sgd(lr, weight_decay=wd),
+        "dsgd": lambda: ald.dsgd(lr, schedule, weight_decay=wd),
+        "aldsgd": lambda: ald.aldsgd(lr, schedule, weight_decay=wd),
+      }[method]()
+    pairs = [
+      tuple((i, int(j)) for i, j in enumerate(schedule.slot_partners[s]) if j >= 0)
+      for s in active
+    ]
 
     def step(params, opt_state, data):
       def loss_fn(p):  # a reduction per leaf: compute-trivial
@@ -477,11 +558,12 @@ class SizeBench:
       self.state, self.data = share.state, share.data
       params, opt_state = self.state
     else:
-      params = [ald.shard_workers(jnp.full((n,) + shape, 0.01, jnp.float32), mesh)
-                for shape in shapes]
+      params = [
+        ald.shard_workers(jnp.full((n,) + shape, 0.01, jnp.float32), mesh)
+        for shape in shapes
+      ]
       opt_state = jax.jit(ald.worker_map(tx.init, mesh))(params)
-      self.data = ald.shard_workers(jnp.linspace(0.5, 1.5, n, dtype=jnp.float32),
-                                    mesh)
+      self.data = ald.shard_workers(jnp.linspace(0.5, 1.5, n, dtype=jnp.float32), mesh)
       self.state = [params, opt_state]
     data = self.data
     jitted = jax.jit(ald.worker_map(step, mesh), donate_argnums=(0, 1))
@@ -489,13 +571,18 @@ class SizeBench:
     self.compiled = jitted.lower(params, opt_state, data).compile()
     self.compile_s = time.perf_counter() - started
     memory = self.compiled.memory_analysis()
-    self.peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
-                 memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    self.peak = (
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      - memory.alias_size_in_bytes
+      + memory.temp_size_in_bytes
+    )
     self.hlo = self.compiled.as_text()
     self.times = []
 
   def step(self, record: bool) -> None:
     import jax  # pylint: disable=g-import-not-at-top
+
     started = time.perf_counter()
     params, opt_state, loss = self.compiled(*self.state, self.data)
     jax.block_until_ready((params, opt_state, loss))
@@ -515,23 +602,25 @@ def run_size(size: int, kind: str, args) -> dict:
   local_flat`` (the flat one: the cost of the ppermutes alone).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   schedule = size_schedule(kind)
   label = f"{kind} x {size}"
   steps = range(args.warmup + args.size_steps)
-  active = [tuple(int(s) for s in np.flatnonzero(schedule.active(k)))
-            for k in steps]
+  active = [tuple(int(s) for s in np.flatnonzero(schedule.active(k))) for k in steps]
   benches = {}
   for method in ("local", "dsgd", "aldsgd", "local_flat"):
     print(f"{label}: compiling {method} ...", file=sys.stderr, flush=True)
     benches[method] = SizeBench(method, size, schedule)
-  bare = {pattern: SizeBench("bare", size, schedule, pattern,
-                             share=benches["local_flat"])
-          for pattern in sorted(set(active))}
+  bare = {
+    pattern: SizeBench("bare", size, schedule, pattern, share=benches["local_flat"])
+    for pattern in sorted(set(active))
+  }
   message = benches["dsgd"].num_params * 4
   for name in ("dsgd", "aldsgd"):
     extras = 0 if name == "dsgd" else 2
-    check_bytes_against_hlo(schedule, message + 4 * extras, benches[name].hlo,
-                            steps, schedule.num_workers)
+    check_bytes_against_hlo(
+      schedule, message + 4 * extras, benches[name].hlo, steps, schedule.num_workers
+    )
   for bench in bare.values():  # each program's first run is not timed
     bench.step(record=False)
   bare_times = []
@@ -547,49 +636,61 @@ def run_size(size: int, kind: str, args) -> dict:
   local = np.array(benches["local"].times)
   flat = np.array(benches["local_flat"].times)
   bare_extra = np.median(np.array(bare_times) - flat)
-  row = dict(kind=kind, params=size, workers=schedule.num_workers,
-             steps=args.size_steps, local_s=float(np.median(local)),
-             local_flat_s=float(np.median(flat)),
-             bare_s=float(np.median(bare_times)), bare_extra_s=float(bare_extra),
-             bare_compile_s=max(b.compile_s for b in bare.values()),
-             bare_programs=len(bare), message_bytes=message)
+  row = dict(
+    kind=kind,
+    params=size,
+    workers=schedule.num_workers,
+    steps=args.size_steps,
+    local_s=float(np.median(local)),
+    local_flat_s=float(np.median(flat)),
+    bare_s=float(np.median(bare_times)),
+    bare_extra_s=float(bare_extra),
+    bare_compile_s=max(b.compile_s for b in bare.values()),
+    bare_programs=len(bare),
+    message_bytes=message,
+  )
   for name in ("dsgd", "aldsgd"):
     times = np.array(benches[name].times)
     row[f"{name}_s"] = float(np.median(times))
     row[f"{name}_extra_s"] = float(np.median(times - local))
     row[f"{name}_vs_bare"] = float(np.median(times - local) / bare_extra)
     row[f"{name}_compile_s"] = benches[name].compile_s
-    row[f"{name}_extra_copies"] = (
-        (benches[name].peak - benches["local"].peak) / message)
+    row[f"{name}_extra_copies"] = (benches[name].peak - benches["local"].peak) / message
     row[f"{name}_times"] = benches[name].times
-  row["aldsgd_vs_dsgd"] = float(np.median(np.array(benches["aldsgd"].times) /
-                                          np.array(benches["dsgd"].times)))
+  row["aldsgd_vs_dsgd"] = float(
+    np.median(np.array(benches["aldsgd"].times) / np.array(benches["dsgd"].times))
+  )
   row["aldsgd_minus_dsgd_copies"] = (
-      (benches["aldsgd"].peak - benches["dsgd"].peak) / message)
+    benches["aldsgd"].peak - benches["dsgd"].peak
+  ) / message
   row["local_times"], row["local_flat_times"] = benches["local"].times, flat.tolist()
   row["bare_times"] = bare_times
   return row
 
 
 def size_table(rows) -> str:
-  lines = ["### The exchange at every model size: 8 workers, compute-trivial "
-           "models (48 leaves), paper graphs 0 (and 1 for rotating)", "",
-           "| params | schedule | steps | local (flat) | bare ppermutes (extra) | "
-           "dsgd (extra) | aldsgd (extra) | dsgd / bare | aldsgd / bare | aldsgd / "
-           "dsgd | + copies dsgd / aldsgd | compile dsgd / aldsgd |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "### The exchange at every model size: 8 workers, compute-trivial "
+    "models (48 leaves), paper graphs 0 (and 1 for rotating)",
+    "",
+    "| params | schedule | steps | local (flat) | bare ppermutes (extra) | "
+    "dsgd (extra) | aldsgd (extra) | dsgd / bare | aldsgd / bare | aldsgd / "
+    "dsgd | + copies dsgd / aldsgd | compile dsgd / aldsgd |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   ms = lambda s: f"{s * 1e3:.1f} ms"
   for r in rows:
     lines.append(
-        f"| {r['params'] / 1e6:.3g}M | {r['kind']} | {r['steps']} | "
-        f"{ms(r['local_s'])} ({ms(r['local_flat_s'])}) | {ms(r['bare_s'])} "
-        f"({ms(r['bare_extra_s'])}) | "
-        f"{ms(r['dsgd_s'])} ({ms(r['dsgd_extra_s'])}) | "
-        f"{ms(r['aldsgd_s'])} ({ms(r['aldsgd_extra_s'])}) | "
-        f"{r['dsgd_vs_bare']:.2f} | {r['aldsgd_vs_bare']:.2f} | "
-        f"{r['aldsgd_vs_dsgd']:.3f} | {r['dsgd_extra_copies']:.2f} / "
-        f"{r['aldsgd_extra_copies']:.2f} | {r['dsgd_compile_s']:.1f} / "
-        f"{r['aldsgd_compile_s']:.1f} s |")
+      f"| {r['params'] / 1e6:.3g}M | {r['kind']} | {r['steps']} | "
+      f"{ms(r['local_s'])} ({ms(r['local_flat_s'])}) | {ms(r['bare_s'])} "
+      f"({ms(r['bare_extra_s'])}) | "
+      f"{ms(r['dsgd_s'])} ({ms(r['dsgd_extra_s'])}) | "
+      f"{ms(r['aldsgd_s'])} ({ms(r['aldsgd_extra_s'])}) | "
+      f"{r['dsgd_vs_bare']:.2f} | {r['aldsgd_vs_bare']:.2f} | "
+      f"{r['aldsgd_vs_dsgd']:.3f} | {r['dsgd_extra_copies']:.2f} / "
+      f"{r['aldsgd_extra_copies']:.2f} | {r['dsgd_compile_s']:.1f} / "
+      f"{r['aldsgd_compile_s']:.1f} s |"
+    )
   return "\n".join(lines)
 
 
@@ -605,15 +706,22 @@ def run_sizes(args) -> list[dict]:
 def main(argv=None) -> int:
   args = _parse(argv)
   import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+
   most = max([args.workers] + args.scaling)
   ald.emulate_cpu_devices(most)
   import jax  # pylint: disable=g-import-not-at-top
-  if jax.default_backend() != "cpu" and args.workers > jax.device_count():
-    raise SystemExit(f"{args.workers} workers need {args.workers} devices, found "
-                     f"{jax.device_count()}.")
 
-  report = {"machine": machine(), "args": {k: v for k, v in vars(args).items()},
-            "main": [], "scaling": []}
+  if jax.default_backend() != "cpu" and args.workers > jax.device_count():
+    raise SystemExit(
+      f"{args.workers} workers need {args.workers} devices, found {jax.device_count()}."
+    )
+
+  report = {
+    "machine": machine(),
+    "args": {k: v for k, v in vars(args).items()},
+    "main": [],
+    "scaling": [],
+  }
   print(f"machine: {report['machine']}", file=sys.stderr)
   if args.sizes:
     report["sizes"] = run_sizes(args)
@@ -622,20 +730,43 @@ def main(argv=None) -> int:
       with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     return 0
-  report["main"] = run_interleaved(args.methods, args.model, args.workers,
-                                   args.batch, args, f"{args.model} x {args.workers}")
-  out = [table(report["main"], f"{args.model}, batch {args.batch} per worker, "
-               f"{args.workers} workers")]
-  if (args.model, args.batch, args.workers) == (REFERENCE["model"],
-                                                REFERENCE["batch"],
-                                                REFERENCE["workers"]):
+  report["main"] = run_interleaved(
+    args.methods,
+    args.model,
+    args.workers,
+    args.batch,
+    args,
+    f"{args.model} x {args.workers}",
+  )
+  out = [
+    table(
+      report["main"],
+      f"{args.model}, batch {args.batch} per worker, {args.workers} workers",
+    )
+  ]
+  if (args.model, args.batch, args.workers) == (
+    REFERENCE["model"],
+    REFERENCE["batch"],
+    REFERENCE["workers"],
+  ):
     out.append(reference_table(report["main"]))
   for workers in args.scaling:
-    rows = run_interleaved(METHODS, args.scaling_model, workers, args.scaling_batch, args,
-                           f"scaling {args.scaling_model} x {workers}")
+    rows = run_interleaved(
+      METHODS,
+      args.scaling_model,
+      workers,
+      args.scaling_batch,
+      args,
+      f"scaling {args.scaling_model} x {workers}",
+    )
     report["scaling"].append(rows)
-    out.append(table(rows, f"scaling: {args.scaling_model}, batch "
-                     f"{args.scaling_batch} per worker, {workers} workers"))
+    out.append(
+      table(
+        rows,
+        f"scaling: {args.scaling_model}, batch "
+        f"{args.scaling_batch} per worker, {workers} workers",
+      )
+    )
   print("\n\n".join(out))
   if args.json:
     with open(args.json, "w") as f:

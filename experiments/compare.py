@@ -34,8 +34,10 @@ def load_run(workdir: str | pathlib.Path) -> dict:
   workdir = pathlib.Path(workdir)
   records = report.MetricsLog(workdir / "metrics.jsonl").read()
   if not records:
-    raise ValueError(f"{workdir} has no metrics yet (no {workdir}/metrics.jsonl "
-                     "records); point at a workdir of experiments.cifar.")
+    raise ValueError(
+      f"{workdir} has no metrics yet (no {workdir}/metrics.jsonl "
+      "records); point at a workdir of experiments.cifar."
+    )
   config_path = workdir / "config.json"
   config = json.loads(config_path.read_text()) if config_path.exists() else {}
   return dict(name=workdir.name, config=config, records=records)
@@ -47,13 +49,16 @@ def summarize(run: dict, target: float) -> dict:
   reached = np.flatnonzero(mean >= target)
   last = run["records"][-1]
   return dict(
-      name=run["name"], method=run["config"].get("method", "?"),
-      epochs=len(run["records"]), final_mean=mean[-1], best_mean=mean.max(),
-      final_worst=accuracy[-1].min(),
-      worst_worker=int(np.argmin(accuracy[-1])),
-      averaged_model=last["test_accuracy_averaged_model"],
-      epochs_to_target=int(reached[0]) + 1 if len(reached) else None,
-      gbytes=last["bytes_sent_mean"] / 1e9,
+    name=run["name"],
+    method=run["config"].get("method", "?"),
+    epochs=len(run["records"]),
+    final_mean=mean[-1],
+    best_mean=mean.max(),
+    final_worst=accuracy[-1].min(),
+    worst_worker=int(np.argmin(accuracy[-1])),
+    averaged_model=last["test_accuracy_averaged_model"],
+    epochs_to_target=int(reached[0]) + 1 if len(reached) else None,
+    gbytes=last["bytes_sent_mean"] / 1e9,
   )
 
 
@@ -71,8 +76,10 @@ def _communication(run: dict):
   config = ml_collections.ConfigDict(run["config"])
   message = run["records"][-1].get("message_bytes")
   if message is None:
-    raise ValueError(f"{run['name']}: its metrics have no message_bytes (written "
-                     "by an older experiments.cifar); rerun it to simulate time.")
+    raise ValueError(
+      f"{run['name']}: its metrics have no message_bytes (written "
+      "by an older experiments.cifar); rerun it to simulate time."
+    )
   if config.method in ("allreduce", "local"):
     return None, message
   first = run["records"][0]
@@ -81,8 +88,9 @@ def _communication(run: dict):
   return ald.schedules.every(schedule, config.get("gossip_every", 1)), message
 
 
-def simulated_seconds(run: dict, network,
-                      compute_s_per_step: float | None = None) -> np.ndarray:
+def simulated_seconds(
+  run: dict, network, compute_s_per_step: float | None = None
+) -> np.ndarray:
   """Compute time + simulated communication, at each record's end.
 
   Compute is the run's measured training time, or ``compute_s_per_step`` for
@@ -101,13 +109,13 @@ def simulated_seconds(run: dict, network,
     if schedule is not None:
       per_step = network.gossip_times(schedule, ends[-1], size)
     elif size:
-      per_step = np.full(ends[-1], network.allreduce_time(
-          run["config"]["num_workers"], size))
+      per_step = np.full(
+        ends[-1], network.allreduce_time(run["config"]["num_workers"], size)
+      )
     else:
       per_step = np.zeros(ends[-1])
     compute = np.zeros(ends[-1])
-    for start, end, spent in zip([0] + ends[:-1], ends,
-                                 np.diff(measured, prepend=0.0)):
+    for start, end, spent in zip([0] + ends[:-1], ends, np.diff(measured, prepend=0.0)):
       compute[start:end] = spent / max(end - start, 1)
     overlapped = dataclasses.replace(network, overlap=True)
     steps = overlapped.step_time(compute, per_step)
@@ -124,57 +132,75 @@ def simulated_seconds(run: dict, network,
 
 
 def time_table(runs: list[dict], networks: list, target: float) -> str:
-  lines = ["| run | method | " + " | ".join(
-      f"{net}: time to {target:.0%} | total" for net in networks) + " |",
-           "|---|---|" + "---|---|" * len(networks)]
+  lines = [
+    "| run | method | "
+    + " | ".join(f"{net}: time to {target:.0%} | total" for net in networks)
+    + " |",
+    "|---|---|" + "---|---|" * len(networks),
+  ]
   for run in runs:
     mean = np.array([r["test_accuracy"] for r in run["records"]]).mean(1)
     cells = []
     for net in networks:
       seconds = simulated_seconds(run, net)
       reached = np.flatnonzero(mean >= target)
-      cells.append("not reached" if not len(reached) else
-                   f"{seconds[reached[0]]:.1f} s")
+      cells.append(
+        "not reached" if not len(reached) else f"{seconds[reached[0]]:.1f} s"
+      )
       cells.append(f"{seconds[-1]:.1f} s")
-    lines.append(f"| {run['name']} | {run['config'].get('method', '?')} | " +
-                 " | ".join(cells) + " |")
+    lines.append(
+      f"| {run['name']} | {run['config'].get('method', '?')} | "
+      + " | ".join(cells)
+      + " |"
+    )
   return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict], target: float) -> str:
   lines = [
-      f"| run | method | epochs | final mean acc | best mean acc | final worst "
-      f"worker | averaged model | epochs to {target:.0%} | GB sent per worker |",
-      "|---|---|---|---|---|---|---|---|---|",
+    f"| run | method | epochs | final mean acc | best mean acc | final worst "
+    f"worker | averaged model | epochs to {target:.0%} | GB sent per worker |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
-    to_target = "not reached" if r["epochs_to_target"] is None else str(
-        r["epochs_to_target"])
+    to_target = (
+      "not reached" if r["epochs_to_target"] is None else str(r["epochs_to_target"])
+    )
     lines.append(
-        f"| {r['name']} | {r['method']} | {r['epochs']} | {r['final_mean']:.2%} | "
-        f"{r['best_mean']:.2%} | {r['final_worst']:.2%} (worker "
-        f"{r['worst_worker']}) | {r['averaged_model']:.2%} | {to_target} | "
-        f"{r['gbytes']:.3f} |")
+      f"| {r['name']} | {r['method']} | {r['epochs']} | {r['final_mean']:.2%} | "
+      f"{r['best_mean']:.2%} | {r['final_worst']:.2%} (worker "
+      f"{r['worst_worker']}) | {r['averaged_model']:.2%} | {to_target} | "
+      f"{r['gbytes']:.3f} |"
+    )
   return "\n".join(lines)
 
 
 def plot(runs: list[dict], out: pathlib.Path, networks=()) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   rows = 1 + (len(networks) + 1) // 2
   fig, axes = plt.subplots(rows, 2, figsize=(12, 4.5 * rows), squeeze=False)
   axes = axes.ravel()
   by_epoch, by_bytes = axes[:2]
-  for ax in axes[2 + len(networks):]:
+  for ax in axes[2 + len(networks) :]:
     ax.set_visible(False)
   for ax, net in zip(axes[2:], networks):
     for k, run in enumerate(runs):
       accuracy = np.array([r["test_accuracy"] for r in run["records"]]) * 100
-      ax.plot(simulated_seconds(run, net), accuracy.mean(1), color=f"C{k}", lw=2,
-              marker=".", label=run["name"])
-    ax.set(xlabel="simulated wall-clock (s)", ylabel="mean test accuracy (%)",
-           title=str(net))
+      ax.plot(
+        simulated_seconds(run, net),
+        accuracy.mean(1),
+        color=f"C{k}",
+        lw=2,
+        marker=".",
+        label=run["name"],
+      )
+    ax.set(
+      xlabel="simulated wall-clock (s)", ylabel="mean test accuracy (%)", title=str(net)
+    )
     ax.grid(alpha=0.3)
   for k, run in enumerate(runs):
     color = f"C{k}"
@@ -184,16 +210,25 @@ def plot(runs: list[dict], out: pathlib.Path, networks=()) -> None:
     label = f"{run['name']} ({run['config'].get('method', '?')})"
     by_epoch.plot(epochs, accuracy.mean(1), color=color, lw=2, label=label)
     by_epoch.plot(epochs, accuracy.min(1), color=color, lw=1, ls="--")
-    by_bytes.plot(gbytes, accuracy.mean(1), color=color, lw=2, marker=".",
-                  label=label)
-  by_epoch.set(xlabel="epoch", ylabel="test accuracy (%)",
-               title="mean over workers (solid), worst worker (dashed)")
-  by_bytes.set(xlabel="GB sent per worker", ylabel="mean test accuracy (%)",
-               title="accuracy vs communication")
+    by_bytes.plot(gbytes, accuracy.mean(1), color=color, lw=2, marker=".", label=label)
+  by_epoch.set(
+    xlabel="epoch",
+    ylabel="test accuracy (%)",
+    title="mean over workers (solid), worst worker (dashed)",
+  )
+  by_bytes.set(
+    xlabel="GB sent per worker",
+    ylabel="mean test accuracy (%)",
+    title="accuracy vs communication",
+  )
   for ax in (by_epoch, by_bytes):
     ax.grid(alpha=0.3)
-  fig.suptitle("compute time measured on this machine, communication simulated"
-               if networks else "", fontsize=9)
+  fig.suptitle(
+    "compute time measured on this machine, communication simulated"
+    if networks
+    else "",
+    fontsize=9,
+  )
   by_epoch.legend(fontsize=8)
   fig.tight_layout()
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,25 +240,51 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+", help="experiments.cifar workdirs")
   parser.add_argument("--out", default="comparison.png", help="PNG to write")
-  parser.add_argument("--target", type=float, default=0.85,
-                      help="target mean test accuracy, a fraction in (0, 1]")
-  parser.add_argument("--gbit", type=float, nargs="*", default=[],
-                      help="simulate networks with these link speeds (Gbit/s)")
-  parser.add_argument("--latency-us", type=float, default=50.0,
-                      help="per-message latency of the simulated network")
-  parser.add_argument("--node-gbit", type=float, default=None,
-                      help="optional per-node bandwidth cap (Gbit/s)")
-  parser.add_argument("--concurrent", action="store_true",
-                      help="all of a step's gossip messages in flight at once")
+  parser.add_argument(
+    "--target",
+    type=float,
+    default=0.85,
+    help="target mean test accuracy, a fraction in (0, 1]",
+  )
+  parser.add_argument(
+    "--gbit",
+    type=float,
+    nargs="*",
+    default=[],
+    help="simulate networks with these link speeds (Gbit/s)",
+  )
+  parser.add_argument(
+    "--latency-us",
+    type=float,
+    default=50.0,
+    help="per-message latency of the simulated network",
+  )
+  parser.add_argument(
+    "--node-gbit",
+    type=float,
+    default=None,
+    help="optional per-node bandwidth cap (Gbit/s)",
+  )
+  parser.add_argument(
+    "--concurrent",
+    action="store_true",
+    help="all of a step's gossip messages in flight at once",
+  )
   args = parser.parse_args(argv)
   if not 0.0 < args.target <= 1.0:
     parser.error(f"--target must be a fraction in (0, 1], got {args.target}.")
   import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+
   try:
-    networks = [ald.NetworkModel.from_gbit(g, latency_s=args.latency_us * 1e-6,
-                                           node_gbit=args.node_gbit,
-                                           concurrent=args.concurrent)
-                for g in args.gbit]
+    networks = [
+      ald.NetworkModel.from_gbit(
+        g,
+        latency_s=args.latency_us * 1e-6,
+        node_gbit=args.node_gbit,
+        concurrent=args.concurrent,
+      )
+      for g in args.gbit
+    ]
     runs = [load_run(w) for w in args.workdirs]
   except ValueError as e:
     parser.error(str(e))

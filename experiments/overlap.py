@@ -32,8 +32,10 @@ import re
 import sys
 import time
 
-COMPUTE = re.compile(r"= [^=]*\b(fusion|convolution|dot|custom-call|cublas|"
-                     r"gemm)\b")
+COMPUTE = re.compile(
+  r"= [^=]*\b(fusion|convolution|dot|custom-call|cublas|"
+  r"gemm)\b"
+)
 
 
 def overlap_report(hlo: str) -> list[dict]:
@@ -54,10 +56,14 @@ def overlap_report(hlo: str) -> list[dict]:
     done = re.search(r"collective-permute-done\(\S*?%?([\w.\-]+)\)", line)
     if done and done.group(1) in starts:
       begin = starts.pop(done.group(1))
-      between = lines[begin + 1:index]
-      found.append(dict(computation=computation, start=done.group(1),
-                        compute_between=sum(bool(COMPUTE.search(l))
-                                            for l in between)))
+      between = lines[begin + 1 : index]
+      found.append(
+        dict(
+          computation=computation,
+          start=done.group(1),
+          compute_between=sum(bool(COMPUTE.search(l)) for l in between),
+        )
+      )
   return found
 
 
@@ -72,8 +78,14 @@ def _parse(argv):
   args = parser.parse_args(argv)
   args.methods = [m for m in args.methods.split(",") if m]
   for m in args.methods:
-    if m not in ("dpsgd", "dpsgd_reference", "matcha", "aldsgd_dpsgd",
-                 "aldsgd_dpsgd_reference", "aldsgd_matcha"):
+    if m not in (
+      "dpsgd",
+      "dpsgd_reference",
+      "matcha",
+      "aldsgd_dpsgd",
+      "aldsgd_dpsgd_reference",
+      "aldsgd_matcha",
+    ):
       parser.error(f"--methods: {m!r} is not a gossip method of experiments.cifar.")
   for name in ("batch", "workers", "steps"):
     if getattr(args, name) < 1:
@@ -89,20 +101,24 @@ def _compiled(method, overlap, args, info, mesh):
   from experiments import benchmark
   from experiments.cifar import train
 
-  config = benchmark.make_config(method, args.model, args.workers, args.batch,
-                                 "cifar10")
+  config = benchmark.make_config(
+    method, args.model, args.workers, args.batch, "cifar10"
+  )
   config.overlap = overlap
   schedule = train.build_schedule(config)
   tx = train.build_optimizer(config, schedule, config.learning_rate)
   state = train.create_train_state(config, info, mesh, tx)
   rng = np.random.default_rng(0)
   batch = {
-      "image": ald.shard_workers(rng.normal(size=(args.workers, args.batch) +
-                                            info.image_shape).astype(np.float32),
-                                 mesh),
-      "label": ald.shard_workers(rng.integers(0, info.num_classes,
-                                              (args.workers, args.batch))
-                                 .astype(np.int32), mesh)}
+    "image": ald.shard_workers(
+      rng.normal(size=(args.workers, args.batch) + info.image_shape).astype(np.float32),
+      mesh,
+    ),
+    "label": ald.shard_workers(
+      rng.integers(0, info.num_classes, (args.workers, args.batch)).astype(np.int32),
+      mesh,
+    ),
+  }
   step = jax.jit(ald.worker_map(train.train_step, mesh), donate_argnums=0)
   compiled = step.lower(state, batch).compile()
   return compiled, state, batch
@@ -120,8 +136,9 @@ def main(argv=None) -> int:
   from experiments.cifar import input_pipeline
 
   if args.workers > jax.device_count():
-    raise SystemExit(f"{args.workers} workers need {args.workers} devices, found "
-                     f"{jax.device_count()}.")
+    raise SystemExit(
+      f"{args.workers} workers need {args.workers} devices, found {jax.device_count()}."
+    )
   info = input_pipeline.DATASETS["cifar10"]
   mesh = ald.worker_mesh(args.workers)
   report = {"machine": benchmark.machine(), "rows": []}
@@ -131,8 +148,9 @@ def main(argv=None) -> int:
     for overlap in (False, True):
       compiled, state, batch = _compiled(method, overlap, args, info, mesh)
       permutes = overlap_report(compiled.as_text())
-      runs[overlap] = dict(compiled=compiled, state=state, batch=batch,
-                           permutes=permutes, times=[])
+      runs[overlap] = dict(
+        compiled=compiled, state=state, batch=batch, permutes=permutes, times=[]
+      )
     for k in range(args.steps + 2):  # two warm-up rounds, then paired timing
       for run in runs.values():
         started = time.perf_counter()
@@ -143,22 +161,32 @@ def main(argv=None) -> int:
     off, on = np.array(runs[False]["times"]), np.array(runs[True]["times"])
     for overlap, run in runs.items():
       permutes = run["permutes"]
-      row = dict(method=method, overlap=overlap,
-                 step_s=float(np.median(run["times"])),
-                 async_permutes=len(permutes),
-                 overlapped_permutes=sum(p["compute_between"] > 0 for p in permutes),
-                 compute_between=[p["compute_between"] for p in permutes])
+      row = dict(
+        method=method,
+        overlap=overlap,
+        step_s=float(np.median(run["times"])),
+        async_permutes=len(permutes),
+        overlapped_permutes=sum(p["compute_between"] > 0 for p in permutes),
+        compute_between=[p["compute_between"] for p in permutes],
+      )
       report["rows"].append(row)
     report["rows"][-1]["on_vs_off"] = float(np.median(on / off))
-  print("| method | overlap | step (median) | async collective-permutes | "
-        "with compute before their done | on / off (paired) |")
+  print(
+    "| method | overlap | step (median) | async collective-permutes | "
+    "with compute before their done | on / off (paired) |"
+  )
   print("|---|---|---|---|---|---|")
   for row in report["rows"]:
-    permutes = (f"{row['async_permutes']}" if row["async_permutes"] else
-                "0 (synchronous collectives: no start/done pairs)")
-    print(f"| {row['method']} | {row['overlap']} | {row['step_s'] * 1e3:.1f} ms | "
-          f"{permutes} | {row['overlapped_permutes']} | "
-          f"{row.get('on_vs_off', float('nan')):.3f}x |")
+    permutes = (
+      f"{row['async_permutes']}"
+      if row["async_permutes"]
+      else "0 (synchronous collectives: no start/done pairs)"
+    )
+    print(
+      f"| {row['method']} | {row['overlap']} | {row['step_s'] * 1e3:.1f} ms | "
+      f"{permutes} | {row['overlapped_permutes']} | "
+      f"{row.get('on_vs_off', float('nan')):.3f}x |"
+    )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=1)

@@ -76,14 +76,15 @@ def compressed_bytes(compressor: str, num_params: int, num_leaves: int) -> float
   Per-leaf rounding (``floor``, ``ceil``) is ignored: it moves a byte per leaf.
   """
   formats = {
-      "none": 4.0 * num_params,
-      "topk10": 8.0 * 0.1 * num_params,
-      "sign": num_params / 8.0 + 4.0 * num_leaves,
-      "qsgd16": 1.0 * num_params + 4.0 * num_leaves,
+    "none": 4.0 * num_params,
+    "topk10": 8.0 * 0.1 * num_params,
+    "sign": num_params / 8.0 + 4.0 * num_leaves,
+    "qsgd16": 1.0 * num_params + 4.0 * num_leaves,
   }
   if compressor not in formats:
-    raise ValueError(f"compressor must be one of {sorted(formats)}, got "
-                     f"{compressor!r}.")
+    raise ValueError(
+      f"compressor must be one of {sorted(formats)}, got {compressor!r}."
+    )
   return formats[compressor]
 
 
@@ -130,8 +131,10 @@ def measure_compute_ms(model: str, batch: int = 16) -> float:
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from experiments.cifar import models  # pylint: disable=g-import-not-at-top
-  net = models.create_model(model, num_classes=10, in_channels=3,
-                            rngs=nnx.Rngs(params=jax.random.key(0)))
+
+  net = models.create_model(
+    model, num_classes=10, in_channels=3, rngs=nnx.Rngs(params=jax.random.key(0))
+  )
   graphdef, params, stats = nnx.split(net, nnx.Param, nnx.BatchStat)
   images = jax.numpy.zeros((batch, 32, 32, 3))
   labels = jax.numpy.zeros((batch,), int)
@@ -142,8 +145,8 @@ def measure_compute_ms(model: str, batch: int = 16) -> float:
       model = nnx.merge(graphdef, p, stats, copy=True)
       model.train()
       logits = model(images)
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
     grads = jax.grad(loss_fn)(params)
     return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
 
@@ -159,8 +162,9 @@ def measure_compute_ms(model: str, batch: int = 16) -> float:
 class Sweep:
   """Per-step times of every method on every (n, network, model)."""
 
-  def __init__(self, workers, networks, compute_ms, matcha_max_n, intra_bandwidth,
-               intra_latency_s):
+  def __init__(
+    self, workers, networks, compute_ms, matcha_max_n, intra_bandwidth, intra_latency_s
+  ):
     self.workers = workers
     self.networks = networks
     self.compute_ms = compute_ms
@@ -177,9 +181,12 @@ class Sweep:
         self.solve_s[n] = time.perf_counter() - start
     # Active matchings per step: exactly what NetworkModel.gossip_time counts.
     self.rounds = {
-        key: np.array([s.active(k).sum() for k in range(
-            MATCHA_STEPS if key[0] == "matcha" else 1)], float)
-        for key, s in self.schedules.items()}
+      key: np.array(
+        [s.active(k).sum() for k in range(MATCHA_STEPS if key[0] == "matcha" else 1)],
+        float,
+      )
+      for key, s in self.schedules.items()
+    }
 
   def gaps(self) -> dict:
     return {key: mixing_gap(s) for key, s in self.schedules.items()}
@@ -187,11 +194,14 @@ class Sweep:
   def allreduce_s(self, net, n, model_bytes) -> dict:
     g = min(WORKERS_PER_HOST, n)
     return {
-        "ring all-reduce": net.allreduce_time(n, model_bytes),
-        "2-level all-reduce": net.hierarchical_allreduce_time(
-            n, model_bytes, workers_per_host=g,
-            intra_host_bandwidth=self.intra_bandwidth,
-            intra_host_latency_s=self.intra_latency_s),
+      "ring all-reduce": net.allreduce_time(n, model_bytes),
+      "2-level all-reduce": net.hierarchical_allreduce_time(
+        n,
+        model_bytes,
+        workers_per_host=g,
+        intra_host_bandwidth=self.intra_bandwidth,
+        intra_host_latency_s=self.intra_latency_s,
+      ),
     }
 
   def gossip_s(self, net, key, message_bytes) -> np.ndarray:
@@ -206,48 +216,85 @@ class Sweep:
     out = []
     for model, params in MODELS.items():
       compute = self.compute_ms[model] * 1e-3
-      dense = float(ald.gossip_message_bytes(
-          _shape(params)))  # the transforms' message: packed float32 parameters
+      dense = float(
+        ald.gossip_message_bytes(_shape(params))
+      )  # the transforms' message: packed float32 parameters
       for net in self.networks:
         serial = net
-        overlapped = ald.NetworkModel(net.latency_s, net.link_bandwidth,
-                                      net.node_bandwidth, net.concurrent,
-                                      overlap=True)
+        overlapped = ald.NetworkModel(
+          net.latency_s,
+          net.link_bandwidth,
+          net.node_bandwidth,
+          net.concurrent,
+          overlap=True,
+        )
         for n in self.workers:
-          base = {"model": model, "gbit": round(net.link_bandwidth / 1.25e8, 6),
-                      "latency_us": round(net.latency_s * 1e6, 6), "n": n,
-                      "compute_s": compute}
+          base = {
+            "model": model,
+            "gbit": round(net.link_bandwidth / 1.25e8, 6),
+            "latency_us": round(net.latency_s * 1e6, 6),
+            "n": n,
+            "compute_s": compute,
+          }
           for method, comm in self.allreduce_s(serial, n, dense).items():
-            out.append(dict(base, method=method, graph="all-reduce",
-                            compressor="none", overlap=False, comm_s=comm,
-                            step_s=serial.step_time(compute, comm)))
+            out.append(
+              dict(
+                base,
+                method=method,
+                graph="all-reduce",
+                compressor="none",
+                overlap=False,
+                comm_s=comm,
+                step_s=serial.step_time(compute, comm),
+              )
+            )
           for key in self.schedules:
             if key[1] != n:
               continue
             for compressor in ("none", "topk10", "sign", "qsgd16"):
-              size = dense if compressor == "none" else compressed_bytes(
-                  compressor, params, LEAVES[model])
+              size = (
+                dense
+                if compressor == "none"
+                else compressed_bytes(compressor, params, LEAVES[model])
+              )
               comm = self.gossip_s(serial, key, size)
               for over, model_net in ((False, serial), (True, overlapped)):
-                out.append(dict(base, method="gossip", graph=key[0],
-                                compressor=compressor, overlap=over,
-                                comm_s=float(comm.mean()),
-                                step_s=float(np.mean(model_net.step_time(
-                                    compute, comm)))))
+                out.append(
+                  dict(
+                    base,
+                    method="gossip",
+                    graph=key[0],
+                    compressor=compressor,
+                    overlap=over,
+                    comm_s=float(comm.mean()),
+                    step_s=float(np.mean(model_net.step_time(compute, comm))),
+                  )
+                )
     return out
 
 
 def _shape(num_params):
   import jax  # pylint: disable=g-import-not-at-top
+
   return jax.ShapeDtypeStruct((num_params,), np.float32)
 
 
-GRAPH_NAMES = {"ring": "ring", "torus": "torus", "exponential": "exponential",
-               "matcha": f"MATCHA(exp, {MATCHA_BUDGET})"}
-VARIANTS = (("gossip", "none", False), ("CHOCO", "compressed", False),
-            ("overlap", "none", True), ("CHOCO + overlap", "compressed", True))
-BASELINES = (("one worker per host", "ring all-reduce"),
-             (f"{WORKERS_PER_HOST} workers per host", "2-level all-reduce"))
+GRAPH_NAMES = {
+  "ring": "ring",
+  "torus": "torus",
+  "exponential": "exponential",
+  "matcha": f"MATCHA(exp, {MATCHA_BUDGET})",
+}
+VARIANTS = (
+  ("gossip", "none", False),
+  ("CHOCO", "compressed", False),
+  ("overlap", "none", True),
+  ("CHOCO + overlap", "compressed", True),
+)
+BASELINES = (
+  ("one worker per host", "ring all-reduce"),
+  (f"{WORKERS_PER_HOST} workers per host", "2-level all-reduce"),
+)
 
 
 def label(row) -> str:
@@ -263,51 +310,57 @@ def _select(rows, **where):
   return [r for r in rows if all(r[k] == v for k, v in where.items())]
 
 
-def best_variant(rows, gaps, compressed: bool, overlap: bool,
-                 graphs=tuple(GRAPH_NAMES), **where):
+def best_variant(
+  rows, gaps, compressed: bool, overlap: bool, graphs=tuple(GRAPH_NAMES), **where
+):
   """Fastest gossip row of a variant; within 0.5% of it, the best-mixing graph,
   then the uncompressed message (ties are common once overlap hides the
   exchange entirely)."""
-  chosen = [r for r in _select(rows, overlap=overlap, **where)
-            if r["graph"] in graphs and
-            (r["compressor"] != "none") == compressed]
+  chosen = [
+    r
+    for r in _select(rows, overlap=overlap, **where)
+    if r["graph"] in graphs and (r["compressor"] != "none") == compressed
+  ]
   fastest = min(r["step_s"] for r in chosen)
   close = [r for r in chosen if r["step_s"] <= 1.005 * fastest]
-  return max(close, key=lambda r: (gaps[r["graph"], r["n"]],
-                                   r["compressor"] == "none"))
+  return max(close, key=lambda r: (gaps[r["graph"], r["n"]], r["compressor"] == "none"))
 
 
-def speedups(rows, gaps, baseline: str, graphs=tuple(GRAPH_NAMES),
-             **where) -> dict:
+def speedups(rows, gaps, baseline: str, graphs=tuple(GRAPH_NAMES), **where) -> dict:
   """Variant name -> (speed-up of a step over ``baseline``, its row)."""
   reference = _select(rows, method=baseline, **where)[0]["step_s"]
   out = {}
   for name, compressor, overlap in VARIANTS:
-    row = best_variant(rows, gaps, compressor == "compressed", overlap, graphs,
-                       **where)
+    row = best_variant(rows, gaps, compressor == "compressed", overlap, graphs, **where)
     out[name] = (reference / row["step_s"], row)
   return out
 
 
 def region_table(rows, gaps, workers, baseline) -> str:
   """Per (model, bandwidth, latency) and n: each variant's best speed-up."""
-  lines = ["| model | link | latency | " + " | ".join(
-      f"n={n}" for n in workers) + " |", "|---|---|---|" + "---|" * len(workers)]
-  keys = sorted({(r["model"], r["gbit"], r["latency_us"]) for r in rows},
-                key=lambda k: (k[0] != "resnet50", k[1], k[2]))
+  lines = [
+    "| model | link | latency | " + " | ".join(f"n={n}" for n in workers) + " |",
+    "|---|---|---|" + "---|" * len(workers),
+  ]
+  keys = sorted(
+    {(r["model"], r["gbit"], r["latency_us"]) for r in rows},
+    key=lambda k: (k[0] != "resnet50", k[1], k[2]),
+  )
   for model, gbit, latency in keys:
     cells = []
     for n in workers:
-      found = speedups(rows, gaps, baseline, model=model, gbit=gbit,
-                       latency_us=latency, n=n)
+      found = speedups(
+        rows, gaps, baseline, model=model, gbit=gbit, latency_us=latency, n=n
+      )
       parts = []
       for name, _, _ in VARIANTS:
         value, row = found[name]
         text = f"{value:.2f}{row['graph'][0]}"
         parts.append(f"**{text}**" if value > WIN else text)
       cells.append(" / ".join(parts))
-    lines.append(f"| {model} | {gbit:g} Gbit/s | {latency:g} us | " +
-                 " | ".join(cells) + " |")
+    lines.append(
+      f"| {model} | {gbit:g} Gbit/s | {latency:g} us | " + " | ".join(cells) + " |"
+    )
   return "\n".join(lines)
 
 
@@ -317,37 +370,54 @@ MIXING_GRAPHS = ("exponential", "matcha")
 def headline(rows, gaps, workers) -> str:
   """Where each variant wins, from the rows (no hand-written numbers)."""
   lines = []
-  for (setting, baseline), graphs in [(b, g) for b in BASELINES for g in (
-      tuple(GRAPH_NAMES), MIXING_GRAPHS)]:
-    ns = [n for n in workers if baseline == "ring all-reduce" or
-          n >= 2 * WORKERS_PER_HOST]
-    lines.append(f"* **{setting}, against the {baseline}, " + (
-        "any graph**" if len(graphs) == len(GRAPH_NAMES) else
-        "only graphs that keep mixing at scale (exponential, MATCHA on it)**"))
+  for (setting, baseline), graphs in [
+    (b, g) for b in BASELINES for g in (tuple(GRAPH_NAMES), MIXING_GRAPHS)
+  ]:
+    ns = [
+      n for n in workers if baseline == "ring all-reduce" or n >= 2 * WORKERS_PER_HOST
+    ]
+    lines.append(
+      f"* **{setting}, against the {baseline}, "
+      + (
+        "any graph**"
+        if len(graphs) == len(GRAPH_NAMES)
+        else "only graphs that keep mixing at scale (exponential, MATCHA on it)**"
+      )
+    )
     for name, _, _ in VARIANTS:
       wins, best, cells = {}, (0.0, None), 0
       for row in _select(rows, method=baseline):
         if row["n"] not in ns:
           continue
         cells += 1
-        where = {"model": row["model"], "gbit": row["gbit"],
-                     "latency_us": row["latency_us"], "n": row["n"]}
+        where = {
+          "model": row["model"],
+          "gbit": row["gbit"],
+          "latency_us": row["latency_us"],
+          "n": row["n"],
+        }
         value, winner = speedups(rows, gaps, baseline, graphs, **where)[name]
         if value > WIN:
-          wins.setdefault((row["model"], row["gbit"], row["latency_us"]),
-                          []).append(row["n"])
+          wins.setdefault((row["model"], row["gbit"], row["latency_us"]), []).append(
+            row["n"]
+          )
         if value > best[0]:
           best = (value, winner)
       value, row = best
-      at_best = (f"at best {value:.2f}x ({label(row)}, {row['model']}, "
-                 f"{row['gbit']:g} Gbit/s, {row['latency_us']:g} us, "
-                 f"n={row['n']})")
+      at_best = (
+        f"at best {value:.2f}x ({label(row)}, {row['model']}, "
+        f"{row['gbit']:g} Gbit/s, {row['latency_us']:g} us, "
+        f"n={row['n']})"
+      )
       if not wins:
         lines.append(f"  * {name}: never faster ({at_best}).")
         continue
       count = sum(map(len, wins.values()))
-      where = ("everywhere" if count == cells else
-               f"in {count} of {cells} cells: {_regions(wins, ns)}")
+      where = (
+        "everywhere"
+        if count == cells
+        else f"in {count} of {cells} cells: {_regions(wins, ns)}"
+      )
       lines.append(f"  * {name}: faster {where}; {at_best}.")
   return "\n".join(lines)
 
@@ -359,8 +429,9 @@ def _regions(wins, ns) -> str:
     merged.setdefault((model, gbit, _span(sorted(at), ns)), []).append(latency)
   parts = []
   for (model, gbit, span), latencies in merged.items():
-    parts.append(f"{model} {gbit:g} Gbit/s "
-                 f"{'/'.join(f'{l:g}' for l in latencies)} us: {span}")
+    parts.append(
+      f"{model} {gbit:g} Gbit/s {'/'.join(f'{l:g}' for l in latencies)} us: {span}"
+    )
   return "; ".join(parts)
 
 
@@ -370,7 +441,7 @@ def _span(at, ns) -> str:
   first, last = ns.index(at[0]), ns.index(at[-1])
   if len(at) == 1:
     return f"n = {at[0]}"
-  if at == ns[first:last + 1]:
+  if at == ns[first : last + 1]:
     return f"n >= {at[0]}" if at[-1] == ns[-1] else f"n = {at[0]}-{at[-1]}"
   return "n in {" + ", ".join(map(str, at)) + "}"
 
@@ -382,8 +453,10 @@ def detail_table(rows, model, gbit, latency, workers) -> str:
   for r in here:
     if label(r) not in names:
       names.append(label(r))
-  lines = ["| method | " + " | ".join(f"n={n}" for n in workers) + " |",
-           "|---|" + "---|" * len(workers)]
+  lines = [
+    "| method | " + " | ".join(f"n={n}" for n in workers) + " |",
+    "|---|" + "---|" * len(workers),
+  ]
   for name in names:
     cells = []
     for n in workers:
@@ -394,11 +467,12 @@ def detail_table(rows, model, gbit, latency, workers) -> str:
 
 
 def gap_table(gaps, workers) -> str:
-  lines = ["| topology | " + " | ".join(f"n={n}" for n in workers) + " |",
-           "|---|" + "---|" * len(workers)]
+  lines = [
+    "| topology | " + " | ".join(f"n={n}" for n in workers) + " |",
+    "|---|" + "---|" * len(workers),
+  ]
   for graph, name in GRAPH_NAMES.items():
-    cells = [f"{gaps[graph, n]:.2g}" if (graph, n) in gaps else "-"
-             for n in workers]
+    cells = [f"{gaps[graph, n]:.2g}" if (graph, n) in gaps else "-" for n in workers]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -408,6 +482,7 @@ PANELS = (("resnet50", 1.0, 50.0), ("resnet50", 100.0, 5.0), ("100m", 10.0, 50.0
 
 def _ticks(ax, workers):
   import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+
   ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
   ax.set_xticks(workers, [str(n) for n in workers])
   ax.grid(True, which="both", alpha=0.3)
@@ -415,44 +490,66 @@ def _ticks(ax, workers):
 
 def plot(rows, gaps, workers, path) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
   styles = {
-      "ring all-reduce": {"color": "black", "lw": 2},
-      "2-level all-reduce": {"color": "black", "lw": 2, "ls": "--"},
-      "ring": {"color": "C0"}, "torus": {"color": "C1"},
-      "exponential": {"color": "C2"},
-      f"MATCHA(exp, {MATCHA_BUDGET})": {"color": "C3"},
-      "torus + CHOCO topk10": {"color": "C1", "ls": ":"},
-      "torus + CHOCO sign": {"color": "C4", "ls": ":"},
-      "torus + overlap": {"color": "C1", "ls": "--"},
-      "torus + CHOCO sign + overlap": {"color": "C4", "ls": "-."},
+    "ring all-reduce": {"color": "black", "lw": 2},
+    "2-level all-reduce": {"color": "black", "lw": 2, "ls": "--"},
+    "ring": {"color": "C0"},
+    "torus": {"color": "C1"},
+    "exponential": {"color": "C2"},
+    f"MATCHA(exp, {MATCHA_BUDGET})": {"color": "C3"},
+    "torus + CHOCO topk10": {"color": "C1", "ls": ":"},
+    "torus + CHOCO sign": {"color": "C4", "ls": ":"},
+    "torus + overlap": {"color": "C1", "ls": "--"},
+    "torus + CHOCO sign + overlap": {"color": "C4", "ls": "-."},
   }
   for ax, (model, gbit, latency) in zip(axes.flat, PANELS):
-    here = [r for r in rows if r["model"] == model and r["gbit"] == gbit and
-            r["latency_us"] == latency]
+    here = [
+      r
+      for r in rows
+      if r["model"] == model and r["gbit"] == gbit and r["latency_us"] == latency
+    ]
     for name, style in styles.items():
       points = sorted((r["n"], r["step_s"]) for r in here if label(r) == name)
       if points:
         ax.plot(*zip(*points), marker=".", label=name, **style)
     compute = here[0]["compute_s"]
     ax.axhline(compute, color="grey", lw=1, label="compute alone")
-    ax.set(xscale="log", yscale="log", xlabel="workers n",
-           ylabel="seconds per step",
-           title=f"{model}: {gbit:g} Gbit/s, {latency:g} us")
+    ax.set(
+      xscale="log",
+      yscale="log",
+      xlabel="workers n",
+      ylabel="seconds per step",
+      title=f"{model}: {gbit:g} Gbit/s, {latency:g} us",
+    )
     _ticks(ax, workers)
   axes.flat[0].legend(fontsize=7)
   ax = axes.flat[3]
-  for graph, color in (("ring", "C0"), ("torus", "C1"), ("exponential", "C2"),
-                       ("matcha", "C3")):
+  for graph, color in (
+    ("ring", "C0"),
+    ("torus", "C1"),
+    ("exponential", "C2"),
+    ("matcha", "C3"),
+  ):
     points = sorted((n, gaps[g, n]) for g, n in gaps if g == graph)
-    ax.plot(*zip(*points), marker=".", color=color,
-            label={"matcha": f"MATCHA(exp, {MATCHA_BUDGET})"}.get(graph, graph))
+    ax.plot(
+      *zip(*points),
+      marker=".",
+      color=color,
+      label={"matcha": f"MATCHA(exp, {MATCHA_BUDGET})"}.get(graph, graph),
+    )
   ax.axhline(1.0, color="black", lw=2, label="all-reduce (exact average)")
-  ax.set(xscale="log", yscale="log", xlabel="workers n",
-         ylabel="spectral gap per step",
-         title="consensus rate: 1 - |lambda_2(W)| (MATCHA: 1 - sqrt(rho))")
+  ax.set(
+    xscale="log",
+    yscale="log",
+    xlabel="workers n",
+    ylabel="spectral gap per step",
+    title="consensus rate: 1 - |lambda_2(W)| (MATCHA: 1 - sqrt(rho))",
+  )
   _ticks(ax, workers)
   ax.legend(fontsize=7)
   fig.tight_layout()
@@ -462,8 +559,13 @@ def plot(rows, gaps, workers, path) -> None:
 
 def time_matcha_solver(workers, old_solver_max_n: int = 0) -> str:
   """Markdown table: `schedules.matcha` on random geometric graphs of mean degree ~10-12."""
-  lines = [("| n | radius | mean degree | matchings | topology s | matcha wall s "
-            "| matcha CPU s | alpha | rho |"), "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    (
+      "| n | radius | mean degree | matchings | topology s | matcha wall s "
+      "| matcha CPU s | alpha | rho |"
+    ),
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for n in workers:
     radius = round(1.15 * math.sqrt(10 / (math.pi * n)), 4)
     start = time.perf_counter()
@@ -472,9 +574,11 @@ def time_matcha_solver(workers, old_solver_max_n: int = 0) -> str:
     start, cpu = time.perf_counter(), time.process_time()
     schedule = S.matcha(graph, MATCHA_BUDGET)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    lines.append(f"| {n} | {radius} | {graph.degrees.mean():.1f} | "
-                 f"{graph.num_matchings} | {built:.2f} | {wall:.1f} | {cpu:.1f} | "
-                 f"{schedule.neighbor_weight[0]:.6f} | {schedule.rho:.6f} |")
+    lines.append(
+      f"| {n} | {radius} | {graph.degrees.mean():.1f} | "
+      f"{graph.num_matchings} | {built:.2f} | {wall:.1f} | {cpu:.1f} | "
+      f"{schedule.neighbor_weight[0]:.6f} | {schedule.rho:.6f} |"
+    )
     print(lines[-1], flush=True)
   return "\n".join(lines)
 
@@ -485,18 +589,35 @@ def _parse(argv):
   parser.add_argument("--workers", default="8,16,32,64,128,256,512,1024")
   parser.add_argument("--gbit", default="1,10,100")
   parser.add_argument("--latency-us", default="5,50")
-  parser.add_argument("--compute-ms", default="resnet50=20,100m=150",
-                      help="compute seconds per step, per model")
-  parser.add_argument("--measure-compute", action="store_true",
-                      help="measure ResNet-50's step on this CPU instead")
-  parser.add_argument("--matcha-max-n", type=int, default=256,
-                      help="largest n for MATCHA (its solver is the slow part)")
-  parser.add_argument("--intra-gbps", type=float, default=100.0,
-                      help="intra-host link, GB/s per direction (NVLink class)")
+  parser.add_argument(
+    "--compute-ms",
+    default="resnet50=20,100m=150",
+    help="compute seconds per step, per model",
+  )
+  parser.add_argument(
+    "--measure-compute",
+    action="store_true",
+    help="measure ResNet-50's step on this CPU instead",
+  )
+  parser.add_argument(
+    "--matcha-max-n",
+    type=int,
+    default=256,
+    help="largest n for MATCHA (its solver is the slow part)",
+  )
+  parser.add_argument(
+    "--intra-gbps",
+    type=float,
+    default=100.0,
+    help="intra-host link, GB/s per direction (NVLink class)",
+  )
   parser.add_argument("--intra-latency-us", type=float, default=2.0)
-  parser.add_argument("--time-matcha", default="",
-                      help="also time schedules.matcha on random geometric "
-                      "graphs of these sizes (e.g. 128,256,512,1024; minutes)")
+  parser.add_argument(
+    "--time-matcha",
+    default="",
+    help="also time schedules.matcha on random geometric "
+    "graphs of these sizes (e.g. 128,256,512,1024; minutes)",
+  )
   return parser.parse_args(argv)
 
 
@@ -504,8 +625,9 @@ def _sizes(flag: str, text: str) -> list[int]:
   try:
     values = [int(v) for v in text.split(",") if v]
   except ValueError:
-    raise ValueError(f"{flag} must be comma-separated integers, got {text!r} "
-                     "(e.g. 8,16,32).") from None
+    raise ValueError(
+      f"{flag} must be comma-separated integers, got {text!r} (e.g. 8,16,32)."
+    ) from None
   return values
 
 
@@ -515,24 +637,39 @@ def main(argv=None) -> int:
   workers = _sizes("--workers", args.workers)
   for n in workers:
     if n < 2 or n % 2:
-      raise ValueError(f"--workers: {n} must be an even number >= 2 (rings and "
-                       "tori of odd size need a third matching); e.g. 8,16,32.")
+      raise ValueError(
+        f"--workers: {n} must be an even number >= 2 (rings and "
+        "tori of odd size need a third matching); e.g. 8,16,32."
+      )
   compute_ms = dict(COMPUTE_MS)
   for item in args.compute_ms.split(","):
     name, _, value = item.partition("=")
     if name not in MODELS:
-      raise ValueError(f"--compute-ms: unknown model {name!r}; use "
-                       f"{', '.join(MODELS)} (e.g. resnet50=20,100m=150).")
+      raise ValueError(
+        f"--compute-ms: unknown model {name!r}; use "
+        f"{', '.join(MODELS)} (e.g. resnet50=20,100m=150)."
+      )
     compute_ms[name] = float(value)
   measured = ""
   if args.measure_compute:
     compute_ms["resnet50"] = measure_compute_ms("resnet50")
-    measured = (f" ResNet-50's step measured on this machine's CPU: "
-                f"{compute_ms['resnet50']:.1f} ms (batch 16).")
-  networks = [ald.NetworkModel.from_gbit(float(g), latency_s=float(l) * 1e-6)
-              for g in args.gbit.split(",") for l in args.latency_us.split(",")]
-  sweep = Sweep(workers, networks, compute_ms, args.matcha_max_n,
-                args.intra_gbps * 1e9, args.intra_latency_us * 1e-6)
+    measured = (
+      f" ResNet-50's step measured on this machine's CPU: "
+      f"{compute_ms['resnet50']:.1f} ms (batch 16)."
+    )
+  networks = [
+    ald.NetworkModel.from_gbit(float(g), latency_s=float(l) * 1e-6)
+    for g in args.gbit.split(",")
+    for l in args.latency_us.split(",")
+  ]
+  sweep = Sweep(
+    workers,
+    networks,
+    compute_ms,
+    args.matcha_max_n,
+    args.intra_gbps * 1e9,
+    args.intra_latency_us * 1e-6,
+  )
   rows = sweep.rows()
   gaps = sweep.gaps()
   out = pathlib.Path(args.out)
@@ -541,43 +678,57 @@ def main(argv=None) -> int:
   sweep_s = time.perf_counter() - start
   timing = ""
   if args.time_matcha:
-    timing = MATCHA_TIMING.format(table=time_matcha_solver(
-        _sizes("--time-matcha", args.time_matcha)))
-  threads = "".join(f"{name}={os.environ[name]} " for name in (
-      "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if name in os.environ)
-  command = threads + ".venv/bin/python -m experiments.scale " + " ".join(
-      sys.argv[1:] if argv is None else argv)
+    timing = MATCHA_TIMING.format(
+      table=time_matcha_solver(_sizes("--time-matcha", args.time_matcha))
+    )
+  threads = "".join(
+    f"{name}={os.environ[name]} "
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+    if name in os.environ
+  )
+  command = (
+    threads
+    + ".venv/bin/python -m experiments.scale "
+    + " ".join(sys.argv[1:] if argv is None else argv)
+  )
   flat = [n for n in workers if n in (8, 64, 256, 1024)] or workers
-  hosts = [n for n in workers if n >= 2 * WORKERS_PER_HOST and
-           n in (16, 64, 256, 1024)] or [n for n in workers if
-                                         n >= 2 * WORKERS_PER_HOST]
+  hosts = [
+    n for n in workers if n >= 2 * WORKERS_PER_HOST and n in (16, 64, 256, 1024)
+  ] or [n for n in workers if n >= 2 * WORKERS_PER_HOST]
   defaults = vars(_parse([]))
-  same = all(getattr(args, k) == v for k, v in defaults.items()
-             if k not in ("out", "time_matcha"))
+  same = all(
+    getattr(args, k) == v
+    for k, v in defaults.items()
+    if k not in ("out", "time_matcha")
+  )
   report = REPORT.format(
-      command=command.strip(), seconds=sweep_s,
-      summary=SUMMARY if same else "",
-      largest=max(workers),
-      consensus_steps=", ".join(
-          f"{1 / gaps[graph, max(workers)]:.2g} for the {name}"
-          for graph, name in GRAPH_NAMES.items() if (graph, max(workers)) in gaps),
-      png=out.with_suffix(".png").name,
-      headline=headline(rows, gaps, workers),
-      compute=", ".join(f"{k} {v:g} ms" for k, v in compute_ms.items()) + "." +
-      measured,
-      g=WORKERS_PER_HOST,
-      intra=f"{args.intra_gbps:g} GB/s and {args.intra_latency_us:g} us",
-      budget=MATCHA_BUDGET, steps=MATCHA_STEPS,
-      flat=region_table(rows, gaps, flat, "ring all-reduce"),
-      hosts=region_table(rows, gaps, hosts, "2-level all-reduce"),
-      gaps=gap_table(gaps, workers),
-      matcha_solve=", ".join(f"n={n}: {s:.1f} s" for n, s in
-                             sweep.solve_s.items()),
-      timing=timing,
-      details="\n\n".join(
-          f"#### {model}, {gbit:g} Gbit/s, {latency:g} us (ms per step)\n\n" +
-          detail_table(rows, model, gbit, latency, workers)
-          for model, gbit, latency in PANELS))
+    command=command.strip(),
+    seconds=sweep_s,
+    summary=SUMMARY if same else "",
+    largest=max(workers),
+    consensus_steps=", ".join(
+      f"{1 / gaps[graph, max(workers)]:.2g} for the {name}"
+      for graph, name in GRAPH_NAMES.items()
+      if (graph, max(workers)) in gaps
+    ),
+    png=out.with_suffix(".png").name,
+    headline=headline(rows, gaps, workers),
+    compute=", ".join(f"{k} {v:g} ms" for k, v in compute_ms.items()) + "." + measured,
+    g=WORKERS_PER_HOST,
+    intra=f"{args.intra_gbps:g} GB/s and {args.intra_latency_us:g} us",
+    budget=MATCHA_BUDGET,
+    steps=MATCHA_STEPS,
+    flat=region_table(rows, gaps, flat, "ring all-reduce"),
+    hosts=region_table(rows, gaps, hosts, "2-level all-reduce"),
+    gaps=gap_table(gaps, workers),
+    matcha_solve=", ".join(f"n={n}: {s:.1f} s" for n, s in sweep.solve_s.items()),
+    timing=timing,
+    details="\n\n".join(
+      f"#### {model}, {gbit:g} Gbit/s, {latency:g} us (ms per step)\n\n"
+      + detail_table(rows, model, gbit, latency, workers)
+      for model, gbit, latency in PANELS
+    ),
+  )
   out.with_suffix(".md").write_text(report)
   print(report)
   return 0

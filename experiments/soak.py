@@ -23,13 +23,18 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=10_000)
   parser.add_argument("--workers", type=int, default=8)
-  parser.add_argument("--timeout", type=float, default=30.0,
-                      help="seconds without progress that count as a hang")
+  parser.add_argument(
+    "--timeout",
+    type=float,
+    default=30.0,
+    help="seconds without progress that count as a hang",
+  )
   args = parser.parse_args(argv)
   if args.steps < 1 or args.workers < 2 or args.timeout <= 0:
     parser.error("--steps must be >= 1, --workers >= 2 and --timeout > 0.")
 
   import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+
   ald.emulate_cpu_devices(args.workers, collective_timeout_seconds=60)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -43,14 +48,16 @@ def main(argv=None) -> int:
   data = jax.random.normal(jax.random.key(0), (n, 32, 64))
 
   def step(params, state, x):
-    loss, grads = jax.value_and_grad(
-        lambda p: jnp.mean(jnp.tanh(x @ p["w"]) ** 2))(params)
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean(jnp.tanh(x @ p["w"]) ** 2))(
+      params
+    )
     updates, state = tx.update(grads, state, params, loss=loss)
     return optax.apply_updates(params, updates), state, loss
 
   step = jax.jit(ald.worker_map(step, mesh), donate_argnums=(0, 1))
-  params = ald.shard_workers({"w": jax.random.normal(jax.random.key(1), (n, 64, 64))},
-                             mesh)
+  params = ald.shard_workers(
+    {"w": jax.random.normal(jax.random.key(1), (n, 64, 64))}, mesh
+  )
   state = jax.jit(ald.worker_map(tx.init, mesh))(params)
   data = ald.shard_workers(data, mesh)
 
@@ -65,8 +72,11 @@ def main(argv=None) -> int:
         last, since = done[0], time.monotonic()
       elif time.monotonic() - since > args.timeout:
         hangs[0] += 1
-        print(f"HANG: no progress for {args.timeout:.0f} s at step {done[0]}",
-              file=sys.stderr, flush=True)
+        print(
+          f"HANG: no progress for {args.timeout:.0f} s at step {done[0]}",
+          file=sys.stderr,
+          flush=True,
+        )
         since = time.monotonic()
 
   threading.Thread(target=watchdog, daemon=True).start()
@@ -80,8 +90,10 @@ def main(argv=None) -> int:
   finished.set()
   elapsed = time.monotonic() - started
   ok = bool(jnp.all(jnp.isfinite(loss)))
-  print(f"steps={args.steps} workers={n} hangs={hangs[0]} wall={elapsed:.1f}s "
-        f"steps_per_s={args.steps / elapsed:.1f} final_loss_finite={ok}")
+  print(
+    f"steps={args.steps} workers={n} hangs={hangs[0]} wall={elapsed:.1f}s "
+    f"steps_per_s={args.steps / elapsed:.1f} final_loss_finite={ok}"
+  )
   return 0 if hangs[0] == 0 and ok else 1
 
 

@@ -84,50 +84,61 @@ class Grid:
 
 
 GRIDS: dict[str, Grid] = {
-    # 1. The paper's comparison: 8 workers, graph pair (0, 1) rotated.
-    "paper": Grid((
-        _cell("allreduce", method="allreduce"),
-        _cell("dpsgd", method="dpsgd"),
-        _cell("dpsgd_reference", method="dpsgd_reference"),
-        _cell("matcha", method="matcha"),
-        _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
-        _cell("aldsgd_dpsgd_reference", method="aldsgd_dpsgd_reference"),
-        _cell("aldsgd_matcha", method="aldsgd_matcha"),
-    )),
-    # 2. The low-degree workers: the alternating schedule on graph 0 alone.
-    "low_degree": Grid((
-        _cell("dpsgd_reference_g0", method="dpsgd_reference", graph_ids=(0,)),
-        _cell("aldsgd_dpsgd_reference_g0", method="aldsgd_dpsgd_reference",
-              graph_ids=(0,)),
-        _cell("dpsgd_reference_rotated", method="dpsgd_reference"),
-        _cell("aldsgd_dpsgd_reference_rotated", method="aldsgd_dpsgd_reference"),
-    )),
-    # Issue 13: overlap, local steps and staleness, one factor at a time.
-    "overlap": Grid((
-        _cell("dpsgd", method="dpsgd"),
-        _cell("dpsgd_overlap", method="dpsgd", overlap=True),
-        _cell("dpsgd_every4", method="dpsgd", gossip_every=4),
-        _cell("dpsgd_every16", method="dpsgd", gossip_every=16),
-        _cell("dpsgd_delay1", method="dpsgd", delay=1),
-        _cell("dpsgd_delay4", method="dpsgd", delay=4),
-        _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
-        _cell("aldsgd_dpsgd_overlap", method="aldsgd_dpsgd", overlap=True),
-        _cell("aldsgd_dpsgd_every4", method="aldsgd_dpsgd", gossip_every=4),
-        _cell("aldsgd_dpsgd_every16", method="aldsgd_dpsgd", gossip_every=16),
-    )),
-    # Issue 12: compressed gossip (CHOCO-SGD), with and without AL-DSGD.
-    "compression": Grid((
-        _cell("dpsgd", method="dpsgd"),
-        _cell("choco_top_k", method="choco", compressor="top_k"),
-        _cell("choco_scaled_sign", method="choco", compressor="scaled_sign"),
-        _cell("choco_qsgd16", method="choco", compressor="qsgd", qsgd_levels=16),
-        _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
-        _cell("aldsgd_choco_top_k", method="aldsgd_choco", compressor="top_k"),
-        _cell("aldsgd_choco_scaled_sign", method="aldsgd_choco",
-              compressor="scaled_sign"),
-        _cell("aldsgd_choco_qsgd16", method="aldsgd_choco", compressor="qsgd",
-              qsgd_levels=16),
-    )),
+  # 1. The paper's comparison: 8 workers, graph pair (0, 1) rotated.
+  "paper": Grid(
+    (
+      _cell("allreduce", method="allreduce"),
+      _cell("dpsgd", method="dpsgd"),
+      _cell("dpsgd_reference", method="dpsgd_reference"),
+      _cell("matcha", method="matcha"),
+      _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
+      _cell("aldsgd_dpsgd_reference", method="aldsgd_dpsgd_reference"),
+      _cell("aldsgd_matcha", method="aldsgd_matcha"),
+    )
+  ),
+  # 2. The low-degree workers: the alternating schedule on graph 0 alone.
+  "low_degree": Grid(
+    (
+      _cell("dpsgd_reference_g0", method="dpsgd_reference", graph_ids=(0,)),
+      _cell(
+        "aldsgd_dpsgd_reference_g0", method="aldsgd_dpsgd_reference", graph_ids=(0,)
+      ),
+      _cell("dpsgd_reference_rotated", method="dpsgd_reference"),
+      _cell("aldsgd_dpsgd_reference_rotated", method="aldsgd_dpsgd_reference"),
+    )
+  ),
+  # Issue 13: overlap, local steps and staleness, one factor at a time.
+  "overlap": Grid(
+    (
+      _cell("dpsgd", method="dpsgd"),
+      _cell("dpsgd_overlap", method="dpsgd", overlap=True),
+      _cell("dpsgd_every4", method="dpsgd", gossip_every=4),
+      _cell("dpsgd_every16", method="dpsgd", gossip_every=16),
+      _cell("dpsgd_delay1", method="dpsgd", delay=1),
+      _cell("dpsgd_delay4", method="dpsgd", delay=4),
+      _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
+      _cell("aldsgd_dpsgd_overlap", method="aldsgd_dpsgd", overlap=True),
+      _cell("aldsgd_dpsgd_every4", method="aldsgd_dpsgd", gossip_every=4),
+      _cell("aldsgd_dpsgd_every16", method="aldsgd_dpsgd", gossip_every=16),
+    )
+  ),
+  # Issue 12: compressed gossip (CHOCO-SGD), with and without AL-DSGD.
+  "compression": Grid(
+    (
+      _cell("dpsgd", method="dpsgd"),
+      _cell("choco_top_k", method="choco", compressor="top_k"),
+      _cell("choco_scaled_sign", method="choco", compressor="scaled_sign"),
+      _cell("choco_qsgd16", method="choco", compressor="qsgd", qsgd_levels=16),
+      _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
+      _cell("aldsgd_choco_top_k", method="aldsgd_choco", compressor="top_k"),
+      _cell(
+        "aldsgd_choco_scaled_sign", method="aldsgd_choco", compressor="scaled_sign"
+      ),
+      _cell(
+        "aldsgd_choco_qsgd16", method="aldsgd_choco", compressor="qsgd", qsgd_levels=16
+      ),
+    )
+  ),
 }
 
 
@@ -138,8 +149,16 @@ def workdir(root: pathlib.Path, grid: str, cell: Cell, seed: int) -> pathlib.Pat
 def command(grid: Grid, cell: Cell, seed: int, directory: pathlib.Path) -> list[str]:
   overrides = dict(COMMON + grid.settings)
   flags = [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
-  return [sys.executable, "-m", "experiments.cifar", f"--config={BASE_CONFIG}",
-          f"--workdir={directory}", f"--config.seed={seed}", *flags, *cell.flags()]
+  return [
+    sys.executable,
+    "-m",
+    "experiments.cifar",
+    f"--config={BASE_CONFIG}",
+    f"--workdir={directory}",
+    f"--config.seed={seed}",
+    *flags,
+    *cell.flags(),
+  ]
 
 
 def _check_grids(names):
@@ -170,14 +189,14 @@ def _interval(values) -> tuple[float, float]:
   """Mean and the half-width of its 95% t-interval (nan for one value)."""
   from scipy import stats
 
-  values = np.asarray([v for v in values if v is not None and np.isfinite(v)],
-                      float)
+  values = np.asarray([v for v in values if v is not None and np.isfinite(v)], float)
   if not len(values):
     return math.nan, math.nan
   if len(values) < 2:
     return float(values.mean()), math.nan
-  half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(
-      len(values))
+  half = (
+    stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+  )
   return float(values.mean()), float(half)
 
 
@@ -216,13 +235,17 @@ def cell_summary(runs, target=TARGET, compute_s=None) -> dict:
       network = ald.NetworkModel.from_gbit(gbit, latency_s=LATENCY_S)
       seconds = compare.simulated_seconds(run, network, compute_s)
       times[gbit] = float(seconds[reached[0]]) if len(reached) else None
-    per_seed.append(dict(summary, sim_time=times,
-                         per_worker=accuracy[-1].tolist()))
+    per_seed.append(dict(summary, sim_time=times, per_worker=accuracy[-1].tolist()))
   if not per_seed:
     return {}
   out = dict(seeds=len(per_seed), epochs=[s["epochs"] for s in per_seed])
-  for key in ("final_mean", "final_worst", "averaged_model", "epochs_to_target",
-              "gbytes"):
+  for key in (
+    "final_mean",
+    "final_worst",
+    "averaged_model",
+    "epochs_to_target",
+    "gbytes",
+  ):
     out[key] = _interval([s[key] for s in per_seed])
   for gbit in NETWORKS_GBIT:
     out[f"time_{gbit:g}"] = _interval([s["sim_time"][gbit] for s in per_seed])
@@ -232,12 +255,14 @@ def cell_summary(runs, target=TARGET, compute_s=None) -> dict:
 
 
 def grid_table(grid, summaries, target=TARGET) -> str:
-  net_heads = " | ".join(f"time to {target:.0%} at {g:g} Gbit/s (s)"
-                         for g in NETWORKS_GBIT)
+  net_heads = " | ".join(
+    f"time to {target:.0%} at {g:g} Gbit/s (s)" for g in NETWORKS_GBIT
+  )
   lines = [
-      f"| cell | seeds | final mean acc (%) | worst worker (%) | averaged model (%)"
-      f" | epochs to {target:.0%} | {net_heads} | GB sent per worker |",
-      "|---|---|---|---|---|---|" + "---|" * len(NETWORKS_GBIT) + "---|"]
+    f"| cell | seeds | final mean acc (%) | worst worker (%) | averaged model (%)"
+    f" | epochs to {target:.0%} | {net_heads} | GB sent per worker |",
+    "|---|---|---|---|---|---|" + "---|" * len(NETWORKS_GBIT) + "---|",
+  ]
   for name, s in summaries.items():
     if not s:
       lines.append(f"| {name} | 0 | not run |" + " |" * (5 + len(NETWORKS_GBIT)))
@@ -245,18 +270,21 @@ def grid_table(grid, summaries, target=TARGET) -> str:
     missing = f" ({s['not_reached']} not reached)" if s["not_reached"] else ""
     times = " | ".join(_fmt(*s[f"time_{g:g}"], digits=1) for g in NETWORKS_GBIT)
     lines.append(
-        f"| {name} | {s['seeds']} | {_fmt(*s['final_mean'], 100)} | "
-        f"{_fmt(*s['final_worst'], 100)} | {_fmt(*s['averaged_model'], 100)} | "
-        f"{_fmt(*s['epochs_to_target'], digits=1)}{missing} | {times} | "
-        f"{_fmt(*s['gbytes'], digits=3)} |")
+      f"| {name} | {s['seeds']} | {_fmt(*s['final_mean'], 100)} | "
+      f"{_fmt(*s['final_worst'], 100)} | {_fmt(*s['averaged_model'], 100)} | "
+      f"{_fmt(*s['epochs_to_target'], digits=1)}{missing} | {times} | "
+      f"{_fmt(*s['gbytes'], digits=3)} |"
+    )
   return "\n".join(lines)
 
 
 def per_worker_table(summaries) -> str:
   any_cell = next(s for s in summaries.values() if s)
   n = any_cell["per_worker"].shape[1]
-  lines = ["| cell | " + " | ".join(f"worker {w}" for w in range(n)) + " |",
-           "|---|" + "---|" * n]
+  lines = [
+    "| cell | " + " | ".join(f"worker {w}" for w in range(n)) + " |",
+    "|---|" + "---|" * n,
+  ]
   for name, s in summaries.items():
     if not s:
       continue
@@ -276,14 +304,22 @@ def plot_grid(grid, runs_by_cell, out: pathlib.Path) -> None:
     if not runs:
       continue
     length = min(len(r["records"]) for r in runs)
-    curves = np.array([[np.mean(rec["test_accuracy"]) * 100
-                        for rec in r["records"][:length]] for r in runs])
+    curves = np.array(
+      [
+        [np.mean(rec["test_accuracy"]) * 100 for rec in r["records"][:length]]
+        for r in runs
+      ]
+    )
     epochs = np.arange(1, length + 1)
-    ax.plot(epochs, curves.mean(0), color=f"C{k}", lw=2,
-            label=f"{name} ({len(runs)} seeds)")
+    ax.plot(
+      epochs, curves.mean(0), color=f"C{k}", lw=2, label=f"{name} ({len(runs)} seeds)"
+    )
     ax.fill_between(epochs, curves.min(0), curves.max(0), color=f"C{k}", alpha=0.2)
-  ax.set(xlabel="epoch", ylabel="mean test accuracy over workers (%)",
-         title=f"{grid}: mean over seeds, band = min-max over seeds")
+  ax.set(
+    xlabel="epoch",
+    ylabel="mean test accuracy over workers (%)",
+    title=f"{grid}: mean over seeds, band = min-max over seeds",
+  )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
@@ -297,20 +333,27 @@ def report(args) -> int:
   root, out = pathlib.Path(args.root), pathlib.Path(args.out)
   sections, raw = [], {}
   for grid in args.grids:
-    runs_by_cell = {cell.name: _finished_runs(root, grid, cell)
-                    for cell in GRIDS[grid].cells}
-    summaries = {name: cell_summary(runs, compute_s=args.compute_ms / 1e3)
-                 for name, runs in runs_by_cell.items()}
+    runs_by_cell = {
+      cell.name: _finished_runs(root, grid, cell) for cell in GRIDS[grid].cells
+    }
+    summaries = {
+      name: cell_summary(runs, compute_s=args.compute_ms / 1e3)
+      for name, runs in runs_by_cell.items()
+    }
     sections.append(f"### {grid}\n\n{grid_table(grid, summaries)}")
     if grid == "low_degree" and any(summaries.values()):
-      sections.append(f"Final test accuracy per worker (%), {grid}:\n\n"
-                      f"{per_worker_table(summaries)}")
-    figure = out.parent / (f"{out.name}.png" if len(args.grids) == 1 else
-                           f"{out.name}_{grid}.png")
+      sections.append(
+        f"Final test accuracy per worker (%), {grid}:\n\n{per_worker_table(summaries)}"
+      )
+    figure = out.parent / (
+      f"{out.name}.png" if len(args.grids) == 1 else f"{out.name}_{grid}.png"
+    )
     plot_grid(grid, runs_by_cell, figure)
     sections.append(f"![{grid}]({figure.name})")
-    raw[grid] = {name: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                        for k, v in s.items()} for name, s in summaries.items()}
+    raw[grid] = {
+      name: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+      for name, s in summaries.items()
+    }
   text = "\n\n".join(sections) + "\n"
   print(text)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,17 +369,21 @@ def main(argv=None) -> int:
   run_parser.add_argument("grids", nargs="+")
   run_parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
   run_parser.add_argument("--root", default=DEFAULT_ROOT)
-  run_parser.add_argument("--dry-run", action="store_true",
-                          help="print the commands only")
+  run_parser.add_argument(
+    "--dry-run", action="store_true", help="print the commands only"
+  )
   report_parser = sub.add_parser("report", help="tables and plots of finished runs")
   report_parser.add_argument("grids", nargs="+")
   report_parser.add_argument("--root", default=DEFAULT_ROOT)
   report_parser.add_argument("--out", default="experiments/results/study")
   report_parser.add_argument(
-      "--compute-ms", type=float, default=COMPUTE_MS,
-      help="compute per step for the simulated times (default: the small CNN's "
-      "local SGD step measured by experiments.benchmark on the idle 2-core "
-      "machine), so runs measured under different loads compare fairly")
+    "--compute-ms",
+    type=float,
+    default=COMPUTE_MS,
+    help="compute per step for the simulated times (default: the small CNN's "
+    "local SGD step measured by experiments.benchmark on the idle 2-core "
+    "machine), so runs measured under different loads compare fairly",
+  )
   args = parser.parse_args(argv)
   if args.action == "run":
     if any(s < 0 for s in args.seeds):

@@ -19,11 +19,13 @@ from jax_aldsgd._exchange import all_finite as all_finite
 from jax_aldsgd._gossip import GossipState as GossipState
 from jax_aldsgd._gossip import allreduce as allreduce
 from jax_aldsgd._gossip import allreduce_bytes as allreduce_bytes
-from jax_aldsgd._gossip import gossip_message_bytes as gossip_message_bytes
 from jax_aldsgd._gossip import gossip as gossip
+from jax_aldsgd._gossip import gossip_message_bytes as gossip_message_bytes
 from jax_aldsgd._leader import AdjacentLeaderState as AdjacentLeaderState
 from jax_aldsgd._leader import adjacent_leader as adjacent_leader
-from jax_aldsgd._leader import adjacent_leader_message_bytes as adjacent_leader_message_bytes
+from jax_aldsgd._leader import (
+  adjacent_leader_message_bytes as adjacent_leader_message_bytes,
+)
 from jax_aldsgd._mesh import emulate_cpu_devices as emulate_cpu_devices
 from jax_aldsgd._mesh import gather_workers as gather_workers
 from jax_aldsgd._mesh import initialize_multihost as initialize_multihost
@@ -40,37 +42,37 @@ from jax_aldsgd._topology import Topology as Topology
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdjacentLeaderState",
-    "ChocoSlotState",
-    "ChocoState",
-    "ConsensusTuning",
-    "GossipState",
-    "NetworkModel",
-    "Schedule",
-    "Topology",
-    "adjacent_leader",
-    "adjacent_leader_message_bytes",
-    "aldsgd",
-    "all_finite",
-    "allreduce",
-    "allreduce_bytes",
-    "choco_message_bytes",
-    "compressors",
-    "dsgd",
-    "emulate_cpu_devices",
-    "gather_workers",
-    "gossip",
-    "gossip_message_bytes",
-    "initialize_multihost",
-    "local_sgd",
-    "optax",
-    "replicate_workers",
-    "schedules",
-    "shard_workers",
-    "stack_workers",
-    "topologies",
-    "tune_consensus_lr",
-    "unstack_workers",
-    "worker_map",
-    "worker_mesh",
+  "AdjacentLeaderState",
+  "ChocoSlotState",
+  "ChocoState",
+  "ConsensusTuning",
+  "GossipState",
+  "NetworkModel",
+  "Schedule",
+  "Topology",
+  "adjacent_leader",
+  "adjacent_leader_message_bytes",
+  "aldsgd",
+  "all_finite",
+  "allreduce",
+  "allreduce_bytes",
+  "choco_message_bytes",
+  "compressors",
+  "dsgd",
+  "emulate_cpu_devices",
+  "gather_workers",
+  "gossip",
+  "gossip_message_bytes",
+  "initialize_multihost",
+  "local_sgd",
+  "optax",
+  "replicate_workers",
+  "schedules",
+  "shard_workers",
+  "stack_workers",
+  "topologies",
+  "tune_consensus_lr",
+  "unstack_workers",
+  "worker_map",
+  "worker_mesh",
 ]

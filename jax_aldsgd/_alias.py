@@ -11,8 +11,12 @@ from jax_aldsgd._leader import adjacent_leader
 from jax_aldsgd._schedules import Schedule
 
 
-def local_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.0,
-              weight_decay: float = 0.0) -> optax.GradientTransformation:
+def local_sgd(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  momentum: float = 0.0,
+  weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
   """The local step of the reference: ``x_hat = x - lr (g + wd x)``.
 
   PyTorch-style SGD: weight decay is added to the gradient, and momentum (if
@@ -55,17 +59,25 @@ def local_sgd(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.0,
   # init and update agree on the state's structure.
   no_momentum = not isinstance(momentum, jax.Array) and momentum == 0
   return optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      optax.sgd(learning_rate, momentum=None if no_momentum else momentum),
+    optax.add_decayed_weights(weight_decay),
+    optax.sgd(learning_rate, momentum=None if no_momentum else momentum),
   )
 
 
-def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
-         momentum: float = 0.0, weight_decay: float = 0.0,
-         axis_name: str = "workers", skip_nonfinite: bool = False,
-         overlap: bool = False, every: int = 1, delay: int | None = None,
-         compressor=None, consensus_lr=1.0
-        ) -> optax.GradientTransformationExtraArgs:
+def dsgd(
+  learning_rate: optax.ScalarOrSchedule,
+  schedule: Schedule,
+  *,
+  momentum: float = 0.0,
+  weight_decay: float = 0.0,
+  axis_name: str = "workers",
+  skip_nonfinite: bool = False,
+  overlap: bool = False,
+  every: int = 1,
+  delay: int | None = None,
+  compressor=None,
+  consensus_lr=1.0,
+) -> optax.GradientTransformationExtraArgs:
   """Decentralized SGD: a local SGD step, then gossip (D-PSGD or MATCHA).
 
   ``x_hat_i = x_i - lr (g_i + wd x_i)`` (with momentum on ``g_i + wd x_i`` if
@@ -106,21 +118,39 @@ def dsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     (7.5, True)
   """
   return optax.chain(
-      local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
-      gossip(schedule, axis_name, skip_nonfinite=skip_nonfinite, overlap=overlap,
-             every=every, delay=delay, compressor=compressor,
-             consensus_lr=consensus_lr),
+    local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
+    gossip(
+      schedule,
+      axis_name,
+      skip_nonfinite=skip_nonfinite,
+      overlap=overlap,
+      every=every,
+      delay=delay,
+      compressor=compressor,
+      consensus_lr=consensus_lr,
+    ),
   )
 
 
-def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
-           momentum: float = 0.0, weight_decay: float = 0.0, c1: float = 0.3,
-           c2: float = 0.1, p1: float = 0.2, p2: float = 0.2,
-           pull_every: int = 1, axis_name: str = "workers",
-           skip_nonfinite: bool = False, overlap: bool = False,
-           every: int = 1, pull_restart_every: int | None = None,
-           compressor=None, consensus_lr=1.0
-           ) -> optax.GradientTransformationExtraArgs:
+def aldsgd(
+  learning_rate: optax.ScalarOrSchedule,
+  schedule: Schedule,
+  *,
+  momentum: float = 0.0,
+  weight_decay: float = 0.0,
+  c1: float = 0.3,
+  c2: float = 0.1,
+  p1: float = 0.2,
+  p2: float = 0.2,
+  pull_every: int = 1,
+  axis_name: str = "workers",
+  skip_nonfinite: bool = False,
+  overlap: bool = False,
+  every: int = 1,
+  pull_restart_every: int | None = None,
+  compressor=None,
+  consensus_lr=1.0,
+) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: a local SGD step, then `jax_aldsgd.adjacent_leader`.
 
   The reference configuration is ``aldsgd(0.4, rotating([full(g1), full(g0)]),
@@ -165,10 +195,20 @@ def aldsgd(learning_rate: optax.ScalarOrSchedule, schedule: Schedule, *,
     True
   """
   return optax.chain(
-      local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
-      adjacent_leader(schedule, axis_name, c1=c1, c2=c2, p1=p1, p2=p2,
-                      pull_every=pull_every, skip_nonfinite=skip_nonfinite,
-                      overlap=overlap, every=every,
-                      pull_restart_every=pull_restart_every,
-                      compressor=compressor, consensus_lr=consensus_lr),
+    local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
+    adjacent_leader(
+      schedule,
+      axis_name,
+      c1=c1,
+      c2=c2,
+      p1=p1,
+      p2=p2,
+      pull_every=pull_every,
+      skip_nonfinite=skip_nonfinite,
+      overlap=overlap,
+      every=every,
+      pull_restart_every=pull_restart_every,
+      compressor=compressor,
+      consensus_lr=consensus_lr,
+    ),
   )

@@ -28,21 +28,31 @@ def concrete_scalar(name: str, value):
     return value
   if isinstance(value, (np.ndarray, np.generic, jax.Array)) and np.ndim(value) == 0:
     return np.asarray(value).item()
-  raise TypeError(f"{name} must be a scalar number, got {value!r} of type "
-                  f"{type(value).__name__}.")
+  raise TypeError(
+    f"{name} must be a scalar number, got {value!r} of type {type(value).__name__}."
+  )
 
 
 def check_integer(name: str, value, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{name} must be an integer, got {value!r} of type "
-                    f"{type(value).__name__}.")
+    raise TypeError(
+      f"{name} must be an integer, got {value!r} of type {type(value).__name__}."
+    )
   if value < minimum:
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
   return int(value)
 
 
-def check_real(name: str, value, *, low=None, high=None, low_open=False,
-               high_open=False, hint: str = ""):
+def check_real(
+  name: str,
+  value,
+  *,
+  low=None,
+  high=None,
+  low_open=False,
+  high_open=False,
+  hint: str = "",
+):
   """Checks a finite real in the given range; passes tracers through untouched."""
   number = concrete_scalar(name, value)
   if number is None:
@@ -54,7 +64,9 @@ def check_real(name: str, value, *, low=None, high=None, low_open=False,
   if too_low or too_high:
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
-    interval = (f"{left}{'-inf' if low is None else low}, "
-                f"{'inf' if high is None else high}{right}")
+    interval = (
+      f"{left}{'-inf' if low is None else low}, "
+      f"{'inf' if high is None else high}{right}"
+    )
     raise ValueError(f"{name} must be in {interval}, got {number}.{hint}")
   return value

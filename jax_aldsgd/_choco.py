@@ -97,9 +97,14 @@ class ChocoSlotState(NamedTuple):
 
 def check_consensus_lr(consensus_lr):
   _checks.check_real(
-      "consensus_lr", consensus_lr, low=0.0, high=1.0, low_open=True,
-      hint=" It is CHOCO-SGD's consensus step gamma; pick it with "
-      "jax_aldsgd.tune_consensus_lr (0.1 is a safe start).")
+    "consensus_lr",
+    consensus_lr,
+    low=0.0,
+    high=1.0,
+    low_open=True,
+    hint=" It is CHOCO-SGD's consensus step gamma; pick it with "
+    "jax_aldsgd.tune_consensus_lr (0.1 is a safe start).",
+  )
 
 
 def consensus_lr_given(consensus_lr) -> bool:
@@ -115,10 +120,11 @@ def consensus_lr_given(consensus_lr) -> bool:
 def _require_compressor(compressor, consensus_lr, name):
   if compressor is None:
     raise ValueError(
-        f"{name} got consensus_lr={consensus_lr!r} without a compressor: the "
-        "consensus step only applies to compressed (CHOCO-SGD) gossip. Pass "
-        "compressor=jax_aldsgd.compressors.top_k(0.1) (or another), or leave "
-        "consensus_lr at 1.0.")
+      f"{name} got consensus_lr={consensus_lr!r} without a compressor: the "
+      "consensus step only applies to compressed (CHOCO-SGD) gossip. Pass "
+      "compressor=jax_aldsgd.compressors.top_k(0.1) (or another), or leave "
+      "consensus_lr at 1.0."
+    )
   compressor = check_compressor(compressor)
   check_consensus_lr(consensus_lr)
   return compressor
@@ -127,9 +133,10 @@ def _require_compressor(compressor, consensus_lr, name):
 def _no_skip_nonfinite(skip_nonfinite):
   if skip_nonfinite:
     raise NotImplementedError(
-        "skip_nonfinite=True is not available with a compressor (a neighbor's "
-        "public copy cannot be left out of one step without breaking the copies' "
-        "agreement); drop skip_nonfinite or the compressor.")
+      "skip_nonfinite=True is not available with a compressor (a neighbor's "
+      "public copy cannot be left out of one step without breaking the copies' "
+      "agreement); drop skip_nonfinite or the compressor."
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -163,12 +170,17 @@ def _layout(tree) -> _Layout:
     if size:
       by_size.setdefault(size, []).append((leaf_index, offset))
     offset += size
-  groups = tuple(_Group(size, tuple(l for l, _ in members),
-                        tuple(o for _, o in members))
-                 for size, members in by_size.items())
-  order = np.concatenate(
+  groups = tuple(
+    _Group(size, tuple(l for l, _ in members), tuple(o for _, o in members))
+    for size, members in by_size.items()
+  )
+  order = (
+    np.concatenate(
       [np.asarray(o) + np.arange(g.size) for g in groups for o in g.offsets]
-  ) if groups else np.zeros((0,), int)
+    )
+    if groups
+    else np.zeros((0,), int)
+  )
   return _Layout(groups, np.argsort(order).astype(np.int32))
 
 
@@ -200,8 +212,10 @@ def _segments(flat, group):
 
 
 def _encode(compressor, flat, layout, draws):
-  return [jax.vmap(compressor.encode)(_segments(flat, group), draw)
-          for group, draw in zip(layout.groups, draws)]
+  return [
+    jax.vmap(compressor.encode)(_segments(flat, group), draw)
+    for group, draw in zip(layout.groups, draws)
+  ]
 
 
 def _add(compressor, flat, layout, messages, draws, weight):
@@ -217,7 +231,8 @@ def _add(compressor, flat, layout, messages, draws, weight):
       values, indices = entries  # (leaves, k) each
       where = jnp.asarray(np.asarray(group.offsets, np.int32)[:, None]) + indices
       flat = flat.at[where.ravel()].add(
-          weight * values.ravel().astype(flat.dtype), unique_indices=True)
+        weight * values.ravel().astype(flat.dtype), unique_indices=True
+      )
     else:
       decode = lambda m, d, size=group.size: compressor.decode(m, size, d)
       dense.append(jax.vmap(decode)(message, draw).ravel())
@@ -248,8 +263,9 @@ def _to_wire(messages, extras=()):
 
 
 def _wire_spec(messages):
-  return tuple(tuple((tuple(a.shape), np.dtype(a.dtype)) for a in message)
-               for message in messages)
+  return tuple(
+    tuple((tuple(a.shape), np.dtype(a.dtype)) for a in message) for message in messages
+  )
 
 
 def _from_wire(buffer, spec, num_extras=0):
@@ -258,17 +274,25 @@ def _from_wire(buffer, spec, num_extras=0):
     arrays = []
     for shape, dtype in message:
       size = int(np.prod(shape)) * dtype.itemsize
-      arrays.append(_from_bytes(lax.slice(buffer, (offset,), (offset + size,)),
-                                shape, dtype))
+      arrays.append(
+        _from_bytes(lax.slice(buffer, (offset,), (offset + size,)), shape, dtype)
+      )
       offset += size
     messages.append(tuple(arrays))
-  extras = [_from_bytes(lax.slice(buffer, (offset + 4 * e,), (offset + 4 * e + 4,)),
-                        (), np.dtype(np.float32)) for e in range(num_extras)]
+  extras = [
+    _from_bytes(
+      lax.slice(buffer, (offset + 4 * e,), (offset + 4 * e + 4,)),
+      (),
+      np.dtype(np.float32),
+    )
+    for e in range(num_extras)
+  ]
   return messages, extras
 
 
-def choco_message_bytes(params, compressor: Compressor, *,
-                        with_loss: bool = False) -> int:
+def choco_message_bytes(
+  params, compressor: Compressor, *, with_loss: bool = False
+) -> int:
   """Bytes one worker sends along one active matching under compressed gossip.
 
   The sum over the leaves of ``compressor.message_bytes(leaf size)`` (values in
@@ -291,8 +315,11 @@ def choco_message_bytes(params, compressor: Compressor, *,
   compressor = check_compressor(compressor)
   leaves = jax.tree.leaves(params)
   dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
-  total = sum(compressor.message_bytes(int(np.prod(leaf.shape)), dtype)
-              for leaf in leaves if int(np.prod(leaf.shape)))
+  total = sum(
+    compressor.message_bytes(int(np.prod(leaf.shape)), dtype)
+    for leaf in leaves
+    if int(np.prod(leaf.shape))
+  )
   return int(total + (4 if with_loss else 0))
 
 
@@ -309,8 +336,7 @@ def _init(params, per_slot: bool, num_slots: int):
   return ChocoState(count, jnp.zeros_like(flat), jnp.zeros_like(flat))
 
 
-def _fixed_graph_step(compressor, schedule, axis_name, state, flat, layout, near,
-                      me):
+def _fixed_graph_step(compressor, schedule, axis_name, state, flat, layout, near, me):
   """Two-buffer CHOCO on a fixed graph: returns (new state, neighbor sum)."""
   step = state.count
   draws = _draws(compressor, layout, step, me, flat.dtype)
@@ -319,24 +345,36 @@ def _fixed_graph_step(compressor, schedule, axis_name, state, flat, layout, near
   public = _add(compressor, state.public, layout, messages, draws, 1)
   # sum_j (xhat_j - xhat_i) gains sum_j q_j - d_i q_i.
   degree = near.degrees[me].astype(flat.dtype)
-  neighbor_sum = _add(compressor, state.neighbor_sum, layout, messages, draws,
-                      -degree)
+  neighbor_sum = _add(compressor, state.neighbor_sum, layout, messages, draws, -degree)
 
   def combine(total, received, present, common):
     _, partner_draws = common
     received_messages, _ = _from_wire(received, spec)
-    return _add(compressor, total, layout, received_messages, partner_draws,
-                present.astype(total.dtype))
+    return _add(
+      compressor,
+      total,
+      layout,
+      received_messages,
+      partner_draws,
+      present.astype(total.dtype),
+    )
 
   neighbor_sum = _exchange.fold(
-      _to_wire(messages), schedule, step, axis_name, combine,
-      lambda common: common[0], near.present,
-      (neighbor_sum, _partner_draws(compressor, draws)))
+    _to_wire(messages),
+    schedule,
+    step,
+    axis_name,
+    combine,
+    lambda common: common[0],
+    near.present,
+    (neighbor_sum, _partner_draws(compressor, draws)),
+  )
   return ChocoState(step + 1, public, neighbor_sum), neighbor_sum
 
 
-def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
-               loss=None):
+def _slot_step(
+  compressor, schedule, axis_name, state, flat, layout, near, me, loss=None
+):
   """Per-slot CHOCO: returns (new state, gossip sum, leader diff, max-degree diff).
 
   The sums are of public-copy differences ``c_i^s - h_i^s`` over the present
@@ -347,12 +385,18 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
   with_loss = loss is not None
   dtype = flat.dtype
   draws = _draws(compressor, layout, step, me, dtype)
-  spec = _wire_spec(jax.eval_shape(
-      lambda v, d: _encode(compressor, v, layout, d), flat, draws))
+  spec = _wire_spec(
+    jax.eval_shape(lambda v, d: _encode(compressor, v, layout, d), flat, draws)
+  )
   zeros = jnp.zeros_like(flat)
   carry = (zeros,)  # the gossip sum
-  inputs = (flat, draws, _partner_draws(compressor, draws), near.present,
-            near.degrees[near.partner])
+  inputs = (
+    flat,
+    draws,
+    _partner_draws(compressor, draws),
+    near.present,
+    near.degrees[near.partner],
+  )
   if with_loss:
     loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf).astype(jnp.float32)
     carry += (zeros, zeros, loss, near.degrees[me])
@@ -363,8 +407,7 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
     carry, (public, copy) = carry_row
     flat, draws, _, present = inputs[:4]
     messages = _encode(compressor, flat - public, layout, draws)
-    public = _add(compressor, public, layout, messages, draws,
-                  present[s].astype(dtype))
+    public = _add(compressor, public, layout, messages, draws, present[s].astype(dtype))
     wire = _to_wire(messages, inputs[5:])  # the loss for AL-DSGD
     return wire, (carry, (public, copy))
 
@@ -372,8 +415,9 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
     carry, (public, copy) = carry_row
     _, _, partner_draws, present, partner_degree = inputs[:5]
     messages, extras = _from_wire(received, spec, int(with_loss))
-    copy = _add(compressor, copy, layout, messages, partner_draws,
-                present[s].astype(dtype))
+    copy = _add(
+      compressor, copy, layout, messages, partner_draws, present[s].astype(dtype)
+    )
     diff = copy - public
     gossip_sum = carry[0] + jnp.where(present[s], diff, 0)
     if not with_loss:
@@ -383,24 +427,39 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me,
     leader, target, best_loss, best_degree = carry[1:]
     better = present[s] & (extras[0] < best_loss)
     higher = present[s] & (partner_degree[s] > best_degree)
-    carry = (gossip_sum, jnp.where(better, diff, leader),
-             jnp.where(higher, diff, target),
-             jnp.where(better, extras[0], best_loss),
-             jnp.where(higher, partner_degree[s], best_degree))
+    carry = (
+      gossip_sum,
+      jnp.where(better, diff, leader),
+      jnp.where(higher, diff, target),
+      jnp.where(better, extras[0], best_loss),
+      jnp.where(higher, partner_degree[s], best_degree),
+    )
     return carry, (public, copy)
 
   carry, (public, copies) = _exchange.fold_messages(
-      schedule, step, axis_name, build, combine, carry,
-      (state.public, state.copies), inputs)
+    schedule,
+    step,
+    axis_name,
+    build,
+    combine,
+    carry,
+    (state.public, state.copies),
+    inputs,
+  )
   new_state = ChocoSlotState(step + 1, public, copies)
   if with_loss:
     return new_state, carry[0], carry[1], carry[2]
   return new_state, carry[0], None, None
 
 
-def choco_gossip(schedule: Schedule, axis_name: str = "workers", *, compressor,
-                 consensus_lr=1.0, skip_nonfinite: bool = False
-                ) -> optax.GradientTransformationExtraArgs:
+def choco_gossip(
+  schedule: Schedule,
+  axis_name: str = "workers",
+  *,
+  compressor,
+  consensus_lr=1.0,
+  skip_nonfinite: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   """Compressed gossip (CHOCO-SGD); use it as ``gossip(..., compressor=...)``.
 
   See `jax_aldsgd.gossip` and this module's docstring (scheme and memory).
@@ -425,24 +484,36 @@ def choco_gossip(schedule: Schedule, axis_name: str = "workers", *, compressor,
     layout = _layout(x_half)
     near = _exchange.neighborhood(schedule, state.count, me, flat.dtype)
     if per_slot:
-      state, gossip_sum, _, _ = _slot_step(compressor, schedule, axis_name, state,
-                                           flat, layout, near, me)
+      state, gossip_sum, _, _ = _slot_step(
+        compressor, schedule, axis_name, state, flat, layout, near, me
+      )
     else:
-      state, gossip_sum = _fixed_graph_step(compressor, schedule, axis_name,
-                                            state, flat, layout, near, me)
+      state, gossip_sum = _fixed_graph_step(
+        compressor, schedule, axis_name, state, flat, layout, near, me
+      )
     gamma = jnp.asarray(consensus_lr, flat.dtype)
     delta_tree, _ = unpack(gamma * (near.weight * gossip_sum))
-    new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates,
-                               delta_tree)
+    new_updates = jax.tree.map(
+      lambda u, d: (u + d).astype(u.dtype), updates, delta_tree
+    )
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def choco_adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
-                          compressor, consensus_lr=1.0, c1=0.3, c2=0.1, p1=0.2,
-                          p2=0.2, pull_every=1, skip_nonfinite: bool = False
-                         ) -> optax.GradientTransformationExtraArgs:
+def choco_adjacent_leader(
+  schedule: Schedule,
+  axis_name: str = "workers",
+  *,
+  compressor,
+  consensus_lr=1.0,
+  c1=0.3,
+  c2=0.1,
+  p1=0.2,
+  p2=0.2,
+  pull_every=1,
+  skip_nonfinite: bool = False,
+) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD on CHOCO-SGD; use it as ``adjacent_leader(..., compressor=...)``.
 
   See `jax_aldsgd.adjacent_leader` and this module's docstring (the choice of
@@ -460,8 +531,7 @@ def choco_adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     _exchange.check_float_leaves(params, "params")
     return _init(params, True, schedule.num_slots)
 
-  def update_fn(updates, state, params=None, *, loss=None, value=None,
-                **extra_args):
+  def update_fn(updates, state, params=None, *, loss=None, value=None, **extra_args):
     del extra_args
     check_params(params, "adjacent_leader")
     loss = _check_loss(loss, value)
@@ -471,8 +541,8 @@ def choco_adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     flat, unpack = _exchange.pack(x_half)
     near = _exchange.neighborhood(schedule, step, me, flat.dtype)
     state, gossip_sum, leader, target = _slot_step(
-        compressor, schedule, axis_name, state, flat, _layout(x_half), near, me,
-        loss)
+      compressor, schedule, axis_name, state, flat, _layout(x_half), near, me, loss
+    )
     dtype = flat.dtype
     gossip_sum = near.weight * gossip_sum
     keep = 1 - p1 - p2
@@ -482,8 +552,9 @@ def choco_adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     pull = (step % jnp.asarray(pull_every, jnp.int32)) == 0
     mixed = jnp.where(pull, a * gossip_sum + b * leader + c * target, gossip_sum)
     delta_tree, _ = unpack(jnp.asarray(consensus_lr, dtype) * mixed)
-    new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates,
-                               delta_tree)
+    new_updates = jax.tree.map(
+      lambda u, d: (u + d).astype(u.dtype), updates, delta_tree
+    )
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -514,9 +585,15 @@ class ConsensusTuning:
   seconds: float
 
 
-def tune_consensus_lr(schedule: Schedule, compressor: Compressor, *,
-                      num_params: int = 1000, steps: int = 1000, seed: int = 0,
-                      grid=None) -> ConsensusTuning:
+def tune_consensus_lr(
+  schedule: Schedule,
+  compressor: Compressor,
+  *,
+  num_params: int = 1000,
+  steps: int = 1000,
+  seed: int = 0,
+  grid=None,
+) -> ConsensusTuning:
   """Picks CHOCO-SGD's consensus step by a grid search on pure compressed consensus.
 
   The epfml recipe: from random ``(n, num_params)`` data, run ``steps`` steps of
@@ -562,18 +639,21 @@ def tune_consensus_lr(schedule: Schedule, compressor: Compressor, *,
   seed = _checks.check_integer("seed", seed, 0)
   grid = np.geomspace(1e-3, 1.0, 13) if grid is None else np.asarray(grid, float)
   if grid.ndim != 1 or not grid.size or np.any(~(grid > 0)) or np.any(grid > 1):
-    raise ValueError(f"grid must be a non-empty list of consensus_lr values in "
-                     f"(0, 1], got {grid!r}.")
+    raise ValueError(
+      f"grid must be a non-empty list of consensus_lr values in (0, 1], got {grid!r}."
+    )
   rng = np.random.default_rng(seed)
   n, dim = schedule.num_workers, num_params
   partners = np.asarray(schedule.slot_partners)
   weights = np.asarray(schedule.slot_weight, np.float32)
   # One row of public copies per (slot, matched worker): edge ends, in order.
-  ends = [(s, i) for s in range(schedule.num_slots) for i in range(n)
-          if partners[s, i] >= 0]
+  ends = [
+    (s, i) for s in range(schedule.num_slots) for i in range(n) if partners[s, i] >= 0
+  ]
   row_of = {end: r for r, end in enumerate(ends)}
-  x = np.broadcast_to(rng.normal(size=(n, dim)).astype(np.float32),
-                      (len(grid), n, dim)).copy()
+  x = np.broadcast_to(
+    rng.normal(size=(n, dim)).astype(np.float32), (len(grid), n, dim)
+  ).copy()
   start_error = np.sum((x[0] - x[0].mean(0)) ** 2)
   public = np.zeros((len(grid), len(ends), dim), np.float32)
   gamma = grid[:, None, None].astype(np.float32)
@@ -589,8 +669,7 @@ def tune_consensus_lr(schedule: Schedule, compressor: Compressor, *,
       if plan is None:
         active = [(s, i) for (s, i) in ends if flags[s]]
         mine = np.array([row_of[(s, i)] for s, i in active], int)
-        theirs = np.array([row_of[(s, int(partners[s, i]))] for s, i in active],
-                          int)
+        theirs = np.array([row_of[(s, int(partners[s, i]))] for s, i in active], int)
         workers = np.array([i for _, i in active], int)
         incidence = np.zeros((n, len(active)), np.float32)
         incidence[workers, np.arange(len(active))] = [weights[s] for s, _ in active]
@@ -598,8 +677,11 @@ def tune_consensus_lr(schedule: Schedule, compressor: Compressor, *,
       mine, theirs, workers, incidence = plan
       if len(mine):
         v = x[:, workers] - public[:, mine]  # (G, rows, dim)
-        public[:, mine] += compressor.numpy_apply(
-            v.reshape(-1, dim), rng).reshape(v.shape).astype(np.float32)
+        public[:, mine] += (
+          compressor.numpy_apply(v.reshape(-1, dim), rng)
+          .reshape(v.shape)
+          .astype(np.float32)
+        )
         x += gamma * (incidence @ (public[:, theirs] - public[:, mine]))
       if k % 10 == 9 or k == steps - 1:
         error = np.sum((x - x.mean(1, keepdims=True)) ** 2, axis=(1, 2))
@@ -615,10 +697,14 @@ def tune_consensus_lr(schedule: Schedule, compressor: Compressor, *,
   errors = np.where(errors < 1e6, errors, np.inf)  # diverged
   # The smallest final error; among those that reached the rounding floor, the
   # one that reached it first (the larger gamma on a tie).
-  ranking = sorted(range(len(grid)),
-                   key=lambda g: (max(errors[g], floor), reached[g], -grid[g]))
+  ranking = sorted(
+    range(len(grid)), key=lambda g: (max(errors[g], floor), reached[g], -grid[g])
+  )
   best = ranking[0]
-  return ConsensusTuning(float(grid[best]), tuple(float(g) for g in grid),
-                         tuple(float(e) for e in errors),
-                         tuple(int(r) for r in reached),
-                         time.perf_counter() - started)
+  return ConsensusTuning(
+    float(grid[best]),
+    tuple(float(g) for g in grid),
+    tuple(float(e) for e in errors),
+    tuple(int(r) for r in reached),
+    time.perf_counter() - started,
+  )

@@ -44,16 +44,24 @@ from jax import lax
 
 
 def _check_fraction(fraction) -> float:
-  if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not (
-      0.0 < fraction <= 1.0):
-    raise ValueError(f"fraction must be in (0, 1] (the share of each leaf's "
-                     f"entries that travel), got {fraction!r}; e.g. 0.1 for 10%.")
+  if (
+    isinstance(fraction, bool)
+    or not isinstance(fraction, numbers.Real)
+    or not (0.0 < fraction <= 1.0)
+  ):
+    raise ValueError(
+      f"fraction must be in (0, 1] (the share of each leaf's "
+      f"entries that travel), got {fraction!r}; e.g. 0.1 for 10%."
+    )
   return float(fraction)
 
 
 def _check_seed(seed) -> int:
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
-      0 <= seed < 2**32):
+  if (
+    isinstance(seed, bool)
+    or not isinstance(seed, numbers.Integral)
+    or not (0 <= seed < 2**32)
+  ):
     raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
   return int(seed)
 
@@ -74,8 +82,7 @@ class Compressor:
     """The ``jax.random`` key of ``leaf`` at ``step`` (None if deterministic)."""
     if self.randomness is None:
       return None
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), step),
-                             leaf)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), step), leaf)
     if self.randomness == "per_worker":
       key = jax.random.fold_in(key, worker)
     return key
@@ -163,8 +170,9 @@ class TopK(Compressor):
   def add_into(self, flat, offset, size, message, draw, weight=1):
     del size, draw
     values, indices = message
-    return flat.at[indices + offset].add(weight * values.astype(flat.dtype),
-                                         unique_indices=True)
+    return flat.at[indices + offset].add(
+      weight * values.astype(flat.dtype), unique_indices=True
+    )
 
   def message_bytes(self, size, dtype=jnp.float32):
     return kept_entries(self.fraction, int(size)) * (np.dtype(dtype).itemsize + 4)
@@ -174,7 +182,7 @@ class TopK(Compressor):
     # a few more; this is for tuning, where speed matters more).
     k = kept_entries(self.fraction, v.shape[1])
     magnitude = np.abs(v)
-    threshold = np.partition(magnitude, v.shape[1] - k, axis=1)[:, -k:-k + 1 or None]
+    threshold = np.partition(magnitude, v.shape[1] - k, axis=1)[:, -k : -k + 1 or None]
     return np.where(magnitude >= threshold, v, 0)
 
 
@@ -210,8 +218,9 @@ class RandomK(Compressor):
 
   def add_into(self, flat, offset, size, message, draw, weight=1):
     del size
-    return flat.at[draw + offset].add(weight * message[0].astype(flat.dtype),
-                                         unique_indices=True)
+    return flat.at[draw + offset].add(
+      weight * message[0].astype(flat.dtype), unique_indices=True
+    )
 
   def message_bytes(self, size, dtype=jnp.float32):
     return kept_entries(self.fraction, int(size)) * np.dtype(dtype).itemsize
@@ -376,18 +385,23 @@ def qsgd(levels: int, seed: int = 0) -> QSGD:
     ([True, True], 6)
   """
   if isinstance(levels, bool) or not isinstance(levels, numbers.Integral):
-    raise TypeError(f"levels must be an integer (the number of rounding levels), "
-                    f"got {levels!r}; e.g. qsgd(levels=16).")
+    raise TypeError(
+      f"levels must be an integer (the number of rounding levels), "
+      f"got {levels!r}; e.g. qsgd(levels=16)."
+    )
   if not 1 <= levels <= 127:
-    raise ValueError(f"levels must be in [1, 127] (signed levels travel as int8), "
-                     f"got {levels}; e.g. qsgd(levels=16).")
+    raise ValueError(
+      f"levels must be in [1, 127] (signed levels travel as int8), "
+      f"got {levels}; e.g. qsgd(levels=16)."
+    )
   return QSGD(int(levels), _check_seed(seed))
 
 
 def check_compressor(compressor) -> Compressor:
   if not isinstance(compressor, Compressor):
     raise TypeError(
-        "compressor must be one of jax_aldsgd.compressors (identity(), "
-        "top_k(fraction), random_k(fraction), scaled_sign(), qsgd(levels)), got "
-        f"{compressor!r} of type {type(compressor).__name__}.")
+      "compressor must be one of jax_aldsgd.compressors (identity(), "
+      "top_k(fraction), random_k(fraction), scaled_sign(), qsgd(levels)), got "
+      f"{compressor!r} of type {type(compressor).__name__}."
+    )
   return compressor

@@ -14,7 +14,8 @@ A schedule with one pattern needs no switch (see `exchange_plan`, `fold`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,19 +29,21 @@ def check_float_leaves(tree, what: str) -> None:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       raise TypeError(
-          f"{what} leaf {jax.tree_util.keystr(path)} has dtype "
-          f"{jnp.result_type(leaf)}; only floating-point parameters can be "
-          "averaged. Keep integer state out of the optimized parameters (e.g. in "
-          "a separate collection).")
+        f"{what} leaf {jax.tree_util.keystr(path)} has dtype "
+        f"{jnp.result_type(leaf)}; only floating-point parameters can be "
+        "averaged. Keep integer state out of the optimized parameters (e.g. in "
+        "a separate collection)."
+      )
 
 
 def check_params(params, name: str):
   """Raises unless ``params`` (needed by transform ``name``) is a float pytree."""
   if params is None:
     raise ValueError(
-        f"{name} needs the current parameters: call "
-        "update(updates, state, params, ...). It moves x_hat = params + updates "
-        "toward the neighbors' x_hat.")
+      f"{name} needs the current parameters: call "
+      "update(updates, state, params, ...). It moves x_hat = params + updates "
+      "toward the neighbors' x_hat."
+    )
   check_float_leaves(params, "params")
 
 
@@ -88,9 +91,10 @@ def pack(tree, extras=()) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
 
   def unpack(flat):
     tree_leaves = [
-        lax.slice(flat, (int(start),), (int(start + size),)).reshape(shape).astype(
-            leaf_dtype)
-        for start, size, (shape, leaf_dtype) in zip(offsets, sizes, shapes)
+      lax.slice(flat, (int(start),), (int(start + size),))
+      .reshape(shape)
+      .astype(leaf_dtype)
+      for start, size, (shape, leaf_dtype) in zip(offsets, sizes, shapes)
     ]
     extra_values = [flat[offsets[-1] + k] for k in range(len(extras))]
     return jax.tree.unflatten(treedef, tree_leaves), extra_values
@@ -139,22 +143,27 @@ def worker_index(axis_name: str, schedule: Schedule | None = None) -> jax.Array:
     index = lax.axis_index(axis_name)
   except NameError:
     raise ValueError(
-        f"the axis {axis_name!r} is not bound: jax_aldsgd transforms run inside "
-        f"jax.shard_map over a mesh axis named {axis_name!r}, one worker per "
-        "device (see jax_aldsgd.worker_map), or pass the axis_name your mesh "
-        "uses.") from None
+      f"the axis {axis_name!r} is not bound: jax_aldsgd transforms run inside "
+      f"jax.shard_map over a mesh axis named {axis_name!r}, one worker per "
+      "device (see jax_aldsgd.worker_map), or pass the axis_name your mesh "
+      "uses."
+    ) from None
   per_device = workers_per_device()
   if per_device > 1:
     index = index * per_device + lax.axis_index(LOCAL_AXIS)
   size = devices * per_device
   if schedule is not None and size != schedule.num_workers:
-    layout = (f"{devices} devices" if per_device == 1 else
-              f"{devices} devices x {per_device} workers per device = {size}")
+    layout = (
+      f"{devices} devices"
+      if per_device == 1
+      else f"{devices} devices x {per_device} workers per device = {size}"
+    )
     raise ValueError(
-        f"the schedule has {schedule.num_workers} workers but the mesh axis "
-        f"{axis_name!r} holds {layout}; build the mesh with "
-        f"jax_aldsgd.worker_mesh({schedule.num_workers}) or a schedule over {size} "
-        "workers.")
+      f"the schedule has {schedule.num_workers} workers but the mesh axis "
+      f"{axis_name!r} holds {layout}; build the mesh with "
+      f"jax_aldsgd.worker_mesh({schedule.num_workers}) or a schedule over {size} "
+      "workers."
+    )
   return index
 
 
@@ -204,17 +213,18 @@ class Neighborhood(NamedTuple):
   degrees: jax.Array
 
 
-def neighborhood(schedule: Schedule, step: jax.Array, me: jax.Array,
-                  dtype) -> Neighborhood:
+def neighborhood(
+  schedule: Schedule, step: jax.Array, me: jax.Array, dtype
+) -> Neighborhood:
   flags = schedule.slot_flags(step, jnp)  # (S,)
   partners = jnp.asarray(schedule.slot_partners)  # (S, n)
   my_partner = partners[:, me]  # (S,)
   return Neighborhood(
-      present=flags & (my_partner >= 0),
-      partner=jnp.maximum(my_partner, 0),
-      # A schedule runs one graph per step (rotating: one child at a time).
-      weight=jnp.max(jnp.where(flags, jnp.asarray(schedule.slot_weight, dtype), 0)),
-      degrees=jnp.sum(flags[:, None] & (partners >= 0), axis=0),  # (n,)
+    present=flags & (my_partner >= 0),
+    partner=jnp.maximum(my_partner, 0),
+    # A schedule runs one graph per step (rotating: one child at a time).
+    weight=jnp.max(jnp.where(flags, jnp.asarray(schedule.slot_weight, dtype), 0)),
+    degrees=jnp.sum(flags[:, None] & (partners >= 0), axis=0),  # (n,)
   )
 
 
@@ -275,16 +285,22 @@ def exchange_plan(schedule: Schedule) -> tuple[SlotGroup, ...]:
     else:
       rows = {tuple(row) for row in table[:, slots]}
     rows = sorted(rows)
-    codes = np.array([sum(int(on) << k for k, on in enumerate(row)) for row in rows],
-                     np.int32)
-    plan.append(SlotGroup(tuple(slots),
-                          tuple(tuple(s for s, on in zip(slots, row) if on)
-                                for row in rows), codes))
+    codes = np.array(
+      [sum(int(on) << k for k, on in enumerate(row)) for row in rows], np.int32
+    )
+    plan.append(
+      SlotGroup(
+        tuple(slots),
+        tuple(tuple(s for s, on in zip(slots, row) if on) for row in rows),
+        codes,
+      )
+    )
   return tuple(plan)
 
 
-def _exchange_groups(plan, flags, always, receive, combine, start, buffer,
-                     per_slot, common):
+def _exchange_groups(
+  plan, flags, always, receive, combine, start, buffer, per_slot, common
+):
   """Runs the plan's groups in order: per group, the step's branch of a switch.
 
   ``receive(s, buffer)`` is slot s's ``ppermute`` (zeros for a worker without a
@@ -321,7 +337,8 @@ def _exchange_groups(plan, flags, always, receive, combine, start, buffer,
     # The carry leaves the switch if an earlier group made one or a branch
     # combines inside; else it starts after the switch (fused, not written).
     carry_out = carry is not None or any(
-        len(active) > (1 if defer else 0) for active in group.patterns)
+      len(active) > (1 if defer else 0) for active in group.patterns
+    )
 
     def run(active, c, group=group, defer=defer, carry_out=carry_out):
       inside = active if not defer or len(active) != 1 else ()
@@ -334,10 +351,8 @@ def _exchange_groups(plan, flags, always, receive, combine, start, buffer,
       if not defer:
         return c, None
       if len(active) == 1:
-        return c, (receive(active[0], buffer), per_slot(active[0]),
-                   jnp.asarray(True))
-      return c, (jnp.zeros_like(buffer), per_slot(group.slots[0]),
-                 jnp.asarray(False))
+        return c, (receive(active[0], buffer), per_slot(active[0]), jnp.asarray(True))
+      return c, (jnp.zeros_like(buffer), per_slot(group.slots[0]), jnp.asarray(False))
 
     if len(group.patterns) == 1:
       out = run(group.patterns[0], carry)
@@ -365,8 +380,16 @@ def _finish(carry, pending, combine, common):
   return jax.tree.map(lambda new, old: jnp.where(valid, new, old), combined, carry)
 
 
-def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
-         combine: Callable, start: Callable, per_slot, common):
+def fold(
+  buffer: jax.Array,
+  schedule: Schedule,
+  step: jax.Array,
+  axis_name: str,
+  combine: Callable,
+  start: Callable,
+  per_slot,
+  common,
+):
   """Exchanges ``buffer`` slot by slot, folding each received buffer into a carry.
 
   The carry starts as ``start(common)``. For each slot s in order, if it is
@@ -389,15 +412,24 @@ def fold(buffer: jax.Array, schedule: Schedule, step: jax.Array, axis_name: str,
   per_device = workers_per_device()
   if per_device > 1:
     return _block_fold(schedule, axis_name, per_device, combine, start)(
-        buffer, step, per_slot, common)
+      buffer, step, per_slot, common
+    )
   flags = schedule.slot_flags(step, jnp)
 
   def receive(s, b):
     return lax.ppermute(b, axis_name, _pairs(schedule.slot_partners[s]))
 
   carry, pending = _exchange_groups(
-      exchange_plan(schedule), flags, step >= 0, receive, combine, start, buffer,
-      lambda s: jax.tree.map(lambda a: a[s], per_slot), common)
+    exchange_plan(schedule),
+    flags,
+    step >= 0,
+    receive,
+    combine,
+    start,
+    buffer,
+    lambda s: jax.tree.map(lambda a: a[s], per_slot),
+    common,
+  )
   return _finish(carry, pending, combine, common)
 
 
@@ -470,8 +502,13 @@ def _take_rows(block, rows):
   return jnp.where((rows >= 0)[:, None], block[jnp.maximum(rows, 0)], 0)
 
 
-def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
-                combine: Callable, start: Callable):
+def _block_fold(
+  schedule: Schedule,
+  axis_name: str,
+  per_device: int,
+  combine: Callable,
+  start: Callable,
+):
   """`fold` over a device's whole block of ``per_device`` workers.
 
   Transforms call it per worker under ``jax.vmap`` over `LOCAL_AXIS`; its
@@ -509,20 +546,27 @@ def _block_fold(schedule: Schedule, axis_name: str, per_device: int,
         message = block[jnp.asarray(plan.send_rows)[device]]  # (m, L)
         message = lax.ppermute(message, axis_name, plan.pairs)
         rows = jnp.asarray(plan.receive_rows)[device]
-        received = jnp.where((rows >= 0)[:, None],
-                             message[jnp.maximum(rows, 0)], received)
+        received = jnp.where(
+          (rows >= 0)[:, None], message[jnp.maximum(rows, 0)], received
+        )
       return received
 
     combine_block = jax.vmap(combine)
     carry, pending = _exchange_groups(
-        exchange_plan(schedule), flags, step >= 0, receive, combine_block,
-        jax.vmap(start), buffer, lambda s: jax.tree.map(lambda a: a[:, s], per_slot),
-        common)
+      exchange_plan(schedule),
+      flags,
+      step >= 0,
+      receive,
+      combine_block,
+      jax.vmap(start),
+      buffer,
+      lambda s: jax.tree.map(lambda a: a[:, s], per_slot),
+      common,
+    )
     carry = _finish(carry, pending, combine_block, common)
     return carry, jax.tree.map(lambda _: True, carry)
 
   return fold_block
-
 
 
 def shared_cond(predicate, true_fn: Callable, false_fn: Callable, operand):
@@ -572,8 +616,16 @@ def _runtime_flags(schedule: Schedule, step: jax.Array) -> jax.Array:
   return schedule.slot_flags(step, jnp) & (step >= 0)
 
 
-def fold_messages(schedule: Schedule, step: jax.Array, axis_name: str,
-                  build: Callable, combine: Callable, carry, rows, inputs):
+def fold_messages(
+  schedule: Schedule,
+  step: jax.Array,
+  axis_name: str,
+  build: Callable,
+  combine: Callable,
+  carry,
+  rows,
+  inputs,
+):
   """Like `fold`, but each active slot sends its own message, built in its branch.
 
   ``rows`` is a pytree of per-slot state, each leaf with a leading axis of
@@ -594,7 +646,8 @@ def fold_messages(schedule: Schedule, step: jax.Array, axis_name: str,
   per_device = workers_per_device()
   if per_device > 1:
     return _block_fold_messages(schedule, axis_name, per_device, build, combine)(
-        step, carry, rows, inputs)
+      step, carry, rows, inputs
+    )
   flags = _runtime_flags(schedule, step)
   for s in range(schedule.num_slots):
     pairs = _pairs(schedule.slot_partners[s])
@@ -609,8 +662,13 @@ def fold_messages(schedule: Schedule, step: jax.Array, axis_name: str,
   return carry, rows
 
 
-def _block_fold_messages(schedule: Schedule, axis_name: str, per_device: int,
-                         build: Callable, combine: Callable):
+def _block_fold_messages(
+  schedule: Schedule,
+  axis_name: str,
+  per_device: int,
+  build: Callable,
+  combine: Callable,
+):
   """`fold_messages` over a device's block of workers (see `_block_fold`)."""
   num_devices = lax.axis_size(axis_name)
   plans = block_plan(schedule, num_devices, per_device)
@@ -640,14 +698,13 @@ def _block_fold_messages(schedule: Schedule, axis_name: str, per_device: int,
           message = buffer[jnp.asarray(plan.send_rows)[device]]  # (m, L)
           message = lax.ppermute(message, axis_name, plan.pairs)
           rows_ = jnp.asarray(plan.receive_rows)[device]
-          received = jnp.where((rows_ >= 0)[:, None],
-                               message[jnp.maximum(rows_, 0)], received)
-        return jax.vmap(lambda c1, r1, i1: combine(s, c1, r1, i1))(
-            c, received, inputs)
+          received = jnp.where(
+            (rows_ >= 0)[:, None], message[jnp.maximum(rows_, 0)], received
+          )
+        return jax.vmap(lambda c1, r1, i1: combine(s, c1, r1, i1))(c, received, inputs)
 
       row = jax.tree.map(lambda r, s=s: r[:, s], rows)
-      carry, row = lax.cond(flags[s], build_send_combine, lambda c: c,
-                            (carry, row))
+      carry, row = lax.cond(flags[s], build_send_combine, lambda c: c, (carry, row))
       rows = jax.tree.map(lambda r, x, s=s: r.at[:, s].set(x), rows, row)
     out = (carry, rows)
     return out, jax.tree.map(lambda _: True, out)

@@ -8,12 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_aldsgd import _checks
-from jax_aldsgd import _choco
-from jax_aldsgd import _exchange
-from jax_aldsgd import _network
-from jax_aldsgd import _pushsum
-from jax_aldsgd import _variants
+from jax_aldsgd import _checks, _choco, _exchange, _network, _pushsum, _variants
 from jax_aldsgd._schedules import Schedule
 
 
@@ -28,16 +23,25 @@ check_params = _exchange.check_params
 
 def check_schedule(schedule) -> Schedule:
   if not isinstance(schedule, Schedule):
-    raise TypeError("schedule must be a jax_aldsgd schedule (see "
-                    "jax_aldsgd.schedules: full, alternating, matcha, explicit, "
-                    f"rotating), got {type(schedule).__name__}.")
+    raise TypeError(
+      "schedule must be a jax_aldsgd schedule (see "
+      "jax_aldsgd.schedules: full, alternating, matcha, explicit, "
+      f"rotating), got {type(schedule).__name__}."
+    )
   return schedule
 
 
-def gossip(schedule: Schedule, axis_name: str = "workers", *,
-           skip_nonfinite: bool = False, overlap: bool = False, every: int = 1,
-           delay: int | None = None, compressor=None, consensus_lr=1.0
-           ) -> optax.GradientTransformationExtraArgs:
+def gossip(
+  schedule: Schedule,
+  axis_name: str = "workers",
+  *,
+  skip_nonfinite: bool = False,
+  overlap: bool = False,
+  every: int = 1,
+  delay: int | None = None,
+  compressor=None,
+  consensus_lr=1.0,
+) -> optax.GradientTransformationExtraArgs:
   """Gossip averaging with the neighbors of the active matchings (D-PSGD, MATCHA).
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
@@ -119,26 +123,35 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
   if compressor is not None or _choco.consensus_lr_given(consensus_lr):
     if delay:
       raise ValueError(
-          f"gossip(delay={delay}) cannot be combined with a compressor: the "
-          "delayed exchange is push-sum, CHOCO-SGD's keeps public copies; "
-          "drop one of them.")
+        f"gossip(delay={delay}) cannot be combined with a compressor: the "
+        "delayed exchange is push-sum, CHOCO-SGD's keeps public copies; "
+        "drop one of them."
+      )
     return _variants.apply(
-        _choco.choco_gossip(schedule, axis_name, compressor=compressor,
-                            consensus_lr=consensus_lr,
-                            skip_nonfinite=skip_nonfinite),
-        overlap=overlap, every=every)
+      _choco.choco_gossip(
+        schedule,
+        axis_name,
+        compressor=compressor,
+        consensus_lr=consensus_lr,
+        skip_nonfinite=skip_nonfinite,
+      ),
+      overlap=overlap,
+      every=every,
+    )
   schedule = check_schedule(schedule)
   skip_nonfinite = bool(skip_nonfinite)
   if delay:
     for name, value in (("overlap", overlap), ("skip_nonfinite", skip_nonfinite)):
       if value:
         raise ValueError(
-            f"gossip(delay={delay}) cannot be combined with {name}=True: the "
-            "delayed (push-sum) exchange sends x + u and mixes every share it "
-            f"receives; use delay=0 for {name}, or drop {name}.")
+          f"gossip(delay={delay}) cannot be combined with {name}=True: the "
+          "delayed (push-sum) exchange sends x + u and mixes every share it "
+          f"receives; use delay=0 for {name}, or drop {name}."
+        )
     _pushsum.warn_if_negative_self_weight(schedule)
     return _variants.every_steps(
-        _pushsum.delayed_gossip(schedule, axis_name, delay), every)
+      _pushsum.delayed_gossip(schedule, axis_name, delay), every
+    )
 
   def init_fn(params):
     del params
@@ -150,8 +163,9 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
     me = _exchange.worker_index(axis_name, schedule)
     x_hat = jax.tree.map(jnp.add, params, updates)
     # With skip_nonfinite, a health flag travels with the parameters.
-    extras = ((_exchange.all_finite(x_hat).astype(jnp.float32),) if skip_nonfinite
-              else ())
+    extras = (
+      (_exchange.all_finite(x_hat).astype(jnp.float32),) if skip_nonfinite else ()
+    )
     buffer, unpack = _exchange.pack(x_hat, extras)
     near = _exchange.neighborhood(schedule, state.count, me, buffer.dtype)
 
@@ -165,19 +179,31 @@ def gossip(schedule: Schedule, axis_name: str = "workers", *,
       return total + jnp.where(use, received - own, 0)
 
     delta = near.weight * _exchange.fold(
-        buffer, schedule, state.count, axis_name, combine, jnp.zeros_like,
-        near.present, buffer)
+      buffer,
+      schedule,
+      state.count,
+      axis_name,
+      combine,
+      jnp.zeros_like,
+      near.present,
+      buffer,
+    )
     delta_tree, _ = unpack(delta)
-    new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates,
-                               delta_tree)
+    new_updates = jax.tree.map(
+      lambda u, d: (u + d).astype(u.dtype), updates, delta_tree
+    )
     return new_updates, GossipState(count=state.count + 1)
 
-  return _variants.apply(optax.GradientTransformationExtraArgs(init_fn, update_fn),
-                         overlap=overlap, every=every)
+  return _variants.apply(
+    optax.GradientTransformationExtraArgs(init_fn, update_fn),
+    overlap=overlap,
+    every=every,
+  )
 
 
-def gossip_message_bytes(params, *, skip_nonfinite: bool = False,
-                         delay: int | None = None) -> int:
+def gossip_message_bytes(
+  params, *, skip_nonfinite: bool = False, delay: int | None = None
+) -> int:
   """Bytes one worker sends along one active matching under `gossip`.
 
   The message is the packed parameters (float32, or wider if a leaf is), plus a
@@ -196,12 +222,12 @@ def allreduce_bytes(num_workers: int, params) -> float:
 
   ``2 (n - 1) / n`` of the packed parameters (reduce-scatter, then all-gather).
   """
-  return _network.ring_allreduce_fraction(num_workers) * _exchange.message_bytes(
-      params)
+  return _network.ring_allreduce_fraction(num_workers) * _exchange.message_bytes(params)
 
 
-def allreduce(axis_name: str = "workers", *,
-              compressor=None) -> optax.GradientTransformationExtraArgs:
+def allreduce(
+  axis_name: str = "workers", *, compressor=None
+) -> optax.GradientTransformationExtraArgs:
   """Centralized baseline: every worker moves to the mean of all ``x_hat``.
 
   ``x_i <- mean_j x_hat_j`` (one ``pmean`` over ``axis_name`` of one packed buffer),
@@ -237,9 +263,10 @@ def allreduce(axis_name: str = "workers", *,
   """
   if compressor is not None:
     raise ValueError(
-        f"allreduce does not compress its messages, got compressor={compressor!r}; "
-        "for compressed communication use jax_aldsgd.gossip(schedule, "
-        "compressor=...) (CHOCO-SGD), or drop the compressor.")
+      f"allreduce does not compress its messages, got compressor={compressor!r}; "
+      "for compressed communication use jax_aldsgd.gossip(schedule, "
+      "compressor=...) (CHOCO-SGD), or drop the compressor."
+    )
 
   def init_fn(params):
     del params
@@ -252,8 +279,7 @@ def allreduce(axis_name: str = "workers", *,
     x_hat = jax.tree.map(jnp.add, params, updates)
     buffer, unpack = _exchange.pack(x_hat)
     mean_tree, _ = unpack(_exchange.mean_over_workers(buffer, axis_name))
-    new_updates = jax.tree.map(lambda m, x: (m - x).astype(x.dtype), mean_tree,
-                               params)
+    new_updates = jax.tree.map(lambda m, x: (m - x).astype(x.dtype), mean_tree, params)
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

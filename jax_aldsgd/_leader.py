@@ -8,10 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_aldsgd import _checks
-from jax_aldsgd import _choco
-from jax_aldsgd import _exchange
-from jax_aldsgd import _variants
+from jax_aldsgd import _checks, _choco, _exchange, _variants
 from jax_aldsgd._gossip import check_params, check_schedule
 from jax_aldsgd._schedules import Schedule
 
@@ -27,15 +24,18 @@ def _check_loss(loss, value=None) -> jax.Array:
   loss = value if loss is None else loss
   if loss is None:
     raise ValueError(
-        "adjacent_leader needs this worker's scalar mini-batch loss to rank "
-        "neighbors: call update(updates, state, params, loss=loss) (or "
-        "value=loss, optax's name), with the loss of the current parameters on "
-        "this worker's batch.")
+      "adjacent_leader needs this worker's scalar mini-batch loss to rank "
+      "neighbors: call update(updates, state, params, loss=loss) (or "
+      "value=loss, optax's name), with the loss of the current parameters on "
+      "this worker's batch."
+    )
   loss = jnp.asarray(loss)
   if loss.shape != ():
-    raise ValueError(f"loss must be this worker's scalar loss, got shape "
-                     f"{loss.shape}; reduce it (e.g. mean over the batch) and, "
-                     "under jax.shard_map, squeeze the worker axis.")
+    raise ValueError(
+      f"loss must be this worker's scalar loss, got shape "
+      f"{loss.shape}; reduce it (e.g. mean over the batch) and, "
+      "under jax.shard_map, squeeze the worker axis."
+    )
   if not jnp.issubdtype(loss.dtype, jnp.floating):
     raise TypeError(f"loss must be a floating-point scalar, got dtype {loss.dtype}.")
   return loss
@@ -48,12 +48,16 @@ def check_pull_coefficients(c1, c2, p1, p2, pull_every):
   for a, b, va, vb in (("c1", "c2", c1, c2), ("p1", "p2", p1, p2)):
     x, y = _checks.concrete_scalar(a, va), _checks.concrete_scalar(b, vb)
     if x is not None and y is not None and x + y > 1.0:
-      raise ValueError(f"{a} + {b} must be <= 1 (they are averaging weights), got "
-                       f"{a}={x} + {b}={y} = {x + y}.")
+      raise ValueError(
+        f"{a} + {b} must be <= 1 (they are averaging weights), got "
+        f"{a}={x} + {b}={y} = {x + y}."
+      )
   every = _checks.concrete_scalar("pull_every", pull_every)
   if every is not None and (not float(every).is_integer() or every < 1):
-    raise ValueError(f"pull_every must be an integer >= 1 (pull every that many "
-                     f"steps; 1 pulls at every step), got {pull_every!r}.")
+    raise ValueError(
+      f"pull_every must be an integer >= 1 (pull every that many "
+      f"steps; 1 pulls at every step), got {pull_every!r}."
+    )
 
 
 def adjacent_leader_message_bytes(params) -> int:
@@ -67,13 +71,22 @@ def adjacent_leader_message_bytes(params) -> int:
   return _exchange.message_bytes(params, 2)
 
 
-def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
-                    c1: float = 0.3, c2: float = 0.1, p1: float = 0.2,
-                    p2: float = 0.2, pull_every: int = 1,
-                    skip_nonfinite: bool = False, overlap: bool = False,
-                    every: int = 1, pull_restart_every: int | None = None,
-                    compressor=None, consensus_lr=1.0
-                    ) -> optax.GradientTransformationExtraArgs:
+def adjacent_leader(
+  schedule: Schedule,
+  axis_name: str = "workers",
+  *,
+  c1: float = 0.3,
+  c2: float = 0.1,
+  p1: float = 0.2,
+  p2: float = 0.2,
+  pull_every: int = 1,
+  skip_nonfinite: bool = False,
+  overlap: bool = False,
+  every: int = 1,
+  pull_restart_every: int | None = None,
+  compressor=None,
+  consensus_lr=1.0,
+) -> optax.GradientTransformationExtraArgs:
   """AL-DSGD: gossip, then averaging with and a pull toward two chosen neighbors.
 
   Runs inside ``jax.shard_map`` over ``axis_name``, one worker per device, after a
@@ -176,21 +189,35 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
   """
   every = _variants.check_every(every)
   if pull_restart_every is not None:
-    pull_restart_every = _checks.check_integer("pull_restart_every",
-                                               pull_restart_every, 1)
+    pull_restart_every = _checks.check_integer(
+      "pull_restart_every", pull_restart_every, 1
+    )
   if compressor is not None or _choco.consensus_lr_given(consensus_lr):
-    if pull_restart_every is not None and _checks.concrete_scalar(
-        "pull_every", pull_every) != 1:
+    if (
+      pull_restart_every is not None
+      and _checks.concrete_scalar("pull_every", pull_every) != 1
+    ):
       raise ValueError(
-          "pull_restart_every is not available with a compressor (CHOCO-SGD's "
-          "AL-DSGD counts its pull period from step 0); leave it None, or use "
-          "pull_every=1 (every step pulls, so the phase does not matter).")
+        "pull_restart_every is not available with a compressor (CHOCO-SGD's "
+        "AL-DSGD counts its pull period from step 0); leave it None, or use "
+        "pull_every=1 (every step pulls, so the phase does not matter)."
+      )
     return _variants.apply(
-        _choco.choco_adjacent_leader(
-            schedule, axis_name, compressor=compressor,
-            consensus_lr=consensus_lr, c1=c1, c2=c2, p1=p1, p2=p2,
-            pull_every=pull_every, skip_nonfinite=skip_nonfinite),
-        overlap=overlap, every=every)
+      _choco.choco_adjacent_leader(
+        schedule,
+        axis_name,
+        compressor=compressor,
+        consensus_lr=consensus_lr,
+        c1=c1,
+        c2=c2,
+        p1=p1,
+        p2=p2,
+        pull_every=pull_every,
+        skip_nonfinite=skip_nonfinite,
+      ),
+      overlap=overlap,
+      every=every,
+    )
   schedule = check_schedule(schedule)
   check_pull_coefficients(c1, c2, p1, p2, pull_every)
   skip_nonfinite = bool(skip_nonfinite)
@@ -199,8 +226,7 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     del params
     return AdjacentLeaderState(count=jnp.zeros([], jnp.int32))
 
-  def update_fn(updates, state, params=None, *, loss=None, value=None,
-                **extra_args):
+  def update_fn(updates, state, params=None, *, loss=None, value=None, **extra_args):
     del extra_args
     check_params(params, "adjacent_leader")
     loss = _check_loss(loss, value)
@@ -236,15 +262,24 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
       # gossip sum, x_hat_b - x_hat_i, x_hat_m - x_hat_i, best loss, best degree
       return zeros, zeros, zeros, own_loss, own_degree
 
-    own_rank = (jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf),
-                jnp.where(self_ok, near.degrees[me], -1))
+    own_rank = (
+      jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf),
+      jnp.where(self_ok, near.degrees[me], -1),
+    )
     gossip_sum, leader, target, _, _ = _exchange.fold(
-        buffer, schedule, step, axis_name, combine, start,
-        (near.present, near.degrees[near.partner]), (buffer, own_rank))
+      buffer,
+      schedule,
+      step,
+      axis_name,
+      combine,
+      start,
+      (near.present, near.degrees[near.partner]),
+      (buffer, own_rank),
+    )
     gossip_sum = near.weight * gossip_sum
 
     dtype = buffer.dtype
-    keep = (1 - p1 - p2)
+    keep = 1 - p1 - p2
     a = jnp.asarray(keep * (1 - c1 - c2), dtype)
     b = jnp.asarray(keep * c1 + p1, dtype)
     c = jnp.asarray(keep * c2 + p2, dtype)
@@ -252,9 +287,13 @@ def adjacent_leader(schedule: Schedule, axis_name: str = "workers", *,
     pull = (phase % jnp.asarray(pull_every, jnp.int32)) == 0
     delta = jnp.where(pull, a * gossip_sum + b * leader + c * target, gossip_sum)
     delta_tree, _ = unpack(delta)
-    new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates,
-                               delta_tree)
+    new_updates = jax.tree.map(
+      lambda u, d: (u + d).astype(u.dtype), updates, delta_tree
+    )
     return new_updates, AdjacentLeaderState(count=step + 1)
 
-  return _variants.apply(optax.GradientTransformationExtraArgs(init_fn, update_fn),
-                         overlap=overlap, every=every)
+  return _variants.apply(
+    optax.GradientTransformationExtraArgs(init_fn, update_fn),
+    overlap=overlap,
+    every=every,
+  )

@@ -63,16 +63,18 @@ class _Edges(NamedTuple):
 
 
 def _edges(topology: Topology) -> _Edges:
-  pairs = [(i, j, m) for m, matching in enumerate(topology.matchings)
-           for i, j in matching]
+  pairs = [
+    (i, j, m) for m, matching in enumerate(topology.matchings) for i, j in matching
+  ]
   head, tail, owner = (np.array(column) for column in zip(*pairs))
   n = topology.num_workers
   null_projector = np.zeros((n, n))
   components = topology.components()
   for component in components:
     null_projector[np.ix_(component, component)] = 1.0 / len(component)
-  return _Edges(head, tail, owner, n, topology.num_matchings, null_projector,
-                len(components))
+  return _Edges(
+    head, tail, owner, n, topology.num_matchings, null_projector, len(components)
+  )
 
 
 def _lowest_mixing_eigenvalue(edges: _Edges, matrix: np.ndarray) -> float:
@@ -82,8 +84,9 @@ def _lowest_mixing_eigenvalue(edges: _Edges, matrix: np.ndarray) -> float:
   semidefinite on ``range(L)``, so its sorted spectrum starts with ``null_dim``
   zeros (up to rounding) followed by the eigenvalues on ``range(L)``.
   """
-  return float(scipy.linalg.eigvalsh(
-      matrix, subset_by_index=[edges.null_dim, edges.null_dim])[0])
+  return float(
+    scipy.linalg.eigvalsh(matrix, subset_by_index=[edges.null_dim, edges.null_dim])[0]
+  )
 
 
 def algebraic_connectivity(topology: Topology, probabilities) -> float:
@@ -137,9 +140,12 @@ def matcha_probabilities(topology: Topology, budget: float) -> np.ndarray:
   every_edge = np.arange(len(head))
   # Row e of the (E, n) incidence is a_e^T; its row blocks from each matching on.
   incidence = scipy.sparse.csr_matrix(
-      (np.repeat([1.0, -1.0], len(head)),
-       (np.tile(every_edge, 2), np.concatenate([head, tail]))),
-      shape=(len(head), n))
+    (
+      np.repeat([1.0, -1.0], len(head)),
+      (np.tile(every_edge, 2), np.concatenate([head, tail])),
+    ),
+    shape=(len(head), n),
+  )
   from_matching = [incidence[lo:] for lo in starts[:-1]]
 
   def slack(p, t):
@@ -170,8 +176,13 @@ def matcha_probabilities(topology: Topology, budget: float) -> np.ndarray:
     if terms is None:
       return np.inf
     chol, free = terms
-    return (-scale * t - 2.0 * np.log(np.diag(chol)).sum() - np.log(p).sum()
-            - np.log1p(-p).sum() - np.log(free))
+    return (
+      -scale * t
+      - 2.0 * np.log(np.diag(chol)).sum()
+      - np.log(p).sum()
+      - np.log1p(-p).sum()
+      - np.log(free)
+    )
 
   def newton_direction(z, scale):
     p, t = z[:-1], z[-1]
@@ -198,17 +209,21 @@ def matcha_probabilities(topology: Topology, budget: float) -> np.ndarray:
     hessian[:-1, :-1] += upper.T
     # tr(S^{-1} L_m S^{-1} (-P)) = -sum_{e in m} |X^{-1} a_e|^2.
     hessian[:-1, -1] = hessian[-1, :-1] = -np.add.reduceat(
-        np.einsum("en,en->e", rows, rows), starts[:-1])
+      np.einsum("en,en->e", rows, rows), starts[:-1]
+    )
     hessian[-1, -1] = np.einsum("ij,ij->", inverse, inverse) - edges.null_dim
     gradient[:-1] += -1.0 / p + 1.0 / (1.0 - p) + 1.0 / free
     gradient[-1] -= scale
-    hessian[:-1, :-1] += (np.diag(1.0 / p**2 + 1.0 / (1.0 - p)**2)
-                          + 1.0 / free**2)
+    hessian[:-1, :-1] += np.diag(1.0 / p**2 + 1.0 / (1.0 - p) ** 2) + 1.0 / free**2
     # Near the bounds the barrier's curvature spans many orders of magnitude;
     # a diagonal (Jacobi) scaling keeps the Newton system well conditioned.
     scaling = 1.0 / np.sqrt(np.diag(hessian))
-    step = -scaling * np.linalg.lstsq(hessian * np.outer(scaling, scaling),
-                                      gradient * scaling, rcond=None)[0]
+    step = (
+      -scaling
+      * np.linalg.lstsq(
+        hessian * np.outer(scaling, scaling), gradient * scaling, rcond=None
+      )[0]
+    )
     return step, -gradient @ step
 
   p = np.full(num_matchings, 0.9 * budget)
@@ -273,9 +288,12 @@ def _rho_function(topology: Topology, probabilities):
   top = [len(mean) - 1, len(mean) - 1]
 
   def rho(alpha):
-    return float(scipy.linalg.eigvalsh(
+    return float(
+      scipy.linalg.eigvalsh(
         shifted_identity - 2.0 * alpha * mean + alpha**2 * quadratic,
-        subset_by_index=top)[0])
+        subset_by_index=top,
+      )[0]
+    )
 
   return rho, mean
 
@@ -285,8 +303,7 @@ def matcha_rho(topology: Topology, probabilities, alpha: float) -> float:
   return _rho_function(topology, probabilities)[0](alpha)
 
 
-def matcha_neighbor_weight(topology: Topology,
-                           probabilities) -> tuple[float, float]:
+def matcha_neighbor_weight(topology: Topology, probabilities) -> tuple[float, float]:
   """Neighbor weight ``alpha`` minimising ``rho``, and that ``rho``.
 
   Args:
@@ -298,11 +315,13 @@ def matcha_neighbor_weight(topology: Topology,
   """
   rho, mean = _rho_function(topology, probabilities)
   # rho(0) = 1 and rho is convex, so the minimiser lies before rho climbs back to 1.
-  upper = 1.0 / max(scipy.linalg.eigvalsh(
-      mean, subset_by_index=[len(mean) - 1, len(mean) - 1])[0], 1e-12)
+  upper = 1.0 / max(
+    scipy.linalg.eigvalsh(mean, subset_by_index=[len(mean) - 1, len(mean) - 1])[0],
+    1e-12,
+  )
   while rho(upper) < 1.0:
     upper *= 2.0
-  result = scipy.optimize.minimize_scalar(rho, bounds=(0.0, upper),
-                                          method="bounded",
-                                          options={"xatol": 1e-12})
+  result = scipy.optimize.minimize_scalar(
+    rho, bounds=(0.0, upper), method="bounded", options={"xatol": 1e-12}
+  )
   return float(result.x), float(result.fun)

@@ -39,8 +39,9 @@ def _jaxlib_version() -> tuple[int, ...]:
   return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-def emulate_cpu_devices(num_devices: int, *,
-                        collective_timeout_seconds: int | None = 60) -> None:
+def emulate_cpu_devices(
+  num_devices: int, *, collective_timeout_seconds: int | None = 60
+) -> None:
   """Makes the CPU backend expose ``num_devices`` devices, safely for collectives.
 
   Sets, before JAX starts:
@@ -78,27 +79,31 @@ def emulate_cpu_devices(num_devices: int, *,
   num_devices = _checks.check_integer("num_devices", num_devices, 1)
   if collective_timeout_seconds is not None:
     collective_timeout_seconds = _checks.check_integer(
-        "collective_timeout_seconds", collective_timeout_seconds, 1)
+      "collective_timeout_seconds", collective_timeout_seconds, 1
+    )
   if _backends_started():
     nproc = int(os.environ.get("PJRT_NPROC", "0") or 0)
     if jax.device_count() == num_devices and nproc >= 2 * num_devices:
       return
     raise RuntimeError(
-        f"emulate_cpu_devices({num_devices}) was called after JAX started (it now "
-        f"has {jax.device_count()} {jax.default_backend()} devices); the device "
-        "count is fixed when the backend starts. Call it at the very top of your "
-        "program or conftest.py, before any JAX operation.")
+      f"emulate_cpu_devices({num_devices}) was called after JAX started (it now "
+      f"has {jax.device_count()} {jax.default_backend()} devices); the device "
+      "count is fixed when the backend starts. Call it at the very top of your "
+      "program or conftest.py, before any JAX operation."
+    )
   flags = os.environ.get("XLA_FLAGS", "")
   flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", flags)
   flags += f" --xla_force_host_platform_device_count={num_devices}"
-  if (collective_timeout_seconds is not None
-      and _jaxlib_version() >= _TIMEOUT_FLAG_SINCE):
+  if (
+    collective_timeout_seconds is not None and _jaxlib_version() >= _TIMEOUT_FLAG_SINCE
+  ):
     # XLA first waits warn_stuck seconds (logging that a rendezvous may be stuck),
     # then terminate seconds more before aborting: split the budget between them.
     warn = max(1, collective_timeout_seconds // 2)
-    for flag, seconds in (("warn_stuck_timeout", warn),
-                          ("terminate_timeout",
-                           max(1, collective_timeout_seconds - warn))):
+    for flag, seconds in (
+      ("warn_stuck_timeout", warn),
+      ("terminate_timeout", max(1, collective_timeout_seconds - warn)),
+    ):
       name = f"--xla_cpu_collective_call_{flag}_seconds"
       flags = re.sub(name + r"=\S*", "", flags) + f" {name}={seconds}"
   os.environ["XLA_FLAGS"] = " ".join(flags.split())
@@ -106,8 +111,13 @@ def emulate_cpu_devices(num_devices: int, *,
   os.environ["PJRT_NPROC"] = str(max(nproc, 2 * num_devices))
 
 
-def worker_mesh(num_workers: int | None = None, *, workers_per_device: int = 1,
-                devices=None, axis_name: str = "workers"):
+def worker_mesh(
+  num_workers: int | None = None,
+  *,
+  workers_per_device: int = 1,
+  devices=None,
+  axis_name: str = "workers",
+):
   """A 1-D ``jax.sharding.Mesh`` over the devices that hold the workers.
 
   Args:
@@ -128,22 +138,30 @@ def worker_mesh(num_workers: int | None = None, *, workers_per_device: int = 1,
     num_workers = len(devices) * per_device
   num_workers = _checks.check_integer("num_workers", num_workers, 1)
   if num_workers % per_device:
-    raise ValueError(f"num_workers={num_workers} is not divisible by "
-                     f"workers_per_device={per_device}; every device holds the same "
-                     "number of workers.")
+    raise ValueError(
+      f"num_workers={num_workers} is not divisible by "
+      f"workers_per_device={per_device}; every device holds the same "
+      "number of workers."
+    )
   needed = num_workers // per_device
   if len(devices) < needed:
-    hint = (f"call jax_aldsgd.emulate_cpu_devices({needed}) before JAX starts, or "
-            f"put more workers on each device (workers_per_device)")
+    hint = (
+      f"call jax_aldsgd.emulate_cpu_devices({needed}) before JAX starts, or "
+      f"put more workers on each device (workers_per_device)"
+    )
     raise ValueError(
-        f"{num_workers} workers need {needed} devices ({per_device} per device), "
-        f"but only {len(devices)} are available. On CPU, {hint}.")
+      f"{num_workers} workers need {needed} devices ({per_device} per device), "
+      f"but only {len(devices)} are available. On CPU, {hint}."
+    )
   # Auto axes: with Explicit axes (make_mesh's default) every worker-stacked array
   # carries its sharding in its type, and everyday code such as params["w"][4]
   # fails with a ShardingTypeError. shard_map works the same on both.
-  return jax.make_mesh((needed,), (axis_name,),
-                       axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices[:needed])
+  return jax.make_mesh(
+    (needed,),
+    (axis_name,),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=devices[:needed],
+  )
 
 
 def stack_workers(trees: Sequence):
@@ -165,7 +183,8 @@ def replicate_workers(tree, num_workers: int):
   """``num_workers`` copies of ``tree`` stacked on a leading worker axis."""
   num_workers = _checks.check_integer("num_workers", num_workers, 1)
   return jax.tree.map(
-      lambda leaf: jnp.broadcast_to(leaf, (num_workers,) + jnp.shape(leaf)), tree)
+    lambda leaf: jnp.broadcast_to(leaf, (num_workers,) + jnp.shape(leaf)), tree
+  )
 
 
 def shard_workers(tree, mesh, axis_name: str = "workers"):
@@ -185,8 +204,7 @@ def shard_workers(tree, mesh, axis_name: str = "workers"):
       return jax.device_put(leaf, sharding)
     host = np.asarray(leaf)
     host = host.astype(jax.dtypes.canonicalize_dtype(host.dtype), copy=False)
-    return jax.make_array_from_callback(host.shape, sharding,
-                                        lambda index: host[index])
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
   return jax.tree.map(put, tree)
 
@@ -195,17 +213,22 @@ def gather_workers(tree):
   """A stacked pytree as host NumPy arrays with every worker, from any process."""
 
   def get(leaf):
-    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable or (
-        leaf.is_fully_replicated):
+    if (
+      not isinstance(leaf, jax.Array)
+      or leaf.is_fully_addressable
+      or (leaf.is_fully_replicated)
+    ):
       return np.asarray(leaf)
     return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
 
   return jax.tree.map(get, tree)
 
 
-def initialize_multihost(coordinator_address: str | None = None,
-                         num_processes: int | None = None,
-                         process_id: int | None = None) -> None:
+def initialize_multihost(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Starts JAX's multi-controller runtime: one process per host, one mesh.
 
   A thin wrapper of ``jax.distributed.initialize`` that also selects CPU
@@ -225,11 +248,15 @@ def initialize_multihost(coordinator_address: str | None = None,
   if process_id is not None:
     process_id = _checks.check_integer("process_id", process_id, 0)
     if num_processes is not None and process_id >= num_processes:
-      raise ValueError(f"process_id={process_id} must be < num_processes="
-                       f"{num_processes}.")
+      raise ValueError(
+        f"process_id={process_id} must be < num_processes={num_processes}."
+      )
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+  )
 
 
 def _check_worker_axis(args, num_workers: int, axis_name: str):
@@ -237,14 +264,16 @@ def _check_worker_axis(args, num_workers: int, axis_name: str):
     shape = jax.numpy.shape(leaf)
     if not shape or shape[0] != num_workers:
       raise ValueError(
-          f"argument{jax.tree_util.keystr(path)} has shape {shape}, but every input "
-          f"of worker_map needs a leading worker axis of size {num_workers} (the "
-          f"mesh axis {axis_name!r}); stack per-worker values with "
-          "jax_aldsgd.stack_workers or replicate_workers.")
+        f"argument{jax.tree_util.keystr(path)} has shape {shape}, but every input "
+        f"of worker_map needs a leading worker axis of size {num_workers} (the "
+        f"mesh axis {axis_name!r}); stack per-worker values with "
+        "jax_aldsgd.stack_workers or replicate_workers."
+      )
 
 
-def worker_map(fn: Callable, mesh, *, axis_name: str = "workers",
-               workers_per_device: int = 1) -> Callable:
+def worker_map(
+  fn: Callable, mesh, *, axis_name: str = "workers", workers_per_device: int = 1
+) -> Callable:
   """Runs ``fn`` once per worker, each on its own device, via ``jax.shard_map``.
 
   Every argument and result is a pytree whose leaves carry a leading worker axis
@@ -279,8 +308,10 @@ def worker_map(fn: Callable, mesh, *, axis_name: str = "workers",
     ([0.0, 1.0, 2.0, 3.0], [3.0, 3.0, 3.0, 3.0])
   """
   if axis_name not in mesh.axis_names:
-    raise ValueError(f"mesh has axes {mesh.axis_names}, not {axis_name!r}; build it "
-                     "with jax_aldsgd.worker_mesh or pass its axis_name.")
+    raise ValueError(
+      f"mesh has axes {mesh.axis_names}, not {axis_name!r}; build it "
+      "with jax_aldsgd.worker_mesh or pass its axis_name."
+    )
   per_device = _checks.check_integer("workers_per_device", workers_per_device, 1)
   num_workers = mesh.shape[axis_name] * per_device
   spec = jax.P(axis_name)

@@ -90,20 +90,28 @@ class NetworkModel:
     _positive("node_bandwidth", self.node_bandwidth, allow_none=True)
     for name in ("concurrent", "overlap"):
       if not isinstance(getattr(self, name), bool):
-        raise TypeError(f"{name} must be True or False, got "
-                        f"{getattr(self, name)!r}.")
+        raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
   @classmethod
-  def from_gbit(cls, link_gbit: float, *, latency_s: float = 50e-6,
-                node_gbit: float | None = None,
-                concurrent: bool = False,
-                overlap: bool = False) -> NetworkModel:
+  def from_gbit(
+    cls,
+    link_gbit: float,
+    *,
+    latency_s: float = 50e-6,
+    node_gbit: float | None = None,
+    concurrent: bool = False,
+    overlap: bool = False,
+  ) -> NetworkModel:
     """A model from bandwidths in Gbit/s (1 Gbit/s = 1.25e8 bytes/s)."""
     _positive("link_gbit", link_gbit)
     _positive("node_gbit", node_gbit, allow_none=True)
-    return cls(latency_s, link_gbit * 1.25e8,
-               None if node_gbit is None else node_gbit * 1.25e8, concurrent,
-               overlap)
+    return cls(
+      latency_s,
+      link_gbit * 1.25e8,
+      None if node_gbit is None else node_gbit * 1.25e8,
+      concurrent,
+      overlap,
+    )
 
   @property
   def _bottleneck(self) -> float:
@@ -111,37 +119,44 @@ class NetworkModel:
       return self.link_bandwidth
     return min(self.link_bandwidth, self.node_bandwidth)
 
-  def gossip_time(self, schedule: Schedule, step: int,
-                  message_bytes: float) -> float:
+  def gossip_time(self, schedule: Schedule, step: int, message_bytes: float) -> float:
     """Seconds for the exchanges of ``schedule`` at ``step``."""
     active = schedule.active(step)
     if not active.any():
       return 0.0
     if not self.concurrent:
-      return float(active.sum()) * (self.latency_s + message_bytes /
-                                    self._bottleneck)
+      return float(active.sum()) * (self.latency_s + message_bytes / self._bottleneck)
     busiest = schedule.active_degrees(step).max()
     per_byte = 1.0 / self.link_bandwidth
     if self.node_bandwidth is not None:
       per_byte = max(per_byte, busiest / self.node_bandwidth)
     return self.latency_s + message_bytes * per_byte
 
-  def gossip_times(self, schedule: Schedule, num_steps: int,
-                   message_bytes: float) -> np.ndarray:
+  def gossip_times(
+    self, schedule: Schedule, num_steps: int, message_bytes: float
+  ) -> np.ndarray:
     """``(num_steps,)`` seconds of steps ``0 .. num_steps - 1``."""
-    return np.array([self.gossip_time(schedule, k, message_bytes)
-                     for k in range(num_steps)])
+    return np.array(
+      [self.gossip_time(schedule, k, message_bytes) for k in range(num_steps)]
+    )
 
   def allreduce_time(self, num_workers: int, model_bytes: float) -> float:
     """Seconds of one ring all-reduce of ``model_bytes`` over ``num_workers``."""
     n = _checks.check_integer("num_workers", num_workers, 1)
-    return (2 * (n - 1) * self.latency_s +
-            ring_allreduce_fraction(n) * model_bytes / self._bottleneck)
+    return (
+      2 * (n - 1) * self.latency_s
+      + ring_allreduce_fraction(n) * model_bytes / self._bottleneck
+    )
 
-  def hierarchical_allreduce_time(self, num_workers: int, model_bytes: float, *,
-                                  workers_per_host: int,
-                                  intra_host_bandwidth: float,
-                                  intra_host_latency_s: float = 0.0) -> float:
+  def hierarchical_allreduce_time(
+    self,
+    num_workers: int,
+    model_bytes: float,
+    *,
+    workers_per_host: int,
+    intra_host_bandwidth: float,
+    intra_host_latency_s: float = 0.0,
+  ) -> float:
     """Seconds of a two-level all-reduce (see the module docstring).
 
     Reduce-scatter by a ring inside each host of ``g = workers_per_host``
@@ -165,16 +180,19 @@ class NetworkModel:
     n = _checks.check_integer("num_workers", num_workers, 1)
     g = _checks.check_integer("workers_per_host", workers_per_host, 1)
     if n % g:
-      raise ValueError(f"num_workers={n} is not a multiple of workers_per_host="
-                       f"{g}; use whole hosts (e.g. num_workers={n // g * g or g}).")
+      raise ValueError(
+        f"num_workers={n} is not a multiple of workers_per_host="
+        f"{g}; use whole hosts (e.g. num_workers={n // g * g or g})."
+      )
     intra = _positive("intra_host_bandwidth", intra_host_bandwidth)
     _checks.check_real("intra_host_latency_s", intra_host_latency_s, low=0.0)
     hosts = n // g
-    return (2 * (g - 1) * intra_host_latency_s +
-            ring_allreduce_fraction(g) * model_bytes / intra +
-            2 * (hosts - 1) * self.latency_s +
-            ring_allreduce_fraction(hosts) * (model_bytes / g) /
-            self._bottleneck)
+    return (
+      2 * (g - 1) * intra_host_latency_s
+      + ring_allreduce_fraction(g) * model_bytes / intra
+      + 2 * (hosts - 1) * self.latency_s
+      + ring_allreduce_fraction(hosts) * (model_bytes / g) / self._bottleneck
+    )
 
   def step_time(self, compute_s, communication_s):
     """Seconds of a step: ``max(compute, comm)`` if ``overlap`` else their sum.
@@ -190,21 +208,27 @@ class NetworkModel:
     """
     compute = np.asarray(compute_s, float)
     communication = np.asarray(communication_s, float)
-    for name, value in (("compute_s", compute), ("communication_s",
-                                                 communication)):
+    for name, value in (("compute_s", compute), ("communication_s", communication)):
       if not np.all(np.isfinite(value)) or np.any(value < 0):
-        raise ValueError(f"{name} must be finite and >= 0 seconds, got "
-                         f"{value if value.ndim == 0 else value.min()!r}"
-                         f"{'' if value.ndim == 0 else ' (smallest entry)'}.")
-    total = (np.maximum(compute, communication) if self.overlap else
-             compute + communication)
+        raise ValueError(
+          f"{name} must be finite and >= 0 seconds, got "
+          f"{value if value.ndim == 0 else value.min()!r}"
+          f"{'' if value.ndim == 0 else ' (smallest entry)'}."
+        )
+    total = (
+      np.maximum(compute, communication) if self.overlap else compute + communication
+    )
     return float(total) if total.ndim == 0 else total
 
   def __str__(self) -> str:
     gbit = lambda v: f"{v / 1.25e8:g} Gbit/s"
-    cap = "" if self.node_bandwidth is None else f", node cap {gbit(self.node_bandwidth)}"
+    cap = (
+      "" if self.node_bandwidth is None else f", node cap {gbit(self.node_bandwidth)}"
+    )
     mode = (", concurrent" if self.concurrent else "") + (
-        ", overlapped" if self.overlap else "")
-    return (f"{gbit(self.link_bandwidth)} links, "
-            f"{self.latency_s * 1e6:g} us latency{cap}{mode}")
-
+      ", overlapped" if self.overlap else ""
+    )
+    return (
+      f"{gbit(self.link_bandwidth)} links, "
+      f"{self.latency_s * 1e6:g} us latency{cap}{mode}"
+    )

@@ -43,16 +43,23 @@ def warn_if_negative_self_weight(schedule: Schedule) -> None:
     patterns = {(True,) * schedule.num_slots}
   present = schedule.slot_partners >= 0  # (S, n)
   weight = np.asarray(schedule.slot_weight)
-  worst = max(float(np.max((np.asarray(p)[:, None] * present).sum(0)
-                           * np.max(weight[list(p)], initial=0.0)))
-              for p in patterns)
+  worst = max(
+    float(
+      np.max(
+        (np.asarray(p)[:, None] * present).sum(0) * np.max(weight[list(p)], initial=0.0)
+      )
+    )
+    for p in patterns
+  )
   if worst > 1.0:
     warnings.warn(
-        f"gossip(delay=...) on a schedule whose self-weights 1 - degree * alpha "
-        f"reach {1.0 - worst:.3g} < 0: delayed push-sum is not stable with "
-        "negative weights and may diverge. Use neighbor weights alpha <= "
-        "1 / (max degree + 1), e.g. schedules.full(topology, "
-        "neighbor_weight=1 / (max(topology.degrees) + 1)).", stacklevel=3)
+      f"gossip(delay=...) on a schedule whose self-weights 1 - degree * alpha "
+      f"reach {1.0 - worst:.3g} < 0: delayed push-sum is not stable with "
+      "negative weights and may diverge. Use neighbor weights alpha <= "
+      "1 / (max degree + 1), e.g. schedules.full(topology, "
+      "neighbor_weight=1 / (max(topology.degrees) + 1)).",
+      stacklevel=3,
+    )
 
 
 class DelayedGossipState(NamedTuple):
@@ -71,8 +78,9 @@ class DelayedGossipState(NamedTuple):
   in_flight: jax.Array
 
 
-def delayed_gossip(schedule: Schedule, axis_name: str,
-                   delay: int) -> optax.GradientTransformationExtraArgs:
+def delayed_gossip(
+  schedule: Schedule, axis_name: str, delay: int
+) -> optax.GradientTransformationExtraArgs:
   """Push-sum gossip whose neighbor shares arrive ``delay`` steps after sending.
 
   ``delay = 0`` is plain gossip computed in the push-sum form (``psi`` stays 1
@@ -89,9 +97,11 @@ def delayed_gossip(schedule: Schedule, axis_name: str,
     leaves = jax.tree.leaves(params)
     dtype = jnp.result_type(jnp.float32, *(leaf.dtype for leaf in leaves))
     size = sum(leaf.size for leaf in leaves) + 1  # + psi
-    return DelayedGossipState(count=jnp.zeros([], jnp.int32),
-                              weight=jnp.ones([], jnp.float32),
-                              in_flight=jnp.zeros((delay, size), dtype))
+    return DelayedGossipState(
+      count=jnp.zeros([], jnp.int32),
+      weight=jnp.ones([], jnp.float32),
+      in_flight=jnp.zeros((delay, size), dtype),
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -108,8 +118,15 @@ def delayed_gossip(schedule: Schedule, axis_name: str,
       return total + jnp.where(present, received, 0)
 
     incoming = near.weight * _exchange.fold(
-        z_hat, schedule, state.count, axis_name, combine, jnp.zeros_like,
-        near.present, z_hat)
+      z_hat,
+      schedule,
+      state.count,
+      axis_name,
+      combine,
+      jnp.zeros_like,
+      near.present,
+      z_hat,
+    )
     if delay:
       arrived = state.in_flight[0]
       in_flight = jnp.concatenate([state.in_flight[1:], incoming[None]])
@@ -119,10 +136,11 @@ def delayed_gossip(schedule: Schedule, axis_name: str,
     mixed = keep * z_hat + arrived
     new_psi = mixed[-1]
     new_x, _ = unpack(mixed[:-1] / new_psi)
-    new_updates = jax.tree.map(lambda n, p, u: (n - p).astype(u.dtype), new_x,
-                               params, updates)
+    new_updates = jax.tree.map(
+      lambda n, p, u: (n - p).astype(u.dtype), new_x, params, updates
+    )
     return new_updates, DelayedGossipState(
-        count=state.count + 1, weight=new_psi.astype(jnp.float32),
-        in_flight=in_flight)
+      count=state.count + 1, weight=new_psi.astype(jnp.float32), in_flight=in_flight
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -24,22 +24,26 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from jax_aldsgd import _checks
-from jax_aldsgd import _matcha
+from jax_aldsgd import _checks, _matcha
 from jax_aldsgd._topology import Topology
 
 
 def _check_weight(value, name: str = "neighbor_weight") -> float:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-      np.isfinite(value) and value > 0):
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Real)
+    or not (np.isfinite(value) and value > 0)
+  ):
     raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
   return float(value)
 
 
 def _check_topology(topology) -> Topology:
   if not isinstance(topology, Topology):
-    raise TypeError("topology must be a jax_aldsgd.Topology (see "
-                    f"jax_aldsgd.topologies), got {type(topology).__name__}.")
+    raise TypeError(
+      "topology must be a jax_aldsgd.Topology (see "
+      f"jax_aldsgd.topologies), got {type(topology).__name__}."
+    )
   return topology
 
 
@@ -141,8 +145,9 @@ class Schedule(abc.ABC):
   @functools.cached_property
   def slots(self) -> tuple[tuple[int, int], ...]:
     """``(graph index, matching index)`` of every slot, in exchange order."""
-    return tuple((g, m) for g, graph in enumerate(self.graphs)
-                 for m in range(graph.num_matchings))
+    return tuple(
+      (g, m) for g, graph in enumerate(self.graphs) for m in range(graph.num_matchings)
+    )
 
   @property
   def num_slots(self) -> int:
@@ -282,13 +287,13 @@ def bernoulli_flags(xp, seed: int, step, thresholds, always):
   # scalars would warn on overflow), as XLA does.
   index = xp.arange(count, dtype=xp.uint32)
   seed32 = xp.full((count,), seed % 2**32, dtype=xp.uint32)
-  step32 = xp.full((count,), 0, dtype=xp.uint32) + xp.asarray(step).astype(
-      xp.uint32)
+  step32 = xp.full((count,), 0, dtype=xp.uint32) + xp.asarray(step).astype(xp.uint32)
   h = _mix32(xp, seed32 + xp.uint32(_GOLDEN))
   h = _mix32(xp, h ^ (step32 * xp.uint32(0x85EBCA6B) + xp.uint32(1)))
   h = _mix32(xp, h ^ (index * xp.uint32(0xC2B2AE35) + xp.uint32(2)))
   return (h < xp.asarray(np.asarray(thresholds, np.uint32))) | xp.asarray(
-      np.asarray(always, bool))
+    np.asarray(always, bool)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,10 +320,10 @@ class Matcha(_SingleGraph):
     # combination with non-zero probability.
     thresholds, always = self._thresholds
     free = [m for m in range(len(thresholds)) if thresholds[m] > 0 and not always[m]]
-    if 2**len(free) > limit:
+    if 2 ** len(free) > limit:
       return None
     patterns = set()
-    for bits in range(2**len(free)):
+    for bits in range(2 ** len(free)):
       mask = [bool(a) for a in always]
       for k, m in enumerate(free):
         mask[m] = bool(bits >> k & 1)
@@ -367,10 +372,12 @@ class Rotating(Schedule):
 
   def slot_flags(self, step, xp):
     which = self._which(step)
-    return xp.concatenate([
+    return xp.concatenate(
+      [
         (which == g) & child.slot_flags(self._uses_before(g, step), xp)
         for g, child in enumerate(self.schedules)
-    ])
+      ]
+    )
 
   def activation_patterns(self, limit):
     sizes = [s.num_slots for s in self.schedules]
@@ -379,7 +386,7 @@ class Rotating(Schedule):
       own = child.activation_patterns(limit)
       if own is None:
         return None
-      before, after = (False,) * sum(sizes[:g]), (False,) * sum(sizes[g + 1:])
+      before, after = (False,) * sum(sizes[:g]), (False,) * sum(sizes[g + 1 :])
       patterns |= {before + p + after for p in own}
       if len(patterns) > limit:
         return None
@@ -408,8 +415,7 @@ class Every(Schedule):
     return self.schedule.neighbor_weight
 
   def slot_flags(self, step, xp):
-    return (step % self.every == 0) & self.schedule.slot_flags(step // self.every,
-                                                               xp)
+    return (step % self.every == 0) & self.schedule.slot_flags(step // self.every, xp)
 
   def graph_index(self, step: int) -> int:
     return self.schedule.graph_index(_check_step(step) // self.every)
@@ -440,13 +446,17 @@ def full(topology: Topology, neighbor_weight: float | None = None) -> Full:
     (0.285714, [True, True, True, True, True])
   """
   topology = _check_topology(topology)
-  weight = dpsgd_weight(topology) if neighbor_weight is None else _check_weight(
-      neighbor_weight)
+  weight = (
+    dpsgd_weight(topology)
+    if neighbor_weight is None
+    else _check_weight(neighbor_weight)
+  )
   return Full(topology, weight)
 
 
-def alternating(topology: Topology,
-                neighbor_weight: float | None = None) -> Alternating:
+def alternating(
+  topology: Topology, neighbor_weight: float | None = None
+) -> Alternating:
   """The reference code's fixed-graph "D-PSGD": only matching 1, then only matching 0, ...
 
   ALGORITHM.md section 3: the reference's fixed processor activates flags
@@ -456,11 +466,16 @@ def alternating(topology: Topology,
   """
   topology = _check_topology(topology)
   if topology.num_matchings < 2:
-    raise ValueError("alternating needs a topology with at least 2 matchings (it "
-                     "alternates matchings 1 and 0), got "
-                     f"{topology.num_matchings}; use full() instead.")
-  weight = dpsgd_weight(topology) if neighbor_weight is None else _check_weight(
-      neighbor_weight)
+    raise ValueError(
+      "alternating needs a topology with at least 2 matchings (it "
+      "alternates matchings 1 and 0), got "
+      f"{topology.num_matchings}; use full() instead."
+    )
+  weight = (
+    dpsgd_weight(topology)
+    if neighbor_weight is None
+    else _check_weight(neighbor_weight)
+  )
   return Alternating(topology, weight)
 
 
@@ -485,21 +500,33 @@ def matcha(topology: Topology, budget: float, seed: int = 0) -> Matcha:
     0.396
   """
   topology = _check_topology(topology)
-  if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not (
-      0.0 < budget <= 1.0):
-    raise ValueError(f"budget must be in (0, 1] (the fraction of matchings used "
-                     f"per step; 1 is D-PSGD), got {budget!r}.")
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
-      0 <= seed < 2**32):
+  if (
+    isinstance(budget, bool)
+    or not isinstance(budget, numbers.Real)
+    or not (0.0 < budget <= 1.0)
+  ):
+    raise ValueError(
+      f"budget must be in (0, 1] (the fraction of matchings used "
+      f"per step; 1 is D-PSGD), got {budget!r}."
+    )
+  if (
+    isinstance(seed, bool)
+    or not isinstance(seed, numbers.Integral)
+    or not (0 <= seed < 2**32)
+  ):
     raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
   probabilities = _matcha.matcha_probabilities(topology, float(budget))
   weight, _ = _matcha.matcha_neighbor_weight(topology, probabilities)
-  return Matcha(topology, weight, float(budget),
-                tuple(float(p) for p in probabilities), int(seed))
+  return Matcha(
+    topology, weight, float(budget), tuple(float(p) for p in probabilities), int(seed)
+  )
 
 
-def explicit(topology: Topology, active: Sequence[Iterable[int]],
-             neighbor_weight: float | None = None) -> Explicit:
+def explicit(
+  topology: Topology,
+  active: Sequence[Iterable[int]],
+  neighbor_weight: float | None = None,
+) -> Explicit:
   """A periodic pattern of active matchings: step k uses ``active[k % len(active)]``.
 
   Args:
@@ -515,25 +542,37 @@ def explicit(topology: Topology, active: Sequence[Iterable[int]],
     [False, True]
   """
   topology = _check_topology(topology)
-  if isinstance(active, (str, bytes)) or not isinstance(active, Sequence) or (
-      not active):
-    raise ValueError("active must be a non-empty list of collections of matching "
-                     f"indices, got {active!r}.")
+  if (
+    isinstance(active, (str, bytes)) or not isinstance(active, Sequence) or (not active)
+  ):
+    raise ValueError(
+      "active must be a non-empty list of collections of matching "
+      f"indices, got {active!r}."
+    )
   pattern = []
   for t, entry in enumerate(active):
     if isinstance(entry, (str, bytes)) or not isinstance(entry, Iterable):
-      raise TypeError(f"active[{t}] must be a collection of matching indices, got "
-                      f"{entry!r}.")
+      raise TypeError(
+        f"active[{t}] must be a collection of matching indices, got {entry!r}."
+      )
     mask = [False] * topology.num_matchings
     for m in entry:
-      if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not (
-          0 <= m < topology.num_matchings):
-        raise ValueError(f"active[{t}] names matching {m!r}, but the topology has "
-                         f"matchings 0..{topology.num_matchings - 1}.")
+      if (
+        isinstance(m, bool)
+        or not isinstance(m, numbers.Integral)
+        or not (0 <= m < topology.num_matchings)
+      ):
+        raise ValueError(
+          f"active[{t}] names matching {m!r}, but the topology has "
+          f"matchings 0..{topology.num_matchings - 1}."
+        )
       mask[m] = True
     pattern.append(tuple(mask))
-  weight = dpsgd_weight(topology) if neighbor_weight is None else _check_weight(
-      neighbor_weight)
+  weight = (
+    dpsgd_weight(topology)
+    if neighbor_weight is None
+    else _check_weight(neighbor_weight)
+  )
   return Explicit(topology, weight, tuple(pattern))
 
 
@@ -552,14 +591,16 @@ def every(schedule: Schedule, every: int) -> Schedule:
     [[False, True], [False, False], [True, False], [False, False]]
   """
   if not isinstance(schedule, Schedule):
-    raise TypeError(f"schedule must be a jax_aldsgd schedule, got "
-                    f"{type(schedule).__name__}.")
+    raise TypeError(
+      f"schedule must be a jax_aldsgd schedule, got {type(schedule).__name__}."
+    )
   every = _checks.check_integer("every", every, 1)
   return schedule if every == 1 else Every(schedule, every)
 
 
-def rotating(schedules: Sequence[Schedule], *,
-             restart_every: int | None = None) -> Rotating:
+def rotating(
+  schedules: Sequence[Schedule], *, restart_every: int | None = None
+) -> Rotating:
   """Dynamic graphs (ALGORITHM.md section 4): step k runs ``schedules[k % G]``.
 
   Each schedule keeps its own counter: the g-th schedule's t-th use reads its
@@ -581,25 +622,35 @@ def rotating(schedules: Sequence[Schedule], *,
     >>> s.graph_index(0), s.graph_index(1), s.num_slots
     (0, 1, 10)
   """
-  if isinstance(schedules, Schedule) or not isinstance(schedules, Sequence) or (
-      not schedules):
-    raise ValueError("rotating takes a non-empty list of schedules, got "
-                     f"{schedules!r}.")
+  if (
+    isinstance(schedules, Schedule)
+    or not isinstance(schedules, Sequence)
+    or (not schedules)
+  ):
+    raise ValueError(
+      f"rotating takes a non-empty list of schedules, got {schedules!r}."
+    )
   for g, schedule in enumerate(schedules):
     if not isinstance(schedule, Schedule):
-      raise TypeError(f"schedules[{g}] must be a jax_aldsgd schedule, got "
-                      f"{type(schedule).__name__}.")
+      raise TypeError(
+        f"schedules[{g}] must be a jax_aldsgd schedule, got {type(schedule).__name__}."
+      )
   counts = [s.num_workers for s in schedules]
   if len(set(counts)) > 1:
-    raise ValueError(f"all schedules of a rotation must have the same number of "
-                     f"workers, got {counts}.")
-  union = Topology(counts[0], [m for s in schedules for g in s.graphs
-                               for m in g.matchings], allow_disconnected=True)
+    raise ValueError(
+      f"all schedules of a rotation must have the same number of workers, got {counts}."
+    )
+  union = Topology(
+    counts[0],
+    [m for s in schedules for g in s.graphs for m in g.matchings],
+    allow_disconnected=True,
+  )
   if not union.is_connected():
     warnings.warn(
-        f"even the union of the rotated graphs is disconnected (components "
-        f"{union.components()}); those groups of workers will never agree.",
-        stacklevel=2)
+      f"even the union of the rotated graphs is disconnected (components "
+      f"{union.components()}); those groups of workers will never agree.",
+      stacklevel=2,
+    )
   if restart_every is not None:
     restart_every = _checks.check_integer("restart_every", restart_every, 1)
   return Rotating(tuple(schedules), restart_every)

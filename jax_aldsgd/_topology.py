@@ -32,19 +32,25 @@ def _as_edge(raw, where: str, num_workers: int) -> Edge:
   try:
     i, j = raw
   except (TypeError, ValueError):
-    raise ValueError(f"{where}: an edge must be a pair (i, j) of worker indices, "
-                     f"got {raw!r}.") from None
+    raise ValueError(
+      f"{where}: an edge must be a pair (i, j) of worker indices, got {raw!r}."
+    ) from None
   for node in (i, j):
     if isinstance(node, bool) or not isinstance(node, numbers.Integral):
-      raise TypeError(f"{where}: worker indices must be integers, got {node!r} in "
-                      f"edge {raw!r}.")
+      raise TypeError(
+        f"{where}: worker indices must be integers, got {node!r} in edge {raw!r}."
+      )
     if not 0 <= node < num_workers:
-      raise ValueError(f"{where}: node {node} in edge {tuple(raw)} is out of range "
-                       f"for num_workers={num_workers}; nodes must be in "
-                       f"[0, {num_workers - 1}].")
+      raise ValueError(
+        f"{where}: node {node} in edge {tuple(raw)} is out of range "
+        f"for num_workers={num_workers}; nodes must be in "
+        f"[0, {num_workers - 1}]."
+      )
   if i == j:
-    raise ValueError(f"{where}: self-loop ({i}, {j}); a worker cannot be its own "
-                     "neighbor, remove the edge.")
+    raise ValueError(
+      f"{where}: self-loop ({i}, {j}); a worker cannot be its own "
+      "neighbor, remove the edge."
+    )
   return int(i), int(j)
 
 
@@ -79,45 +85,57 @@ class Topology:
   def __post_init__(self):
     n = _checks.check_integer("num_workers", self.num_workers, 2)
     if isinstance(self.matchings, (str, bytes)) or not isinstance(
-        self.matchings, Iterable):
-      raise TypeError("matchings must be a sequence of matchings (each a sequence "
-                      f"of (i, j) edges), got {self.matchings!r}.")
+      self.matchings, Iterable
+    ):
+      raise TypeError(
+        "matchings must be a sequence of matchings (each a sequence "
+        f"of (i, j) edges), got {self.matchings!r}."
+      )
     matchings = []
     for m, raw_matching in enumerate(self.matchings):
       if isinstance(raw_matching, (str, bytes)) or not isinstance(
-          raw_matching, Iterable):
-        raise TypeError(f"matching {m} must be a sequence of (i, j) edges, got "
-                        f"{raw_matching!r}.")
+        raw_matching, Iterable
+      ):
+        raise TypeError(
+          f"matching {m} must be a sequence of (i, j) edges, got {raw_matching!r}."
+        )
       edges = tuple(_as_edge(e, f"matching {m}", n) for e in raw_matching)
       if not edges:
-        raise ValueError(f"matching {m} is empty; remove it (an empty matching "
-                         "would be an exchange that moves nothing).")
+        raise ValueError(
+          f"matching {m} is empty; remove it (an empty matching "
+          "would be an exchange that moves nothing)."
+        )
       seen = {}
       for edge in edges:
         for node in edge:
           if node in seen:
             if set(seen[node]) == set(edge):
-              raise ValueError(f"matching {m} lists edge {edge} twice; list each "
-                               "edge once per matching.")
+              raise ValueError(
+                f"matching {m} lists edge {edge} twice; list each "
+                "edge once per matching."
+              )
             raise ValueError(
-                f"matching {m} is not a matching: node {node} is in both "
-                f"{seen[node]} and {edge}. Split those edges into different "
-                "matchings, or build the topology with "
-                "jax_aldsgd.topologies.from_edges, which colours edges for you.")
+              f"matching {m} is not a matching: node {node} is in both "
+              f"{seen[node]} and {edge}. Split those edges into different "
+              "matchings, or build the topology with "
+              "jax_aldsgd.topologies.from_edges, which colours edges for you."
+            )
           seen[node] = edge
       matchings.append(edges)
     if not matchings:
-      raise ValueError("matchings is empty; a topology needs at least one matching "
-                       "(one edge).")
+      raise ValueError(
+        "matchings is empty; a topology needs at least one matching (one edge)."
+      )
     object.__setattr__(self, "num_workers", n)
     object.__setattr__(self, "matchings", tuple(matchings))
     object.__setattr__(self, "allow_disconnected", bool(self.allow_disconnected))
     if not self.allow_disconnected and not self.is_connected():
       raise ValueError(
-          f"the graph on {n} workers is disconnected (components "
-          f"{self.components()}); its workers can never agree. Add edges, or pass "
-          "allow_disconnected=True if it is meant to be one graph of a rotating "
-          "schedule whose union is connected.")
+        f"the graph on {n} workers is disconnected (components "
+        f"{self.components()}); its workers can never agree. Add edges, or pass "
+        "allow_disconnected=True if it is meant to be one graph of a rotating "
+        "schedule whose union is connected."
+      )
 
   @property
   def num_matchings(self) -> int:
@@ -178,8 +196,10 @@ class Topology:
     return len(self.components()) == 1
 
   def __repr__(self) -> str:
-    return (f"Topology(num_workers={self.num_workers}, "
-            f"num_matchings={self.num_matchings}, num_edges={len(self.edges)})")
+    return (
+      f"Topology(num_workers={self.num_workers}, "
+      f"num_matchings={self.num_matchings}, num_edges={len(self.edges)})"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -192,7 +212,7 @@ def _cycle_matchings(nodes: Sequence[int]) -> list[list[Edge]]:
   if k == 2:
     return [[(nodes[0], nodes[1])]]
   edges = [(nodes[a], nodes[(a + 1) % k]) for a in range(k)]
-  matchings = [edges[0:k - k % 2:2], edges[1:k - k % 2:2]]
+  matchings = [edges[0 : k - k % 2 : 2], edges[1 : k - k % 2 : 2]]
   if k % 2:
     matchings.append([edges[-1]])
   return matchings
@@ -213,16 +233,19 @@ def torus(rows: int, cols: int) -> Topology:
   rows = _checks.check_integer("rows", rows, 1)
   cols = _checks.check_integer("cols", cols, 1)
   if rows * cols < 2:
-    raise ValueError(f"torus({rows}, {cols}) has {rows * cols} worker; it needs "
-                     "at least 2.")
+    raise ValueError(
+      f"torus({rows}, {cols}) has {rows * cols} worker; it needs at least 2."
+    )
   matchings = []
   if cols >= 2:
-    per_row = [_cycle_matchings([r * cols + c for c in range(cols)])
-               for r in range(rows)]
+    per_row = [
+      _cycle_matchings([r * cols + c for c in range(cols)]) for r in range(rows)
+    ]
     matchings += [sum((p[k] for p in per_row), []) for k in range(len(per_row[0]))]
   if rows >= 2:
-    per_col = [_cycle_matchings([r * cols + c for r in range(rows)])
-               for c in range(cols)]
+    per_col = [
+      _cycle_matchings([r * cols + c for r in range(rows)]) for c in range(cols)
+    ]
     matchings += [sum((p[k] for p in per_col), []) for k in range(len(per_col[0]))]
   return Topology(rows * cols, matchings)
 
@@ -257,8 +280,9 @@ def exponential(num_workers: int) -> Topology:
   return from_edges(n, sorted(edges))
 
 
-def erdos_renyi(num_workers: int, p: float, seed: int = 0, *,
-                allow_disconnected: bool = False) -> Topology:
+def erdos_renyi(
+  num_workers: int, p: float, seed: int = 0, *, allow_disconnected: bool = False
+) -> Topology:
   """G(n, p) random graph, each edge independently with probability ``p``.
 
   The graph is drawn once from ``numpy.random.default_rng(seed)``; a draw that is
@@ -273,12 +297,14 @@ def erdos_renyi(num_workers: int, p: float, seed: int = 0, *,
   edges = list(zip(*np.nonzero(upper)))
   if not edges:
     raise ValueError(f"erdos_renyi({n}, p={p}, seed={seed}) drew no edge; raise p.")
-  return _random_graph(n, edges, f"erdos_renyi({n}, p={p}, seed={seed})",
-                       "raise p", allow_disconnected)
+  return _random_graph(
+    n, edges, f"erdos_renyi({n}, p={p}, seed={seed})", "raise p", allow_disconnected
+  )
 
 
-def random_geometric(num_workers: int, radius: float, seed: int = 0, *,
-                     allow_disconnected: bool = False) -> Topology:
+def random_geometric(
+  num_workers: int, radius: float, seed: int = 0, *, allow_disconnected: bool = False
+) -> Topology:
   """Random geometric graph: n points uniform in the unit square, linked within ``radius``.
 
   Drawn from ``numpy.random.default_rng(seed)``; a disconnected draw raises unless
@@ -292,23 +318,33 @@ def random_geometric(num_workers: int, radius: float, seed: int = 0, *,
   distance = np.linalg.norm(points[:, None] - points[None], axis=-1)
   edges = list(zip(*np.nonzero(np.triu(distance <= radius, k=1))))
   if not edges:
-    raise ValueError(f"random_geometric({n}, radius={radius}, seed={seed}) drew "
-                     "no edge; raise the radius.")
-  return _random_graph(n, edges, f"random_geometric({n}, radius={radius}, "
-                       f"seed={seed})", "raise the radius", allow_disconnected)
+    raise ValueError(
+      f"random_geometric({n}, radius={radius}, seed={seed}) drew "
+      "no edge; raise the radius."
+    )
+  return _random_graph(
+    n,
+    edges,
+    f"random_geometric({n}, radius={radius}, seed={seed})",
+    "raise the radius",
+    allow_disconnected,
+  )
 
 
 def _random_graph(n, edges, call, denser, allow_disconnected):
   topology = from_edges(n, edges, allow_disconnected=True)
   if not allow_disconnected and not topology.is_connected():
-    raise ValueError(f"{call} drew a disconnected graph (components "
-                     f"{topology.components()}); {denser}, try another seed, or "
-                     "pass allow_disconnected=True.")
+    raise ValueError(
+      f"{call} drew a disconnected graph (components "
+      f"{topology.components()}); {denser}, try another seed, or "
+      "pass allow_disconnected=True."
+    )
   return topology
 
 
-def from_edges(num_workers: int, edges: Iterable, *,
-               allow_disconnected: bool = False) -> Topology:
+def from_edges(
+  num_workers: int, edges: Iterable, *, allow_disconnected: bool = False
+) -> Topology:
   """Decomposes any simple undirected graph into matchings.
 
   Uses the Misra-Gries edge colouring, which needs at most ``max_degree + 1``
@@ -329,8 +365,9 @@ def from_edges(num_workers: int, edges: Iterable, *,
     i, j = _as_edge(raw, "from_edges", n)
     key = (min(i, j), max(i, j))
     if key in seen:
-      raise ValueError(f"from_edges: edge {key} is listed twice; list each "
-                       "undirected edge once.")
+      raise ValueError(
+        f"from_edges: edge {key} is listed twice; list each undirected edge once."
+      )
     seen.add(key)
     clean.append(key)
   if not clean:
@@ -338,8 +375,7 @@ def from_edges(num_workers: int, edges: Iterable, *,
   colour = _misra_gries(n, clean)
   num_colours = max(colour.values()) + 1
   matchings = [[e for e in clean if colour[e] == c] for c in range(num_colours)]
-  return Topology(n, [m for m in matchings if m],
-                  allow_disconnected=allow_disconnected)
+  return Topology(n, [m for m in matchings if m], allow_disconnected=allow_disconnected)
 
 
 def _misra_gries(n: int, edges: list[Edge]) -> dict[Edge, int]:
@@ -398,7 +434,7 @@ def _misra_gries(n: int, edges: list[Edge]) -> dict[Edge, int]:
     # The first fan vertex on which d is free ends a fan prefix that can be rotated.
     end = next(k for k, w in enumerate(fan) if d not in at[w])
     shifted = [colour_of(u, fan[k + 1]) for k in range(end)]
-    for w in fan[:end + 1]:
+    for w in fan[: end + 1]:
       set_colour(u, w, None)
     for w, col in zip(fan, shifted):
       set_colour(u, w, col)
@@ -408,13 +444,15 @@ def _misra_gries(n: int, edges: list[Edge]) -> dict[Edge, int]:
 
 @functools.cache
 def _paper_graph_data() -> dict:
-  text = importlib.resources.files("jax_aldsgd").joinpath(
-      "paper_graphs.json").read_text()
+  text = (
+    importlib.resources.files("jax_aldsgd").joinpath("paper_graphs.json").read_text()
+  )
   return json.loads(text)
 
 
-def paper_graph(graph_id: int, variant: str = "pairs", *,
-                allow_disconnected: bool = False) -> Topology:
+def paper_graph(
+  graph_id: int, variant: str = "pairs", *, allow_disconnected: bool = False
+) -> Topology:
   """A predefined graph of the reference AL-DSGD code, exactly as given.
 
   Args:
@@ -433,16 +471,21 @@ def paper_graph(graph_id: int, variant: str = "pairs", *,
   if variant not in ("pairs", "triples"):
     raise ValueError(f"variant must be 'pairs' or 'triples', got {variant!r}.")
   graphs = {g["id"]: g for g in data[variant]}
-  if isinstance(graph_id, bool) or not isinstance(graph_id, numbers.Integral) or (
-      graph_id not in graphs):
-    raise ValueError(f"graph_id {graph_id!r} is not a {variant!r} paper graph; "
-                     f"valid ids are {sorted(graphs)}.")
+  if (
+    isinstance(graph_id, bool)
+    or not isinstance(graph_id, numbers.Integral)
+    or (graph_id not in graphs)
+  ):
+    raise ValueError(
+      f"graph_id {graph_id!r} is not a {variant!r} paper graph; "
+      f"valid ids are {sorted(graphs)}."
+    )
   graph = graphs[graph_id]
-  topology = Topology(graph["num_workers"], graph["matchings"],
-                      allow_disconnected=True)
+  topology = Topology(graph["num_workers"], graph["matchings"], allow_disconnected=True)
   if not allow_disconnected and not topology.is_connected():
     raise ValueError(
-        f"paper graph {graph_id} ({variant}) is disconnected (components "
-        f"{topology.components()}); it is meant to be rotated with its partner "
-        "graph. Pass allow_disconnected=True to use it.")
+      f"paper graph {graph_id} ({variant}) is disconnected (components "
+      f"{topology.components()}); it is meant to be rotated with its partner "
+      "graph. Pass allow_disconnected=True to use it."
+    )
   return topology

@@ -13,12 +13,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_aldsgd import _checks
-from jax_aldsgd import _exchange
+from jax_aldsgd import _checks, _exchange
 
 
 def adapt_while_combine(
-    inner: optax.GradientTransformationExtraArgs,
+  inner: optax.GradientTransformationExtraArgs,
 ) -> optax.GradientTransformationExtraArgs:
   """Exchanges the parameters ``x`` instead of ``x + u``: ``x+ = W x + u``.
 
@@ -46,7 +45,7 @@ class LocalStepsState(NamedTuple):
 
 
 def every_steps(
-    inner: optax.GradientTransformationExtraArgs, every: int
+  inner: optax.GradientTransformationExtraArgs, every: int
 ) -> optax.GradientTransformationExtraArgs:
   """Runs ``inner`` at steps 0, every, 2 every, ...; the identity in between.
 
@@ -64,20 +63,23 @@ def every_steps(
   def update_fn(updates, state, params=None, **extra_args):
     def communicate(operand):
       updates, inner_state, params, extra_args = operand
-      updates, inner_state = inner.update(updates, inner_state, params,
-                                          **extra_args)
+      updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
       return updates, inner_state, params, extra_args
 
     updates, inner_state, _, _ = _exchange.shared_cond(
-        state.count % every == 0, communicate, lambda operand: operand,
-        (updates, state.inner, params, extra_args))
+      state.count % every == 0,
+      communicate,
+      lambda operand: operand,
+      (updates, state.inner, params, extra_args),
+    )
     return updates, LocalStepsState(state.count + 1, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def apply(inner: optax.GradientTransformationExtraArgs, *, overlap: bool,
-          every) -> optax.GradientTransformationExtraArgs:
+def apply(
+  inner: optax.GradientTransformationExtraArgs, *, overlap: bool, every
+) -> optax.GradientTransformationExtraArgs:
   """``inner`` with `adapt_while_combine` if ``overlap``, then `every_steps`."""
   if overlap:
     inner = adapt_while_combine(inner)

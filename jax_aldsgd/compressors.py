@@ -40,10 +40,10 @@ from jax_aldsgd._compressors import scaled_sign as scaled_sign
 from jax_aldsgd._compressors import top_k as top_k
 
 __all__ = [
-    "Compressor",
-    "identity",
-    "qsgd",
-    "random_k",
-    "scaled_sign",
-    "top_k",
+  "Compressor",
+  "identity",
+  "qsgd",
+  "random_k",
+  "scaled_sign",
+  "top_k",
 ]

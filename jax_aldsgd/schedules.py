@@ -14,12 +14,12 @@ from jax_aldsgd._schedules import matcha as matcha
 from jax_aldsgd._schedules import rotating as rotating
 
 __all__ = [
-    "Schedule",
-    "alternating",
-    "dpsgd_weight",
-    "every",
-    "explicit",
-    "full",
-    "matcha",
-    "rotating",
+  "Schedule",
+  "alternating",
+  "dpsgd_weight",
+  "every",
+  "explicit",
+  "full",
+  "matcha",
+  "rotating",
 ]

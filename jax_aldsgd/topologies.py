@@ -9,5 +9,13 @@ from jax_aldsgd._topology import random_geometric as random_geometric
 from jax_aldsgd._topology import ring as ring
 from jax_aldsgd._topology import torus as torus
 
-__all__ = ["complete", "erdos_renyi", "exponential", "from_edges", "paper_graph",
-           "random_geometric", "ring", "torus"]
+__all__ = [
+  "complete",
+  "erdos_renyi",
+  "exponential",
+  "from_edges",
+  "paper_graph",
+  "random_geometric",
+  "ring",
+  "torus",
+]

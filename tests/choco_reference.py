@@ -48,7 +48,7 @@ def compress(v, segments, leaf_q, worker):
   """Applies ``leaf_q(segment, leaf, worker)`` to each leaf's segment of ``v``."""
   out = np.zeros_like(v)
   for leaf, (start, size) in enumerate(segments):
-    out[start:start + size] = leaf_q(v[start:start + size], leaf, worker)
+    out[start : start + size] = leaf_q(v[start : start + size], leaf, worker)
   return out
 
 

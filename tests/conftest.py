@@ -24,6 +24,6 @@ def mock_cifar(tfds_tempdir):
   """Random CIFAR-10/100 and Fashion-MNIST from TFDS, 48 examples per split."""
   del tfds_tempdir
   import tensorflow_datasets as tfds
-  with tfds.testing.mock_data(num_examples=48,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
+
+  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
     yield

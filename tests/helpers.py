@@ -4,8 +4,8 @@ experiment configs and fake data."""
 from __future__ import annotations
 
 import gzip
-import re
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +13,26 @@ import numpy as np
 import optax
 
 import jax_aldsgd as ald
-
 from tests import reference
 
 
 def tiny_config(method=None, **overrides):
   """experiments.cifar's default config, shrunk to run in seconds on mock data."""
   from experiments.cifar.configs import default  # pylint: disable=g-import-not-at-top
+
   config = default.get_config(method)
-  config.update(dict(model="small_cnn", batch_size=2, num_epochs=2,
-                     learning_rate=0.05, lr_decay_epochs=(1,), eval_batch_size=16,
-                     progress_bar=False, plots=False))
+  config.update(
+    dict(
+      model="small_cnn",
+      batch_size=2,
+      num_epochs=2,
+      learning_rate=0.05,
+      lr_decay_epochs=(1,),
+      eval_batch_size=16,
+      progress_bar=False,
+      plots=False,
+    )
+  )
   config.update(overrides)
   return config
 
@@ -35,13 +44,15 @@ def mix_once(transform, x_hat, losses, step, mesh):
     state = transform.init(params)
     if "count" in getattr(state, "_fields", ()):
       state = state._replace(count=count)
-    updates, _ = transform.update(jax.tree.map(jnp.zeros_like, params), state,
-                                  params, loss=loss)
+    updates, _ = transform.update(
+      jax.tree.map(jnp.zeros_like, params), state, params, loss=loss
+    )
     return optax.apply_updates(params, updates)
 
   n = mesh.shape["workers"]
   return jax.jit(ald.worker_map(f, mesh))(
-      x_hat, jnp.asarray(losses, jnp.float32), jnp.full((n,), step, jnp.int32))
+    x_hat, jnp.asarray(losses, jnp.float32), jnp.full((n,), step, jnp.int32)
+  )
 
 
 def flat_dim(shapes):
@@ -53,8 +64,9 @@ def unflatten(flat, shapes):
   out, start = {}, 0
   for name, shape in shapes.items():
     size = int(np.prod(shape))
-    out[name] = jnp.asarray(flat[:, start:start + size].reshape((-1,) + shape),
-                            jnp.float32)
+    out[name] = jnp.asarray(
+      flat[:, start : start + size].reshape((-1,) + shape), jnp.float32
+    )
     start += size
   return out
 
@@ -62,8 +74,11 @@ def unflatten(flat, shapes):
 def flatten(tree, shapes):
   """Stacked pytree -> (n, d) float64 NumPy array, leaves in `shapes` order."""
   return np.concatenate(
-      [np.asarray(tree[name], np.float64).reshape(len(tree[name]), -1)
-       for name in shapes], axis=1)
+    [
+      np.asarray(tree[name], np.float64).reshape(len(tree[name]), -1) for name in shapes
+    ],
+    axis=1,
+  )
 
 
 # A model with several leaves of different shapes, to exercise packing.
@@ -107,8 +122,7 @@ def run(tx, x0, problem, steps, mesh, shapes=SHAPES):
   return flatten(params, shapes), losses, step
 
 
-def reference_run(x0, problem, steps, schedule, *, lr, weight_decay=0.0,
-                  leader=None):
+def reference_run(x0, problem, steps, schedule, *, lr, weight_decay=0.0, leader=None):
   """The NumPy reference of ``steps`` full iterations (f64)."""
   x = np.array(x0, np.float64)
   for k in range(steps):
@@ -120,15 +134,17 @@ def reference_run(x0, problem, steps, schedule, *, lr, weight_decay=0.0,
     else:
       pull = k % leader.get("pull_every", 1) == 0
       coefficients = {key: leader[key] for key in ("c1", "c2", "p1", "p2")}
-      x = reference.adjacent_leader(x_hat, losses, matchings, active, weights,
-                                    pull=pull, **coefficients)
+      x = reference.adjacent_leader(
+        x_hat, losses, matchings, active, weights, pull=pull, **coefficients
+      )
   return x
 
 
 def write_idx(path, array, magic):
   """Writes a gzip'd IDX file (magic 2051 for images, 2049 for labels)."""
   header = magic.to_bytes(4, "big") + b"".join(
-      size.to_bytes(4, "big") for size in array.shape)
+    size.to_bytes(4, "big") for size in array.shape
+  )
   with gzip.open(path, "wb") as f:
     f.write(header + array.astype(np.uint8).tobytes())
 
@@ -142,7 +158,7 @@ def fake_fashion_mnist(directory, train=256, test=64, seed=0):
     labels = rng.integers(0, 10, size=count)
     images = rng.integers(0, 60, size=(count, 28, 28))
     for k in range(10):
-      images[labels == k, 2 * k:2 * k + 4, :] += 180
+      images[labels == k, 2 * k : 2 * k + 4, :] += 180
     write_idx(directory / f"{split}-images-idx3-ubyte.gz", images, 2051)
     write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels, 2049)
   return directory
@@ -170,8 +186,10 @@ def hlo_conditionals(body: str) -> list[list[str]]:
   """The branch computations of every conditional in one computation's body."""
   found = []
   for match in re.finditer(
-      r"(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
-      r"false_computation=%?([\w.\-]+))", body):
+    r"(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
+    r"false_computation=%?([\w.\-]+))",
+    body,
+  ):
     names = match.group(1).split(",") if match.group(1) else match.groups()[1:]
     found.append([n.strip().lstrip("%") for n in names])
   return found
@@ -184,8 +202,7 @@ def hlo_called(bodies: dict[str, str], roots) -> set[str]:
     called = set()
     for name in frontier:
       body = bodies.get(name, "")
-      called |= set(re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)",
-                               body))
+      called |= set(re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", body))
       for branches in hlo_conditionals(body):
         called |= set(branches)
     frontier = called - reached
@@ -195,8 +212,11 @@ def hlo_called(bodies: dict[str, str], roots) -> set[str]:
 
 def hlo_collective_permutes(bodies: dict[str, str]) -> set[str]:
   """Names of the computations that hold a collective-permute."""
-  return {name for name, body in bodies.items()
-          if re.search(r"= \S+ collective-permute(?:-start)?\(", body)}
+  return {
+    name
+    for name, body in bodies.items()
+    if re.search(r"= \S+ collective-permute(?:-start)?\(", body)
+  }
 
 
 def compiled_train_step_hlo(tx, n=8) -> str:
@@ -210,9 +230,11 @@ def compiled_train_step_hlo(tx, n=8) -> str:
     return optax.apply_updates(params, updates), state
 
   params = ald.replicate_workers(
-      {name: jnp.ones(shape) for name, shape in SHAPES.items()}, n)
+    {name: jnp.ones(shape) for name, shape in SHAPES.items()}, n
+  )
   state = jax.jit(ald.worker_map(tx.init, mesh))(params)
   a = jnp.ones((n, 6, flat_dim(SHAPES)))
   b = jnp.ones((n, 6))
-  return jax.jit(ald.worker_map(step, mesh)).lower(params, state, a, b).compile(
-  ).as_text()
+  return (
+    jax.jit(ald.worker_map(step, mesh)).lower(params, state, a, b).compile().as_text()
+  )

@@ -23,17 +23,24 @@ def run(process_id: int, num_processes: int, port: int, out: str) -> None:
     ald.initialize_multihost(f"127.0.0.1:{port}", num_processes, process_id)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from tests import helpers  # pylint: disable=g-import-not-at-top
-  from tests import reference  # pylint: disable=g-import-not-at-top
+
+  from tests import (
+    helpers,  # pylint: disable=g-import-not-at-top
+    reference,  # pylint: disable=g-import-not-at-top
+  )
+
   assert jax.device_count() == 8, jax.device_count()
   results = {}
   for method in ("dsgd", "aldsgd"):
     rng = np.random.default_rng(0)  # the same data on every process
     problem = reference.Quadratic(rng, 8, helpers.flat_dim(helpers.SHAPES))
     x0 = rng.normal(size=(8, helpers.flat_dim(helpers.SHAPES)))
-    schedule = ald.schedules.rotating([
+    schedule = ald.schedules.rotating(
+      [
         ald.schedules.matcha(ald.topologies.paper_graph(1), 0.5, seed=3),
-        ald.schedules.full(ald.topologies.paper_graph(0))])
+        ald.schedules.full(ald.topologies.paper_graph(0)),
+      ]
+    )
     tx = getattr(ald, method)(0.05, schedule, momentum=0.5)
     results[method] = run_steps(tx, x0, problem, ald.worker_mesh(8))
   if jax.process_index() == 0:
@@ -43,7 +50,9 @@ def run(process_id: int, num_processes: int, port: int, out: str) -> None:
 def run_steps(tx, x0, problem, mesh):
   """helpers.run, with process-safe placement and gathering."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from tests import helpers  # pylint: disable=g-import-not-at-top
+
   step = helpers.make_step(tx, mesh)
   params = ald.shard_workers(helpers.unflatten(x0, helpers.SHAPES), mesh)
   state = jax.jit(ald.worker_map(tx.init, mesh))(params)

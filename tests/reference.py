@@ -57,8 +57,21 @@ def _first_best(candidates, key, eligible):
   return chosen[int(np.argmin([key(j) for j in chosen]))]
 
 
-def adjacent_leader(x_hat, losses, matchings, active, weights, *, c1, c2, p1, p2,
-                    pull=True, healthy=None, skip_unhealthy=False):
+def adjacent_leader(
+  x_hat,
+  losses,
+  matchings,
+  active,
+  weights,
+  *,
+  c1,
+  c2,
+  p1,
+  p2,
+  pull=True,
+  healthy=None,
+  skip_unhealthy=False,
+):
   """Steps 5-6 of one AL-DSGD iteration for all workers.
 
   ``healthy`` (default: all) marks workers whose loss and parameters are finite;
@@ -67,8 +80,9 @@ def adjacent_leader(x_hat, losses, matchings, active, weights, *, c1, c2, p1, p2
   """
   n = len(x_hat)
   healthy = np.ones(n, bool) if healthy is None else np.asarray(healthy)
-  v = gossip(x_hat, matchings, active, weights,
-             skip=~healthy if skip_unhealthy else None)
+  v = gossip(
+    x_hat, matchings, active, weights, skip=~healthy if skip_unhealthy else None
+  )
   if not pull:
     return v
   neighbors = neighbor_lists(n, matchings, active)
@@ -129,8 +143,9 @@ def mix(x, losses, matchings, active, weights, leader=None, pull=True):
   return adjacent_leader(x, losses, matchings, active, weights, pull=pull, **leader)
 
 
-def variant_run(x0, problem, steps, schedule, *, lr, overlap=False, every=1,
-                leader=None, pull_every=1):
+def variant_run(
+  x0, problem, steps, schedule, *, lr, overlap=False, every=1, leader=None, pull_every=1
+):
   """``steps`` iterations of D-PSGD / AL-DSGD in the section 10 variants.
 
   Adapt-then-combine: ``x+ = mix(x - lr g)``; adapt-while-combine (``overlap``):

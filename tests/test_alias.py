@@ -9,8 +9,7 @@ import pytest
 import jax_aldsgd as ald
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
-from tests import helpers
-from tests import reference
+from tests import helpers, reference
 
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
 SCHEDULE = S.rotating([S.full(T.paper_graph(1)), S.matcha(T.paper_graph(0), 0.5)])
@@ -26,8 +25,9 @@ def _reference(x0, problem, steps, lrs, *, momentum=0.0, weight_decay=0.0):
     buf = momentum * buf + g
     x_hat = x - lrs[k] * buf
     matchings, active, weights = reference.schedule_step_inputs(SCHEDULE, k)
-    x = reference.adjacent_leader(x_hat, losses, matchings, active, weights,
-                                  **COEFFICIENTS)
+    x = reference.adjacent_leader(
+      x_hat, losses, matchings, active, weights, **COEFFICIENTS
+    )
   return x
 
 
@@ -42,15 +42,17 @@ def test_learning_rate_schedule_and_momentum():
   lr = optax.piecewise_constant_schedule(0.2, {3: 0.1, 6: 0.1})
   tx = ald.aldsgd(lr, SCHEDULE, momentum=0.5, weight_decay=1e-3, **COEFFICIENTS)
   got, _, _ = helpers.run(tx, x0, problem, 8, ald.worker_mesh(8))
-  want = _reference(x0, problem, 8, [float(lr(k)) for k in range(8)], momentum=0.5,
-                    weight_decay=1e-3)
+  want = _reference(
+    x0, problem, 8, [float(lr(k)) for k in range(8)], momentum=0.5, weight_decay=1e-3
+  )
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_inject_hyperparams_changes_learning_rate_mid_run():
   problem, x0 = _problem(1)
   tx = optax.inject_hyperparams(ald.aldsgd, static_args=("schedule",))(
-      learning_rate=0.2, schedule=SCHEDULE, **COEFFICIENTS)
+    learning_rate=0.2, schedule=SCHEDULE, **COEFFICIENTS
+  )
   mesh = ald.worker_mesh(8)
   step = helpers.make_step(tx, mesh)
   params = ald.shard_workers(helpers.unflatten(x0, helpers.SHAPES), mesh)
@@ -60,15 +62,19 @@ def test_inject_hyperparams_changes_learning_rate_mid_run():
   for k in range(6):
     if k == 3:
       state.hyperparams["learning_rate"] = jnp.full_like(
-          state.hyperparams["learning_rate"], 0.05)
+        state.hyperparams["learning_rate"], 0.05
+      )
     params, state, _ = step(params, state, a, b)
   want = _reference(x0, problem, 6, [0.2] * 3 + [0.05] * 3)
-  np.testing.assert_allclose(helpers.flatten(params, helpers.SHAPES), want,
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    helpers.flatten(params, helpers.SHAPES), want, rtol=1e-4, atol=1e-5
+  )
   assert step._cache_size() == 1
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
+@pytest.mark.parametrize(
+  "kwargs,error,message",
+  [
     (dict(c1=0.8, c2=0.3), ValueError, "c1 \\+ c2 must be <= 1.*c1=0.8 \\+ c2=0.3"),
     (dict(p1=0.6, p2=0.6), ValueError, "p1 \\+ p2 must be <= 1"),
     (dict(c1=-0.1), ValueError, "c1 must be in \\[0.0, 1.0\\], got -0.1"),
@@ -79,7 +85,8 @@ def test_inject_hyperparams_changes_learning_rate_mid_run():
     (dict(c1="0.3"), TypeError, "c1 must be a scalar number"),
     (dict(momentum=1.0), ValueError, "momentum must be in \\[0.0, 1.0\\)"),
     (dict(weight_decay=-5e-4), ValueError, "weight_decay must be in"),
-])
+  ],
+)
 def test_bad_hyperparameters(kwargs, error, message):
   with pytest.raises(error, match=message):
     ald.aldsgd(0.1, SCHEDULE, **kwargs)

@@ -11,8 +11,8 @@ import optax
 import pytest
 
 import jax_aldsgd as ald
-from jax_aldsgd import _exchange
 from experiments import benchmark
+from jax_aldsgd import _exchange
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 
@@ -23,7 +23,7 @@ def _compiled_gossip_hlo(schedule, transform, size=37):
   tx = optax.chain(optax.sgd(0.1), transform(schedule))
 
   def step(params, state):
-    loss, grads = jax.value_and_grad(lambda p: jnp.sum(p ** 2))(params)
+    loss, grads = jax.value_and_grad(lambda p: jnp.sum(p**2))(params)
     updates, state = tx.update(grads, state, params, loss=loss)
     return optax.apply_updates(params, updates), state
 
@@ -32,11 +32,13 @@ def _compiled_gossip_hlo(schedule, transform, size=37):
   return jax.jit(ald.worker_map(step, mesh)).lower(params, state).compile().as_text()
 
 
-@pytest.mark.parametrize("transform,extras", [(ald.gossip, 0),
-                                              (ald.adjacent_leader, 2)])
+@pytest.mark.parametrize(
+  "transform,extras", [(ald.gossip, 0), (ald.adjacent_leader, 2)]
+)
 def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
-  schedule = S.rotating([S.matcha(T.paper_graph(1), 0.5, seed=4),
-                         S.full(T.paper_graph(0))])
+  schedule = S.rotating(
+    [S.matcha(T.paper_graph(1), 0.5, seed=4), S.full(T.paper_graph(0))]
+  )
   hlo = _compiled_gossip_hlo(schedule, transform)
   message = 4 * (37 + extras)  # float32 parameters, plus loss and health flag
   permutes = benchmark.hlo_permutes(hlo)
@@ -46,16 +48,26 @@ def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
   assert {size for size, _ in permutes} == {message}
   sent = benchmark.check_bytes_against_hlo(schedule, message, hlo, range(20), 8)
   # Independently: the mean over workers and steps of (active degree x message).
-  degrees = [sum(len(m) for m, on in zip(
-      [m for g in schedule.graphs for m in g.matchings], schedule.active(k)) if on)
-             * 2 / 8 for k in range(20)]
+  degrees = [
+    sum(
+      len(m)
+      for m, on in zip(
+        [m for g in schedule.graphs for m in g.matchings], schedule.active(k)
+      )
+      if on
+    )
+    * 2
+    / 8
+    for k in range(20)
+  ]
   assert sent == pytest.approx(message * sum(degrees) / 20)
   with pytest.raises(AssertionError, match="the schedule expects"):
     benchmark.check_bytes_against_hlo(schedule, message + 4, hlo, range(3), 8)
   # A slot that is active at a step but has no permute in the HLO is caught.
   with pytest.raises(AssertionError, match="no collective-permute"):
     benchmark.check_bytes_against_hlo(
-        schedule, message, hlo.replace("collective-permute", "copy"), range(2), 8)
+      schedule, message, hlo.replace("collective-permute", "copy"), range(2), 8
+    )
 
 
 @pytest.mark.slow
@@ -63,9 +75,13 @@ def test_quick_benchmark_runs(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
   out = tmp_path / "bench.json"
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.benchmark", "--quick", "--json", str(out)],
-      cwd=os.path.dirname(os.path.dirname(__file__)), env=env, capture_output=True,
-      text=True, timeout=600)
+    [sys.executable, "-m", "experiments.benchmark", "--quick", "--json", str(out)],
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
   methods = [r["method"] for r in report["main"]]

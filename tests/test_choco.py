@@ -40,7 +40,7 @@ def _reference_q(compressor, step, shapes):
   def q(v, worker):
     out = np.zeros_like(v)
     for leaf, start, size in _segments(shapes):
-      out[start:start + size] = leaf_q(v[start:start + size], leaf, worker)
+      out[start : start + size] = leaf_q(v[start : start + size], leaf, worker)
     return out
 
   return q
@@ -50,8 +50,9 @@ def _mixer(tx, mesh):
   """Jitted worker step with zero incoming updates: x_half = params."""
 
   def f(params, state, loss):
-    updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params,
-                               loss=loss)
+    updates, state = tx.update(
+      jax.tree.map(jnp.zeros_like, params), state, params, loss=loss
+    )
     return optax.apply_updates(params, updates), state
 
   return jax.jit(ald.worker_map(f, mesh))
@@ -59,8 +60,7 @@ def _mixer(tx, mesh):
 
 def _random_topology(rng, n):
   while True:
-    edges = [(i, j) for i in range(n) for j in range(i + 1, n)
-             if rng.random() < 0.45]
+    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < 0.45]
     if edges:
       topology = T.from_edges(n, edges, allow_disconnected=True)
       if topology.num_matchings >= 2:
@@ -69,8 +69,13 @@ def _random_topology(rng, n):
 
 def _schedule(rng, kind):
   if kind == "rotating":
-    return S.rotating([S.matcha(HEX, 0.5, seed=int(rng.integers(100))),
-                       S.full(RING6), S.alternating(HEX)])
+    return S.rotating(
+      [
+        S.matcha(HEX, 0.5, seed=int(rng.integers(100))),
+        S.full(RING6),
+        S.alternating(HEX),
+      ]
+    )
   topology = _random_topology(rng, int(rng.integers(5, 8)))
   if kind == "full":
     return S.full(topology)
@@ -78,18 +83,24 @@ def _schedule(rng, kind):
     return S.alternating(topology)
   if kind == "matcha":
     return S.matcha(topology, budget=0.5, seed=int(rng.integers(100)))
-  pattern = [set(np.flatnonzero(rng.random(topology.num_matchings) < 0.5).tolist())
-             for _ in range(3)]
+  pattern = [
+    set(np.flatnonzero(rng.random(topology.num_matchings) < 0.5).tolist())
+    for _ in range(3)
+  ]
   return S.explicit(topology, pattern, neighbor_weight=float(rng.uniform(0.1, 0.4)))
 
 
-@pytest.mark.parametrize("seed,method,kind,compressor", [
+@pytest.mark.parametrize(
+  "seed,method,kind,compressor",
+  [
     (0, "gossip", "full", C.top_k(0.3)),
     (3, "gossip", "rotating", C.qsgd(4, seed=1)),
     (4, "aldsgd", "rotating", C.top_k(0.3)),
     (1, "aldsgd", "matcha", C.random_k(0.3, seed=3)),
     (6, "aldsgd", "full", C.scaled_sign()),
-], ids=str)
+  ],
+  ids=str,
+)
 def test_matches_reference_over_steps(seed, method, kind, compressor):
   """Random graphs and inputs, several consecutive steps, every schedule kind."""
   rng = np.random.default_rng(seed)
@@ -100,11 +111,15 @@ def test_matches_reference_over_steps(seed, method, kind, compressor):
   if method == "gossip":
     tx = ald.gossip(schedule, compressor=compressor, consensus_lr=gamma)
   else:
-    tx = ald.adjacent_leader(schedule, compressor=compressor, consensus_lr=gamma,
-                             **COEFFICIENTS)
+    tx = ald.adjacent_leader(
+      schedule, compressor=compressor, consensus_lr=gamma, **COEFFICIENTS
+    )
   fixed = method == "gossip" and kind == "full"
-  want_model = (choco_reference.FixedGraph(n, dim) if fixed else
-                choco_reference.PerSlot(schedule.num_slots, n, dim))
+  want_model = (
+    choco_reference.FixedGraph(n, dim)
+    if fixed
+    else choco_reference.PerSlot(schedule.num_slots, n, dim)
+  )
   mix = _mixer(tx, mesh)
   state = None
   for step in range(5):
@@ -120,23 +135,35 @@ def test_matches_reference_over_steps(seed, method, kind, compressor):
       want = want_model.step(x_half, schedule.mixing_matrix(step), gamma, q)
     else:
       matchings, active, weights = reference.schedule_step_inputs(schedule, step)
-      leader = None if method == "gossip" else dict(losses=losses, pull=True,
-                                                    **COEFFICIENTS)
+      leader = (
+        None if method == "gossip" else dict(losses=losses, pull=True, **COEFFICIENTS)
+      )
       want = want_model.step(x_half, matchings, active, weights, gamma, q, leader)
-    np.testing.assert_allclose(helpers.flatten(got, SHAPES), want, rtol=1e-4,
-                               atol=1e-5, err_msg=f"step {step}")
+    np.testing.assert_allclose(
+      helpers.flatten(got, SHAPES), want, rtol=1e-4, atol=1e-5, err_msg=f"step {step}"
+    )
   assert mix._cache_size() == 1
 
 
-_EVERY_KIND = S.rotating([S.matcha(HEX, 0.5, seed=1), S.alternating(RING6),
-                          S.explicit(RING6, [{0, 1}, set(), {1}]), S.full(RING6)])
+_EVERY_KIND = S.rotating(
+  [
+    S.matcha(HEX, 0.5, seed=1),
+    S.alternating(RING6),
+    S.explicit(RING6, [{0, 1}, set(), {1}]),
+    S.full(RING6),
+  ]
+)
 
 
-@pytest.mark.parametrize("method,schedule", [
+@pytest.mark.parametrize(
+  "method,schedule",
+  [
     ("dsgd", S.full(HEX)),  # the two-buffer form
     ("dsgd", _EVERY_KIND),  # public copies per slot, every schedule kind
     ("aldsgd", _EVERY_KIND),
-], ids=["dsgd_full", "dsgd_rotating_every_kind", "aldsgd_rotating_every_kind"])
+  ],
+  ids=["dsgd_full", "dsgd_rotating_every_kind", "aldsgd_rotating_every_kind"],
+)
 def test_identity_compressor_equals_uncompressed(method, schedule):
   rng = np.random.default_rng(0)
   n, dim = 6, helpers.flat_dim(SHAPES)
@@ -147,8 +174,9 @@ def test_identity_compressor_equals_uncompressed(method, schedule):
     make = lambda **kw: ald.dsgd(0.1, schedule, momentum=0.5, **kw)
   else:
     make = lambda **kw: ald.aldsgd(0.1, schedule, **COEFFICIENTS, **kw)
-  got, _, _ = helpers.run(make(compressor=C.identity(), consensus_lr=1.0), x0,
-                          problem, 8, mesh, SHAPES)
+  got, _, _ = helpers.run(
+    make(compressor=C.identity(), consensus_lr=1.0), x0, problem, 8, mesh, SHAPES
+  )
   want, _, _ = helpers.run(make(), x0, problem, 8, mesh, SHAPES)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -161,16 +189,18 @@ def test_fixed_graph_and_per_slot_forms_agree():
   x0 = rng.normal(size=(n, dim))
   mesh = ald.worker_mesh(n)
   fixed = S.full(HEX)
-  every_step = S.explicit(HEX, [range(HEX.num_matchings)],
-                          neighbor_weight=fixed.neighbor_weight[0])
+  every_step = S.explicit(
+    HEX, [range(HEX.num_matchings)], neighbor_weight=fixed.neighbor_weight[0]
+  )
   for compressor in (C.qsgd(3, seed=4),):
     runs = []
     for schedule in (fixed, every_step):
       tx = ald.dsgd(0.1, schedule, compressor=compressor, consensus_lr=0.6)
       runs.append(helpers.run(tx, x0, problem, 8, mesh, SHAPES)[0])
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-6)
-  state = jax.jit(ald.worker_map(ald.gossip(fixed, compressor=C.top_k(0.1)).init,
-                                 mesh))(helpers.unflatten(x0, SHAPES))
+  state = jax.jit(
+    ald.worker_map(ald.gossip(fixed, compressor=C.top_k(0.1)).init, mesh)
+  )(helpers.unflatten(x0, SHAPES))
   assert isinstance(state, ald.ChocoState)  # two buffers: (n, D) each
   assert state.public.shape == state.neighbor_sum.shape == (n, dim)
 
@@ -184,8 +214,7 @@ def test_copies_equal_partners_public_copies_after_many_steps():
   mesh = ald.worker_mesh(n)
   tx = ald.aldsgd(0.1, schedule, compressor=C.top_k(0.2), consensus_lr=0.3)
   step = helpers.make_step(tx, mesh, SHAPES)
-  params = ald.shard_workers(helpers.unflatten(rng.normal(size=(n, dim)), SHAPES),
-                             mesh)
+  params = ald.shard_workers(helpers.unflatten(rng.normal(size=(n, dim)), SHAPES), mesh)
   state = jax.jit(ald.worker_map(tx.init, mesh))(params)
   a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
   b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
@@ -236,8 +265,9 @@ def test_sparse_and_dense_message_paths_give_bit_equal_public_copies():
   sparse, dense = states
   np.testing.assert_array_equal(sparse[1].public, dense[1].public)
   np.testing.assert_array_equal(sparse[1].copies, dense[1].copies)
-  np.testing.assert_array_equal(helpers.flatten(sparse[0], SHAPES),
-                                helpers.flatten(dense[0], SHAPES))
+  np.testing.assert_array_equal(
+    helpers.flatten(sparse[0], SHAPES), helpers.flatten(dense[0], SHAPES)
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -249,14 +279,14 @@ def _compiled(tx, n, params):
 
   def step(params, state):
     loss, grads = jax.value_and_grad(
-        lambda p: sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p)))(params)
+      lambda p: sum(jnp.sum(x**2) for x in jax.tree.leaves(p))
+    )(params)
     updates, state = tx.update(grads, state, params, loss=loss)
     return optax.apply_updates(params, updates), state
 
   stacked = ald.replicate_workers(params, n)
   state = jax.jit(ald.worker_map(tx.init, mesh))(stacked)
-  return jax.jit(ald.worker_map(step, mesh)).lower(stacked, state).compile(
-  ).as_text()
+  return jax.jit(ald.worker_map(step, mesh)).lower(stacked, state).compile().as_text()
 
 
 def _entry(hlo):
@@ -268,21 +298,26 @@ PARAMS = {"w": jnp.ones((40, 10)), "b": jnp.ones(10)}  # 410 parameters
 DENSE = ald.gossip_message_bytes(PARAMS)
 
 
-@pytest.mark.parametrize("compressor,expected", [
+@pytest.mark.parametrize(
+  "compressor,expected",
+  [
     (C.top_k(0.1), (40 + 1) * 8),
     (C.random_k(0.1), (40 + 1) * 4),
     (C.scaled_sign(), (50 + 4) + (2 + 4)),
     (C.qsgd(8), (400 + 4) + (10 + 4)),
     (C.identity(), DENSE),
-], ids=repr)
+  ],
+  ids=repr,
+)
 def test_hlo_permutes_carry_the_compressed_message(compressor, expected):
   schedule = S.rotating([S.matcha(HEX, 0.5, seed=4), S.full(RING6)])
   for with_loss in (False, True):
     if with_loss and compressor != C.top_k(0.1):
       continue  # AL-DSGD's message: one case is enough
     make = ald.adjacent_leader if with_loss else ald.gossip
-    tx = optax.chain(optax.sgd(0.1), make(schedule, compressor=compressor,
-                                          consensus_lr=0.5))
+    tx = optax.chain(
+      optax.sgd(0.1), make(schedule, compressor=compressor, consensus_lr=0.5)
+    )
     hlo = _compiled(tx, 6, PARAMS)
     message = ald.choco_message_bytes(PARAMS, compressor, with_loss=with_loss)
     assert message == expected + 4 * with_loss
@@ -312,8 +347,7 @@ def test_two_workers_per_device_equal_one():
   n, dim = 6, helpers.flat_dim(SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
-  tx = ald.dsgd(0.05, S.full(HEX), compressor=C.random_k(0.3, seed=2),
-                consensus_lr=0.5)
+  tx = ald.dsgd(0.05, S.full(HEX), compressor=C.random_k(0.3, seed=2), consensus_lr=0.5)
   loss_fn = helpers.quadratic_loss_fn(SHAPES)
 
   def step(params, state, a, b):
@@ -326,8 +360,9 @@ def test_two_workers_per_device_equal_one():
     mesh = ald.worker_mesh(n, workers_per_device=per_device)
     mapped = jax.jit(ald.worker_map(step, mesh, workers_per_device=per_device))
     params = ald.shard_workers(helpers.unflatten(x0, SHAPES), mesh)
-    state = jax.jit(ald.worker_map(tx.init, mesh,
-                                   workers_per_device=per_device))(params)
+    state = jax.jit(ald.worker_map(tx.init, mesh, workers_per_device=per_device))(
+      params
+    )
     a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
     b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
     for _ in range(6):

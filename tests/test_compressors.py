@@ -10,13 +10,21 @@ from tests import choco_reference
 
 
 def _reference(compressor, v, step, leaf, worker):
-  return choco_reference.leaf_q(compressor, step)(np.asarray(v, np.float64), leaf,
-                                                  worker)
+  return choco_reference.leaf_q(compressor, step)(
+    np.asarray(v, np.float64), leaf, worker
+  )
 
 
-COMPRESSORS = [C.identity(), C.top_k(0.1), C.top_k(1.0), C.random_k(0.3, seed=5),
-               C.random_k(0.3, seed=5, rescale=True), C.scaled_sign(),
-               C.qsgd(4, seed=2), C.qsgd(1)]
+COMPRESSORS = [
+  C.identity(),
+  C.top_k(0.1),
+  C.top_k(1.0),
+  C.random_k(0.3, seed=5),
+  C.random_k(0.3, seed=5, rescale=True),
+  C.scaled_sign(),
+  C.qsgd(4, seed=2),
+  C.qsgd(1),
+]
 
 
 @pytest.mark.parametrize("compressor", COMPRESSORS, ids=repr)
@@ -51,13 +59,15 @@ def test_random_k_indices_are_shared_and_qsgd_noise_is_not():
   assert not np.array_equal(same[0], np.asarray(q.draw(q.leaf_key(5, 0), 16)))
   q = C.qsgd(2, seed=1)
   v = jnp.asarray(np.random.default_rng(0).normal(size=64), jnp.float32)
-  levels = [np.asarray(q.encode(v, q.draw(q.leaf_key(4, 0, w), 64))[0])
-            for w in range(2)]
+  levels = [
+    np.asarray(q.encode(v, q.draw(q.leaf_key(4, 0, w), 64))[0]) for w in range(2)
+  ]
   assert not np.array_equal(levels[0], levels[1])
 
 
-@pytest.mark.parametrize("compressor", [C.top_k(0.1), C.random_k(0.3, seed=5),
-                                        C.scaled_sign()], ids=repr)
+@pytest.mark.parametrize(
+  "compressor", [C.top_k(0.1), C.random_k(0.3, seed=5), C.scaled_sign()], ids=repr
+)
 def test_sparse_and_dense_apply_are_bit_equal(compressor):
   """add_into (a scatter-add for top-k / random-k) = adding the dense Q(v)."""
   rng = np.random.default_rng(0)
@@ -79,9 +89,9 @@ def test_sparse_and_dense_apply_are_bit_equal(compressor):
   np.testing.assert_array_equal(np.asarray(sparse), np.asarray(dense))
 
 
-@pytest.mark.parametrize("compressor", [C.qsgd(3, seed=7),
-                                        C.random_k(0.2, seed=7, rescale=True)],
-                         ids=repr)
+@pytest.mark.parametrize(
+  "compressor", [C.qsgd(3, seed=7), C.random_k(0.2, seed=7, rescale=True)], ids=repr
+)
 def test_unbiased(compressor):
   rng = np.random.default_rng(1)
   v = jnp.asarray(rng.normal(size=20), jnp.float32)
@@ -100,9 +110,10 @@ def test_unbiased(compressor):
     plain = C.random_k(0.2, seed=7)
     draw = plain.draw(plain.leaf_key(0, 0), 20)
     np.testing.assert_allclose(
-        np.asarray(plain.decode(plain.encode(v, draw), 20, draw)) * 5,
-        np.asarray(compressor.decode(compressor.encode(v, draw), 20, draw)),
-        rtol=1e-6)
+      np.asarray(plain.decode(plain.encode(v, draw), 20, draw)) * 5,
+      np.asarray(compressor.decode(compressor.encode(v, draw), 20, draw)),
+      rtol=1e-6,
+    )
 
 
 def test_bad_input():

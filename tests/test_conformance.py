@@ -34,8 +34,7 @@ import jax_aldsgd as ald
 from jax_aldsgd import compressors as C
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
-from tests import helpers
-from tests import reference
+from tests import helpers, reference
 
 NUM_WORKERS = 8
 STEPS = 4
@@ -72,35 +71,62 @@ def _after_sgd(transform):
 
 def _sgd_then_adjacent_leader(c1, c2, p1, p2):
   # Named arguments: inject_hyperparams reads the factory's signature.
-  return optax.chain(optax.sgd(0.05, momentum=0.5),
-                     ald.adjacent_leader(SCHEDULE, c1=c1, c2=c2, p1=p1, p2=p2))
+  return optax.chain(
+    optax.sgd(0.05, momentum=0.5),
+    ald.adjacent_leader(SCHEDULE, c1=c1, c2=c2, p1=p1, p2=p2),
+  )
 
 
 ROWS = [
-    Row("gossip", _after_sgd(lambda: ald.gossip(SCHEDULE))),
-    Row("gossip_skip_nonfinite",
-        _after_sgd(lambda: ald.gossip(SCHEDULE, skip_nonfinite=True))),
-    Row("adjacent_leader", _sgd_then_adjacent_leader,
-        dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)),
-    Row("gossip_overlap", _after_sgd(lambda: ald.gossip(SCHEDULE, overlap=True))),
-    Row("gossip_every_3", _after_sgd(lambda: ald.gossip(SCHEDULE, every=3))),
-    # Push-sum's multiply-adds may be fused into FMAs differently per layout.
-    Row("gossip_delay_2", _after_sgd(lambda: ald.gossip(SCHEDULE, delay=2)),
-        layout_tolerance=1e-6),
-    Row("adjacent_leader_overlap_every_2", _after_sgd(
-        lambda: ald.adjacent_leader(SCHEDULE, overlap=True, every=2))),
-    Row("allreduce", _after_sgd(ald.allreduce), layout_tolerance=1e-6),
-    Row("local_sgd", ald.local_sgd, dict(learning_rate=0.05, momentum=0.5,
-                                         weight_decay=1e-3)),
-    Row("dsgd", functools.partial(ald.dsgd, schedule=SCHEDULE),
-        dict(learning_rate=0.05, momentum=0.5, weight_decay=1e-3)),
-    Row("aldsgd", functools.partial(ald.aldsgd, schedule=SCHEDULE),
-        dict(learning_rate=0.05, momentum=0.5, weight_decay=1e-3, c1=0.3, c2=0.1,
-             p1=0.2, p2=0.2)),
-    Row("aldsgd_choco", functools.partial(ald.aldsgd, schedule=SCHEDULE,
-                                          compressor=C.qsgd(4, seed=1)),
-        dict(learning_rate=0.05, consensus_lr=0.5, c1=0.3, c2=0.1, p1=0.2,
-             p2=0.2)),
+  Row("gossip", _after_sgd(lambda: ald.gossip(SCHEDULE))),
+  Row(
+    "gossip_skip_nonfinite",
+    _after_sgd(lambda: ald.gossip(SCHEDULE, skip_nonfinite=True)),
+  ),
+  Row(
+    "adjacent_leader", _sgd_then_adjacent_leader, dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
+  ),
+  Row("gossip_overlap", _after_sgd(lambda: ald.gossip(SCHEDULE, overlap=True))),
+  Row("gossip_every_3", _after_sgd(lambda: ald.gossip(SCHEDULE, every=3))),
+  # Push-sum's multiply-adds may be fused into FMAs differently per layout.
+  Row(
+    "gossip_delay_2",
+    _after_sgd(lambda: ald.gossip(SCHEDULE, delay=2)),
+    layout_tolerance=1e-6,
+  ),
+  Row(
+    "adjacent_leader_overlap_every_2",
+    _after_sgd(lambda: ald.adjacent_leader(SCHEDULE, overlap=True, every=2)),
+  ),
+  Row("allreduce", _after_sgd(ald.allreduce), layout_tolerance=1e-6),
+  Row(
+    "local_sgd",
+    ald.local_sgd,
+    dict(learning_rate=0.05, momentum=0.5, weight_decay=1e-3),
+  ),
+  Row(
+    "dsgd",
+    functools.partial(ald.dsgd, schedule=SCHEDULE),
+    dict(learning_rate=0.05, momentum=0.5, weight_decay=1e-3),
+  ),
+  Row(
+    "aldsgd",
+    functools.partial(ald.aldsgd, schedule=SCHEDULE),
+    dict(
+      learning_rate=0.05,
+      momentum=0.5,
+      weight_decay=1e-3,
+      c1=0.3,
+      c2=0.1,
+      p1=0.2,
+      p2=0.2,
+    ),
+  ),
+  Row(
+    "aldsgd_choco",
+    functools.partial(ald.aldsgd, schedule=SCHEDULE, compressor=C.qsgd(4, seed=1)),
+    dict(learning_rate=0.05, consensus_lr=0.5, c1=0.3, c2=0.1, p1=0.2, p2=0.2),
+  ),
 ]
 IDS = [row.name for row in ROWS]
 
@@ -147,11 +173,13 @@ def _train(tx, *, per_device=1, dtype=jnp.float32, chained=False) -> Result:
     updates, state = tx.update(grads, state, params, loss=loss, value=loss)
     return optax.apply_updates(params, updates), state, loss
 
-  worker_map = functools.partial(ald.worker_map, mesh=mesh,
-                                 workers_per_device=per_device)
+  worker_map = functools.partial(
+    ald.worker_map, mesh=mesh, workers_per_device=per_device
+  )
   step = jax.jit(worker_map(step))
-  params = jax.tree.map(lambda a: a.astype(dtype),
-                        helpers.unflatten(x0, helpers.SHAPES))
+  params = jax.tree.map(
+    lambda a: a.astype(dtype), helpers.unflatten(x0, helpers.SHAPES)
+  )
   params = ald.shard_workers(params, mesh)
   state = jax.jit(worker_map(tx.init))(params)
   init_state = state
@@ -177,8 +205,7 @@ def test_jit_does_not_recompile_across_steps(row):
 def test_state_structure_shapes_and_dtypes_are_stable(row):
   result = _run(row.name)
   chex.assert_trees_all_equal_structs(result.init_state, result.final_state)
-  chex.assert_trees_all_equal_shapes_and_dtypes(result.init_state,
-                                                result.final_state)
+  chex.assert_trees_all_equal_shapes_and_dtypes(result.init_state, result.final_state)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
@@ -194,16 +221,16 @@ def test_parameters_keep_their_dtype(row, dtype):
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_results_equal_under_every_worker_layout(row, per_device):
   one = helpers.flatten(_run(row.name).params, helpers.SHAPES)
-  many = helpers.flatten(_run(row.name, per_device=per_device).params,
-                         helpers.SHAPES)
+  many = helpers.flatten(_run(row.name, per_device=per_device).params, helpers.SHAPES)
   if row.layout_tolerance is None:
     np.testing.assert_array_equal(many, one)
   else:
     np.testing.assert_allclose(many, one, rtol=0, atol=row.layout_tolerance)
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if r.hyperparams],
-                         ids=[r.name for r in ROWS if r.hyperparams])
+@pytest.mark.parametrize(
+  "row", [r for r in ROWS if r.hyperparams], ids=[r.name for r in ROWS if r.hyperparams]
+)
 def test_inject_hyperparams_gives_the_same_result(row):
   injected = optax.inject_hyperparams(row.make)(**row.hyperparams)
   got = helpers.flatten(_train(injected).params, helpers.SHAPES)
@@ -215,8 +242,8 @@ def test_inject_hyperparams_gives_the_same_result(row):
 def test_extra_arguments_pass_through_chain(row):
   chained = _run(row.name, chained=True)
   np.testing.assert_array_equal(
-      helpers.flatten(chained.params, helpers.SHAPES),
-      helpers.flatten(_run(row.name).params, helpers.SHAPES))
-  np.testing.assert_array_equal(chained.final_state[-1]["value"],
-                                chained.last_loss)
+    helpers.flatten(chained.params, helpers.SHAPES),
+    helpers.flatten(_run(row.name).params, helpers.SHAPES),
+  )
+  np.testing.assert_array_equal(chained.final_state[-1]["value"], chained.last_loss)
   assert chained.cache_size == 1

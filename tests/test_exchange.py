@@ -12,27 +12,30 @@ from jax_aldsgd import _exchange
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 from jax_aldsgd._schedules import Alternating
-from tests import helpers
-from tests import reference
+from tests import helpers, reference
 
 _G0, _G1 = T.paper_graph(0), T.paper_graph(1)
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
 
 SCHEDULES = {
-    "full": lambda: S.full(_G0),
-    "alternating": lambda: S.alternating(_G0),
-    "explicit": lambda: S.explicit(_G0, [{0, 2}, {1}, set(), {0, 2, 4}, {1}]),
-    "matcha": lambda: S.matcha(_G0, 0.5, seed=3),
-    "matcha_all_free": lambda: S.matcha(T.ring(8), 0.5, seed=1),
-    "rotating_alternating": lambda: S.rotating([S.alternating(_G1),
-                                                S.alternating(_G0)]),
-    "rotating_matcha": lambda: S.rotating([S.matcha(_G1, 0.5), S.matcha(_G0, 0.5)]),
-    # 48 patterns: more than one switch can take (MAX_BRANCHES), so several groups.
-    "rotating_matcha_16": lambda: S.rotating([S.matcha(T.paper_graph(11), 0.5),
-                                              S.matcha(T.paper_graph(10), 0.5)]),
-    "rotating_mixed_16": lambda: S.rotating([S.matcha(T.paper_graph(11), 0.5, seed=2),
-                                             S.full(T.paper_graph(10)),
-                                             S.alternating(T.paper_graph(12))]),
+  "full": lambda: S.full(_G0),
+  "alternating": lambda: S.alternating(_G0),
+  "explicit": lambda: S.explicit(_G0, [{0, 2}, {1}, set(), {0, 2, 4}, {1}]),
+  "matcha": lambda: S.matcha(_G0, 0.5, seed=3),
+  "matcha_all_free": lambda: S.matcha(T.ring(8), 0.5, seed=1),
+  "rotating_alternating": lambda: S.rotating([S.alternating(_G1), S.alternating(_G0)]),
+  "rotating_matcha": lambda: S.rotating([S.matcha(_G1, 0.5), S.matcha(_G0, 0.5)]),
+  # 48 patterns: more than one switch can take (MAX_BRANCHES), so several groups.
+  "rotating_matcha_16": lambda: S.rotating(
+    [S.matcha(T.paper_graph(11), 0.5), S.matcha(T.paper_graph(10), 0.5)]
+  ),
+  "rotating_mixed_16": lambda: S.rotating(
+    [
+      S.matcha(T.paper_graph(11), 0.5, seed=2),
+      S.full(T.paper_graph(10)),
+      S.alternating(T.paper_graph(12)),
+    ]
+  ),
 }
 
 
@@ -68,8 +71,9 @@ def test_every_step_maps_to_the_branch_of_its_active_slots(kind):
   # The traced flags give the same codes (the index fold computes under jit).
   flags_at = jax.jit(lambda k: schedule.slot_flags(k, jnp))
   for k in range(0, 3000, 97):
-    np.testing.assert_array_equal(np.asarray(flags_at(jnp.int32(k))),
-                                  schedule.active(k))
+    np.testing.assert_array_equal(
+      np.asarray(flags_at(jnp.int32(k))), schedule.active(k)
+    )
 
 
 def test_patterns_are_exact_for_deterministic_schedules():
@@ -115,8 +119,9 @@ def test_fold_matches_the_reference(kind, leader):
   else:
     tx = ald.dsgd(0.05, schedule)
   got, _, _ = helpers.run(tx, x0, problem, 10, ald.worker_mesh(8))
-  want = helpers.reference_run(x0, problem, 10, schedule, lr=0.05,
-                               leader=COEFFICIENTS if leader else None)
+  want = helpers.reference_run(
+    x0, problem, 10, schedule, lr=0.05, leader=COEFFICIENTS if leader else None
+  )
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -128,6 +133,5 @@ def test_fallback_schedule_matches_the_reference():
   x0 = rng.normal(size=(8, dim))
   tx = ald.aldsgd(0.05, schedule, **COEFFICIENTS)
   got, _, _ = helpers.run(tx, x0, problem, 6, ald.worker_mesh(8))
-  want = helpers.reference_run(x0, problem, 6, schedule, lr=0.05,
-                               leader=COEFFICIENTS)
+  want = helpers.reference_run(x0, problem, 6, schedule, lr=0.05, leader=COEFFICIENTS)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -33,16 +33,19 @@ def _branch_closure(bodies):
   inside = set()
   for body in bodies.values():
     for match in re.finditer(
-        r"(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
-        r"false_computation=%?([\w.\-]+))", body):
+      r"(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
+      r"false_computation=%?([\w.\-]+))",
+      body,
+    ):
       names = match.group(1).split(",") if match.group(1) else match.groups()[1:]
       inside |= {n.strip().lstrip("%") for n in names}
   frontier = set(inside)
   while frontier:
     called = set()
     for name in frontier:
-      for callee in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)",
-                               bodies.get(name, "")):
+      for callee in re.findall(
+        r"(?:calls|to_apply)=%?([\w.\-]+)", bodies.get(name, "")
+      ):
         called.add(callee)
     frontier = called - inside
     inside |= frontier
@@ -60,8 +63,9 @@ def _compiled_step(tx, n):
   params = ald.replicate_workers({"w": jnp.ones((5, 3))}, n)
   state = jax.jit(ald.worker_map(tx.init, mesh))(params)
   batch = jnp.ones((n, 4, 5))
-  return jax.jit(ald.worker_map(step, mesh)).lower(params, state, batch).compile(
-  ).as_text()
+  return (
+    jax.jit(ald.worker_map(step, mesh)).lower(params, state, batch).compile().as_text()
+  )
 
 
 _G0, _G1 = T.paper_graph(0), T.paper_graph(1)
@@ -78,7 +82,9 @@ def _permutes(body: str) -> list[frozenset]:
 
 
 def _slot_pairs(schedule, s):
-  return frozenset(f"{i},{j}" for i, j in enumerate(schedule.slot_partners[s]) if j >= 0)
+  return frozenset(
+    f"{i},{j}" for i, j in enumerate(schedule.slot_partners[s]) if j >= 0
+  )
 
 
 def _closure(bodies, names):
@@ -90,8 +96,10 @@ def _closure(bodies, names):
       body = bodies.get(name, "")
       called |= set(re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", body))
       for match in re.finditer(
-          r"(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
-          r"false_computation=%?([\w.\-]+))", body):
+        r"(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
+        r"false_computation=%?([\w.\-]+))",
+        body,
+      ):
         group = match.group(1).split(",") if match.group(1) else match.groups()[1:]
         called |= {n.strip().lstrip("%") for n in group}
     frontier = called - inside
@@ -100,14 +108,13 @@ def _closure(bodies, names):
 
 
 _SCHEDULES = {
-    "full": lambda: S.full(_G0),
-    "alternating": lambda: S.alternating(_G0),
-    "explicit": lambda: S.explicit(_G0, [{0, 2}, {1}, set(), {0, 2, 4}]),
-    "rotating_full": lambda: S.rotating([S.full(_G1), S.full(_G0)]),
-    "rotating_alternating": lambda: S.rotating([S.alternating(_G1),
-                                                S.alternating(_G0)]),
-    "matcha": lambda: S.matcha(_G0, 0.5),
-    "rotating_matcha": lambda: S.rotating([S.matcha(_G1, 0.5), S.matcha(_G0, 0.5)]),
+  "full": lambda: S.full(_G0),
+  "alternating": lambda: S.alternating(_G0),
+  "explicit": lambda: S.explicit(_G0, [{0, 2}, {1}, set(), {0, 2, 4}]),
+  "rotating_full": lambda: S.rotating([S.full(_G1), S.full(_G0)]),
+  "rotating_alternating": lambda: S.rotating([S.alternating(_G1), S.alternating(_G0)]),
+  "matcha": lambda: S.matcha(_G0, 0.5),
+  "rotating_matcha": lambda: S.rotating([S.matcha(_G1, 0.5), S.matcha(_G0, 0.5)]),
 }
 
 
@@ -123,12 +130,12 @@ def test_one_switch_whose_branches_send_exactly_the_active_matchings(kind, trans
     assert forbidden not in hlo
   everything = [p for body in bodies.values() for p in _permutes(body)]
   # One permute per (pattern, active slot): nothing else communicates.
-  want = sorted(sorted(_slot_pairs(schedule, s)) for active in group.patterns
-                for s in active)
+  want = sorted(
+    sorted(_slot_pairs(schedule, s)) for active in group.patterns for s in active
+  )
   assert sorted(sorted(p) for p in everything) == want
   entry = next(body for name, body in bodies.items() if name.startswith("main"))
-  switches = re.findall(r"conditional\([^\n]*branch_computations=\{([^}]*)\}",
-                        entry)
+  switches = re.findall(r"conditional\([^\n]*branch_computations=\{([^}]*)\}", entry)
   if len(group.patterns) == 1:  # e.g. full: every slot active, no switch
     # (conditionals on a constant-true predicate only order the exchanges)
     assert all(len(s.split(",")) == 2 for s in switches)
@@ -143,8 +150,9 @@ def test_one_switch_whose_branches_send_exactly_the_active_matchings(kind, trans
     assert sent == sorted(sorted(_slot_pairs(schedule, s)) for s in active)
   # No permute outside the switch: a slot that is not always active is guarded.
   inside = _closure(bodies, branches)
-  outside = [p for name, body in bodies.items() if name not in inside
-             for p in _permutes(body)]
+  outside = [
+    p for name, body in bodies.items() if name not in inside for p in _permutes(body)
+  ]
   assert not outside
 
 
@@ -174,8 +182,9 @@ def test_received_buffers_are_not_all_alive_at_once(transform, extra):
 
   params = {"w": jnp.ones((8, size))}
   state = jax.jit(ald.worker_map(tx.init, mesh))(params)
-  compiled = jax.jit(ald.worker_map(step, mesh)).lower(
-      params, state, jnp.ones((8,))).compile()
+  compiled = (
+    jax.jit(ald.worker_map(step, mesh)).lower(params, state, jnp.ones((8,))).compile()
+  )
   copies = compiled.memory_analysis().temp_size_in_bytes / (4 * size)
   assert copies <= 3.5 + extra, copies
 

@@ -18,17 +18,27 @@ DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 def tagged_images(count, shape=(32, 32, 3), seed=0):
   """Random uint8 images with labels = their index, so a label names its image."""
   rng = np.random.default_rng(seed)
-  return (rng.integers(0, 256, (count,) + shape, dtype=np.uint8),
-          np.arange(count, dtype=np.int32))
+  return (
+    rng.integers(0, 256, (count,) + shape, dtype=np.uint8),
+    np.arange(count, dtype=np.int32),
+  )
 
 
-def make_batches(count=203, num_workers=8, batch_size=5, seed=0, augment=False,
-                 shape=(32, 32, 3)):
+def make_batches(
+  count=203, num_workers=8, batch_size=5, seed=0, augment=False, shape=(32, 32, 3)
+):
   images, labels = tagged_images(count, shape)
   mean, std = (0.5,) * shape[-1], (0.25,) * shape[-1]
-  return ip.WorkerBatches(images, labels, num_workers=num_workers,
-                          batch_size=batch_size, seed=seed, mean=mean, std=std,
-                          augment=augment)
+  return ip.WorkerBatches(
+    images,
+    labels,
+    num_workers=num_workers,
+    batch_size=batch_size,
+    seed=seed,
+    mean=mean,
+    std=std,
+    augment=augment,
+  )
 
 
 def reference_normalize(images, mean, std):
@@ -75,7 +85,8 @@ def test_every_epoch_each_worker_sees_its_own_shard(batch_size, steps):
   orders = []
   for epoch in range(3):
     labels = np.concatenate(
-        [batches.batch(epoch, step)[1] for step in range(steps)], axis=1)
+      [batches.batch(epoch, step)[1] for step in range(steps)], axis=1
+    )
     assert labels.shape == (8, steps * batch_size)
     for worker in range(8):
       seen = labels[worker]
@@ -118,8 +129,16 @@ def test_batch_shapes_and_dtypes():
 
 def test_no_augmentation_is_plain_normalization():
   images, labels = tagged_images(64)
-  batches = ip.WorkerBatches(images, labels, num_workers=2, batch_size=8, seed=3,
-                             mean=CIFAR10.mean, std=CIFAR10.std, augment=False)
+  batches = ip.WorkerBatches(
+    images,
+    labels,
+    num_workers=2,
+    batch_size=8,
+    seed=3,
+    mean=CIFAR10.mean,
+    std=CIFAR10.std,
+    augment=False,
+  )
   x, y = batches.batch(1, 2)
   expected = reference_normalize(images[y], CIFAR10.mean, CIFAR10.std)
   np.testing.assert_allclose(x, expected, rtol=0, atol=1e-5)
@@ -129,11 +148,11 @@ def all_crops(image, padding=4):
   """Every normalized crop of ``image``, flipped or not: (2, 9, 9, H, W, C)."""
   height, width, channels = image.shape
   padded = np.zeros((height + 2 * padding, width + 2 * padding, channels))
-  padded[padding:padding + height, padding:padding + width] = image
+  padded[padding : padding + height, padding : padding + width] = image
   crops = np.empty((2, 2 * padding + 1, 2 * padding + 1) + image.shape)
   for top in range(2 * padding + 1):
     for left in range(2 * padding + 1):
-      window = padded[top:top + height, left:left + width]
+      window = padded[top : top + height, left : left + width]
       crops[0, top, left] = window
       crops[1, top, left] = window[:, ::-1]
   return crops
@@ -141,15 +160,21 @@ def all_crops(image, padding=4):
 
 def test_augmentation_is_a_crop_of_the_padded_image_maybe_flipped():
   images, labels = tagged_images(160)
-  batches = ip.WorkerBatches(images, labels, num_workers=8, batch_size=16,
-                             seed=5, mean=CIFAR10.mean, std=CIFAR10.std,
-                             augment=True)
+  batches = ip.WorkerBatches(
+    images,
+    labels,
+    num_workers=8,
+    batch_size=16,
+    seed=5,
+    mean=CIFAR10.mean,
+    std=CIFAR10.std,
+    augment=True,
+  )
   x, y = batches.batch(0, 0)
   assert x.shape == (8, 16, 32, 32, 3)
   found = []
   for image, label in zip(x.reshape(-1, 32, 32, 3), y.ravel()):
-    crops = reference_normalize(all_crops(images[label]), CIFAR10.mean,
-                                CIFAR10.std)
+    crops = reference_normalize(all_crops(images[label]), CIFAR10.mean, CIFAR10.std)
     error = np.abs(crops - image).max(axis=(3, 4, 5))
     match = np.argwhere(error < 1e-4)
     assert len(match) == 1, f"image {label} is no crop of its original"
@@ -175,13 +200,26 @@ def test_random_crop_flip_keeps_shape_and_dtype():
 
 def test_bad_arguments():
   images, labels = tagged_images(80)
-  kwargs = dict(num_workers=8, batch_size=4, seed=0, mean=CIFAR10.mean,
-                std=CIFAR10.std, augment=False)
-  with pytest.raises(ValueError, match=r"Each of 8 workers gets 10 images .*"
-                     r"fewer than batch_size 16"):
+  kwargs = dict(
+    num_workers=8,
+    batch_size=4,
+    seed=0,
+    mean=CIFAR10.mean,
+    std=CIFAR10.std,
+    augment=False,
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"Each of 8 workers gets 10 images .*"
+    r"fewer than batch_size 16",
+  ):
     ip.WorkerBatches(images, labels, **{**kwargs, "batch_size": 16})
-  for name, value in [("batch_size", 0), ("num_workers", 0),
-                      ("num_workers", 2.0), ("seed", -1)]:
+  for name, value in [
+    ("batch_size", 0),
+    ("num_workers", 0),
+    ("num_workers", 2.0),
+    ("seed", -1),
+  ]:
     with pytest.raises(ValueError, match=name):
       ip.WorkerBatches(images, labels, **{**kwargs, name: value})
   with pytest.raises(ValueError, match="one value per channel"):
@@ -197,12 +235,14 @@ def test_bad_arguments():
     batches.batch(-1, 0)
 
 
-@pytest.mark.parametrize("kwargs, listed", [
-    (dict(dataset="mnist", split="train"), "'cifar10', 'cifar100', "
-     "'fashion_mnist'"),
+@pytest.mark.parametrize(
+  "kwargs, listed",
+  [
+    (dict(dataset="mnist", split="train"), "'cifar10', 'cifar100', 'fashion_mnist'"),
     (dict(dataset="cifar10", split="validation"), "'train', 'test'"),
     (dict(dataset="cifar10", split="train", source="web"), "'tfds', 'idx'"),
-])
+  ],
+)
 def test_unknown_names_list_the_valid_ones(kwargs, listed):
   with pytest.raises(ValueError, match=listed):
     ip.load_split(**kwargs)
@@ -227,8 +267,7 @@ def test_idx_files(tmp_path):
   np.testing.assert_array_equal(x[..., 0], images)
   np.testing.assert_array_equal(y, labels)
 
-  with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-"
-                     "mnist"):
+  with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
     ip.load_split("fashion_mnist", "train", source="idx", data_dir=tmp_path)
   helpers.write_idx(tmp_path / "bad.gz", labels, 2050)
   with pytest.raises(ValueError, match="magic number 2050"):
@@ -239,8 +278,10 @@ def test_idx_files(tmp_path):
     ip.read_idx(tmp_path / "short.gz")
 
 
-@pytest.mark.skipif(not os.path.isdir(DEBIAN_DIR),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+  not os.path.isdir(DEBIAN_DIR),
+  reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_debian_fashion_mnist():
   info = ip.DATASETS["fashion_mnist"]
   for split, count in [("train", 60000), ("test", 10000)]:
@@ -257,9 +298,10 @@ def test_debian_fashion_mnist():
 # --- TFDS -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dataset, shape", [("cifar10", (32, 32, 3)),
-                                            ("cifar100", (32, 32, 3)),
-                                            ("fashion_mnist", (28, 28, 1))])
+@pytest.mark.parametrize(
+  "dataset, shape",
+  [("cifar10", (32, 32, 3)), ("cifar100", (32, 32, 3)), ("fashion_mnist", (28, 28, 1))],
+)
 def test_tfds_mock_data(mock_cifar, dataset, shape):
   # USE_CODE: the features come from the builder's code, no metadata files.
   images, labels = ip.load_split(dataset, "train")
@@ -286,7 +328,8 @@ def prepared_cifar10(tmp_path_factory):
   root = tmp_path_factory.mktemp("cifar_download")
   (root / "cifar-10-batches-bin").mkdir()
   (root / "cifar-10-batches-bin" / "batches.meta.txt").write_text(
-      "\n".join(f"class{i}" for i in range(10)))
+    "\n".join(f"class{i}" for i in range(10))
+  )
 
   def load_data(path, labels_number=1):
     del labels_number
@@ -296,14 +339,17 @@ def prepared_cifar10(tmp_path_factory):
 
   data_dir = tmp_path_factory.mktemp("tfds")
   # TFDS leaves a tempfile.mkdtemp per unprepared builder: keep it in root.
-  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                         lambda self, url: str(root)), \
-       mock.patch.object(cifar, "_load_data", load_data), \
-       mock.patch.object(tempfile, "tempdir", str(root)):
-    builder = tfds.builder("cifar10", data_dir=data_dir,
-                           file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False))
+  with (
+    mock.patch.object(
+      tfds.download.DownloadManager, "download_and_extract", lambda self, url: str(root)
+    ),
+    mock.patch.object(cifar, "_load_data", load_data),
+    mock.patch.object(tempfile, "tempdir", str(root)),
+  ):
+    builder = tfds.builder("cifar10", data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
   return data_dir
 
 
@@ -319,16 +365,15 @@ def test_tfds_reads_prepared_array_record(prepared_cifar10):
     assert (images == index[:, None, None, None]).all()
 
 
-def test_unprepared_dataset_is_a_clear_error_without_download(tfds_tempdir,
-                                                              tmp_path,
-                                                              monkeypatch):
+def test_unprepared_dataset_is_a_clear_error_without_download(
+  tfds_tempdir, tmp_path, monkeypatch
+):
   tfds = pytest.importorskip("tensorflow_datasets")
 
   def no_download(*args, **kwargs):
     raise AssertionError("load_split must not download or prepare anything")
 
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                      no_download)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
   data_dir = tmp_path / "empty"
   with pytest.raises(RuntimeError) as error:
     ip.load_split("cifar10", "train", data_dir=data_dir)
@@ -348,14 +393,21 @@ def test_batch_of_some_workers_is_their_rows_of_the_full_batch():
     batches.batch(2, 3, workers=[8])
 
 
-@pytest.mark.parametrize("scheme,kwargs", [
-    ("iid", {}), ("dirichlet", dict(alpha=0.1)), ("dirichlet", dict(alpha=1000.0)),
-    ("classes", dict(classes_per_worker=2)), ("classes", dict(classes_per_worker=3)),
-])
+@pytest.mark.parametrize(
+  "scheme,kwargs",
+  [
+    ("iid", {}),
+    ("dirichlet", dict(alpha=0.1)),
+    ("dirichlet", dict(alpha=1000.0)),
+    ("classes", dict(classes_per_worker=2)),
+    ("classes", dict(classes_per_worker=3)),
+  ],
+)
 def test_partitions_are_disjoint_equal_shards(scheme, kwargs):
   labels = np.random.default_rng(0).integers(0, 10, 6000)
-  shards = ip.partition(labels, 8, 700, np.random.default_rng(1),
-                                    scheme=scheme, **kwargs)
+  shards = ip.partition(
+    labels, 8, 700, np.random.default_rng(1), scheme=scheme, **kwargs
+  )
   assert shards.shape == (8, 700)
   assert len(np.unique(shards)) == shards.size  # disjoint
   counts = np.array([np.bincount(labels[s], minlength=10) for s in shards])

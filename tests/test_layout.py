@@ -12,17 +12,20 @@ import jax_aldsgd as ald
 from jax_aldsgd import _exchange
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
-from tests import helpers
-from tests import reference
+from tests import helpers, reference
 
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
 
 
 def _paper16():
   """The reference's 16-node graphs, rotated, with every schedule kind."""
-  return S.rotating([S.matcha(T.paper_graph(11), 0.5, seed=2),
-                     S.full(T.paper_graph(10)),
-                     S.alternating(T.paper_graph(12))])
+  return S.rotating(
+    [
+      S.matcha(T.paper_graph(11), 0.5, seed=2),
+      S.full(T.paper_graph(10)),
+      S.alternating(T.paper_graph(12)),
+    ]
+  )
 
 
 def _train(tx_factory, x0, problem, steps, per_device):
@@ -38,8 +41,7 @@ def _train(tx_factory, x0, problem, steps, per_device):
 
   step = jax.jit(ald.worker_map(step, mesh, workers_per_device=per_device))
   params = ald.shard_workers(helpers.unflatten(x0, helpers.SHAPES), mesh)
-  state = jax.jit(ald.worker_map(tx.init, mesh, workers_per_device=per_device))(
-      params)
+  state = jax.jit(ald.worker_map(tx.init, mesh, workers_per_device=per_device))(params)
   a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
   b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
   for _ in range(steps):
@@ -70,12 +72,11 @@ def test_64_workers_on_8_devices_match_the_reference():
   n, dim = 64, helpers.flat_dim(helpers.SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
-  schedule = S.rotating([S.matcha(T.exponential(n), 0.4, seed=1),
-                         S.full(T.ring(n))])
-  got = _train(lambda: ald.aldsgd(0.05, schedule, **COEFFICIENTS), x0, problem, 4,
-               per_device=8)
-  want = helpers.reference_run(x0, problem, 4, schedule, lr=0.05,
-                               leader=COEFFICIENTS)
+  schedule = S.rotating([S.matcha(T.exponential(n), 0.4, seed=1), S.full(T.ring(n))])
+  got = _train(
+    lambda: ald.aldsgd(0.05, schedule, **COEFFICIENTS), x0, problem, 4, per_device=8
+  )
+  want = helpers.reference_run(x0, problem, 4, schedule, lr=0.05, leader=COEFFICIENTS)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -98,7 +99,8 @@ def test_block_plan_rounds_are_permutations(per_device):
           position = plan.receive_rows[destination, row]
           if position >= 0:
             found[destination * per_device + row] = (
-                source * per_device + plan.send_rows[source, position])
+              source * per_device + plan.send_rows[source, position]
+            )
     for worker, partner in enumerate(partners):
       device, row = divmod(worker, per_device)
       if partner < 0:
@@ -121,16 +123,22 @@ def test_hlo_rounds_sit_in_a_switch():
 
   params = jnp.ones((16, 5))
   state = jax.jit(ald.worker_map(tx.init, mesh, workers_per_device=2))(params)
-  hlo = jax.jit(ald.worker_map(step, mesh, workers_per_device=2)).lower(
-      params, state, jnp.ones((16, 4, 5))).compile().as_text()
+  hlo = (
+    jax.jit(ald.worker_map(step, mesh, workers_per_device=2))
+    .lower(params, state, jnp.ones((16, 4, 5)))
+    .compile()
+    .as_text()
+  )
   # Two activation patterns (one per graph): one switch, and each slot's
   # rounds in the branch of its graph only.
   rounds = sum(len(r) for _, r in _exchange.block_plan(schedule, 8, 2))
   assert len(re.findall(r"= \S+ collective-permute\(", hlo)) == rounds
   (group,) = _exchange.exchange_plan(schedule)
   assert len(group.patterns) == 2
-  assert len(re.findall(r"conditional\([^\n]*branch_computations=\{[^,}]*,[^,}]*\}",
-                        hlo)) >= 1
+  assert (
+    len(re.findall(r"conditional\([^\n]*branch_computations=\{[^,}]*,[^,}]*\}", hlo))
+    >= 1
+  )
   assert "all-gather" not in hlo and "all-reduce" not in hlo
 
 
@@ -141,7 +149,8 @@ def test_layout_errors():
     ald.worker_mesh(64, workers_per_device=2)
   mesh = ald.worker_mesh(16, workers_per_device=2)
   tx = ald.gossip(S.full(T.paper_graph(0)))  # 8 workers
-  f = jax.jit(ald.worker_map(lambda p: tx.update(p, tx.init(p), p)[0], mesh,
-                             workers_per_device=2))
+  f = jax.jit(
+    ald.worker_map(lambda p: tx.update(p, tx.init(p), p)[0], mesh, workers_per_device=2)
+  )
   with pytest.raises(ValueError, match="8 devices x 2 workers per device = 16"):
     f(jnp.ones((16, 3)))

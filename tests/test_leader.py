@@ -9,8 +9,7 @@ import pytest
 import jax_aldsgd as ald
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
-from tests import helpers
-from tests import reference
+from tests import helpers, reference
 
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
 
@@ -23,26 +22,34 @@ LOSSES = [0.9, 0.5, 0.7, 0.2, 0.8, 0.6, 0.3, 0.4]
 def test_vectors_case_a():
   mesh = ald.worker_mesh(8)
   schedule = S.explicit(T.paper_graph(0), [{0}], neighbor_weight=2 / 7)
-  got = helpers.mix_once(ald.adjacent_leader(schedule, **COEFFICIENTS), X_HAT, LOSSES, 0,
-                 mesh)
+  got = helpers.mix_once(
+    ald.adjacent_leader(schedule, **COEFFICIENTS), X_HAT, LOSSES, 0, mesh
+  )
   np.testing.assert_allclose(
-      np.ravel(got), [1.931429, 1.411429, 2.482857, 2.897143, 3.588571, 3.068571,
-                      6.102857, 6.517143], atol=1e-5)
+    np.ravel(got),
+    [1.931429, 1.411429, 2.482857, 2.897143, 3.588571, 3.068571, 6.102857, 6.517143],
+    atol=1e-5,
+  )
   got = helpers.mix_once(ald.gossip(schedule), X_HAT, LOSSES, 0, mesh)
   np.testing.assert_allclose(
-      np.ravel(got), [1.142857, 2.142857, 2.285714, 2.714286, 2.857143, 3.857143,
-                      6.285714, 6.714286], atol=1e-5)
+    np.ravel(got),
+    [1.142857, 2.142857, 2.285714, 2.714286, 2.857143, 3.857143, 6.285714, 6.714286],
+    atol=1e-5,
+  )
 
 
 def test_vectors_case_b():
   mesh = ald.worker_mesh(8)
   schedule = S.explicit(T.paper_graph(0), [{0, 2, 3}], neighbor_weight=0.396428)
   np.testing.assert_array_equal(schedule.active_degrees(0), [3, 3, 2, 2, 1, 2, 2, 3])
-  got = helpers.mix_once(ald.adjacent_leader(schedule, **COEFFICIENTS), X_HAT, LOSSES, 0,
-                 mesh)
+  got = helpers.mix_once(
+    ald.adjacent_leader(schedule, **COEFFICIENTS), X_HAT, LOSSES, 0, mesh
+  )
   np.testing.assert_allclose(
-      np.ravel(got), [4.372569, 1.570856, 2.120000, 4.468142, 2.389144, 3.911858,
-                      6.260000, 3.767431], atol=1e-5)
+    np.ravel(got),
+    [4.372569, 1.570856, 2.120000, 4.468142, 2.389144, 3.911858, 6.260000, 3.767431],
+    atol=1e-5,
+  )
 
 
 def _random_schedule(rng, topology, kind):
@@ -51,27 +58,30 @@ def _random_schedule(rng, topology, kind):
   if kind == "alternating":
     return S.alternating(topology)
   if kind == "matcha":
-    return S.matcha(topology, budget=float(rng.uniform(0.2, 0.9)),
-                    seed=int(rng.integers(1000)))
+    return S.matcha(
+      topology, budget=float(rng.uniform(0.2, 0.9)), seed=int(rng.integers(1000))
+    )
   if kind == "explicit":
-    pattern = [set(np.flatnonzero(rng.random(topology.num_matchings) < 0.5).tolist())
-               for _ in range(3)]
+    pattern = [
+      set(np.flatnonzero(rng.random(topology.num_matchings) < 0.5).tolist())
+      for _ in range(3)
+    ]
     return S.explicit(topology, pattern, neighbor_weight=float(rng.uniform(0.1, 0.4)))
   raise ValueError(kind)
 
 
 def _random_topology(rng, n):
   while True:
-    edges = [(i, j) for i in range(n) for j in range(i + 1, n)
-             if rng.random() < 0.45]
+    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < 0.45]
     if edges:
       topology = T.from_edges(n, edges, allow_disconnected=True)
       if topology.num_matchings >= 2:
         return topology
 
 
-@pytest.mark.parametrize("seed,kind", [(0, "full"), (1, "alternating"),
-                                       (2, "matcha"), (3, "explicit")])
+@pytest.mark.parametrize(
+  "seed,kind", [(0, "full"), (1, "alternating"), (2, "matcha"), (3, "explicit")]
+)
 def test_single_step_matches_reference_on_random_graphs(seed, kind):
   """Random graphs, pytrees, losses with ties, every schedule kind, many steps."""
   rng = np.random.default_rng(seed)
@@ -88,21 +98,23 @@ def test_single_step_matches_reference_on_random_graphs(seed, kind):
     losses = rng.integers(0, 3, size=n) / 10.0  # three values: many ties
     matchings, active, weights = reference.schedule_step_inputs(schedule, int(step))
     tree = helpers.unflatten(x_hat, helpers.SHAPES)
-    got = helpers.flatten(helpers.mix_once(leader, tree, losses, int(step), mesh),
-                          helpers.SHAPES)
-    want = reference.adjacent_leader(x_hat, losses, matchings, active, weights,
-                                     **coefficients)
+    got = helpers.flatten(
+      helpers.mix_once(leader, tree, losses, int(step), mesh), helpers.SHAPES
+    )
+    want = reference.adjacent_leader(
+      x_hat, losses, matchings, active, weights, **coefficients
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    got = helpers.flatten(helpers.mix_once(plain, tree, losses, int(step), mesh),
-                          helpers.SHAPES)
+    got = helpers.flatten(
+      helpers.mix_once(plain, tree, losses, int(step), mesh), helpers.SHAPES
+    )
     want = reference.gossip(x_hat, matchings, active, weights)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def _rotation(seed):
   g0, g1 = T.paper_graph(0), T.paper_graph(1)
-  return S.rotating([S.matcha(g1, 0.5, seed=seed), S.full(g0),
-                     S.alternating(g1)])
+  return S.rotating([S.matcha(g1, 0.5, seed=seed), S.full(g0), S.alternating(g1)])
 
 
 @pytest.mark.parametrize("pull_every", [1, 2])
@@ -113,11 +125,19 @@ def test_aldsgd_rotating_multistep_matches_reference(pull_every):
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
   schedule = _rotation(seed=pull_every)
-  tx = ald.aldsgd(0.1, schedule, weight_decay=5e-4, pull_every=pull_every,
-                  **COEFFICIENTS)
+  tx = ald.aldsgd(
+    0.1, schedule, weight_decay=5e-4, pull_every=pull_every, **COEFFICIENTS
+  )
   got, _, _ = helpers.run(tx, x0, problem, 9, ald.worker_mesh(n))
-  want = helpers.reference_run(x0, problem, 9, schedule, lr=0.1, weight_decay=5e-4,
-                               leader=dict(pull_every=pull_every, **COEFFICIENTS))
+  want = helpers.reference_run(
+    x0,
+    problem,
+    9,
+    schedule,
+    lr=0.1,
+    weight_decay=5e-4,
+    leader=dict(pull_every=pull_every, **COEFFICIENTS),
+  )
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -127,8 +147,9 @@ def test_dsgd_rotating_multistep_matches_reference():
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
   schedule = _rotation(seed=11)
-  got, _, _ = helpers.run(ald.dsgd(0.1, schedule, weight_decay=5e-4), x0, problem,
-                          9, ald.worker_mesh(n))
+  got, _, _ = helpers.run(
+    ald.dsgd(0.1, schedule, weight_decay=5e-4), x0, problem, 9, ald.worker_mesh(n)
+  )
   want = helpers.reference_run(x0, problem, 9, schedule, lr=0.1, weight_decay=5e-4)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -138,8 +159,9 @@ def test_steps_do_not_recompile():
   n, dim = 8, helpers.flat_dim(helpers.SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   tx = ald.aldsgd(0.05, _rotation(seed=3))
-  _, _, step = helpers.run(tx, rng.normal(size=(n, dim)), problem, 7,
-                           ald.worker_mesh(n))
+  _, _, step = helpers.run(
+    tx, rng.normal(size=(n, dim)), problem, 7, ald.worker_mesh(n)
+  )
   assert step._cache_size() == 1
 
 
@@ -155,12 +177,15 @@ def test_gossip_preserves_mean_and_aldsgd_does_not():
   tree = helpers.unflatten(x_hat, helpers.SHAPES)
   losses = rng.random(8)
   mesh = ald.worker_mesh(8)
-  mixed = helpers.flatten(helpers.mix_once(ald.gossip(schedule), tree, losses, 0, mesh),
-                          helpers.SHAPES)
+  mixed = helpers.flatten(
+    helpers.mix_once(ald.gossip(schedule), tree, losses, 0, mesh), helpers.SHAPES
+  )
   np.testing.assert_allclose(mixed.mean(0), x_hat.mean(0), atol=1e-5)
   assert np.abs(mixed - x_hat).max() > 1e-2  # it did mix
   pulled = helpers.flatten(
-      helpers.mix_once(ald.adjacent_leader(schedule), tree, losses, 0, mesh), helpers.SHAPES)
+    helpers.mix_once(ald.adjacent_leader(schedule), tree, losses, 0, mesh),
+    helpers.SHAPES,
+  )
   assert np.abs(pulled.mean(0) - x_hat.mean(0)).max() > 1e-3
 
 
@@ -173,10 +198,16 @@ def test_complete_graph_with_uniform_weight_equals_allreduce():
   schedule = S.full(T.complete(n), neighbor_weight=1 / n)
   mixed = helpers.mix_once(ald.gossip(schedule), tree, np.zeros(n), 0, mesh)
   averaged = helpers.mix_once(ald.allreduce(), tree, np.zeros(n), 0, mesh)
-  np.testing.assert_allclose(helpers.flatten(mixed, helpers.SHAPES),
-                             helpers.flatten(averaged, helpers.SHAPES), atol=1e-6)
-  np.testing.assert_allclose(helpers.flatten(averaged, helpers.SHAPES),
-                             np.broadcast_to(x_hat.mean(0), x_hat.shape), atol=1e-6)
+  np.testing.assert_allclose(
+    helpers.flatten(mixed, helpers.SHAPES),
+    helpers.flatten(averaged, helpers.SHAPES),
+    atol=1e-6,
+  )
+  np.testing.assert_allclose(
+    helpers.flatten(averaged, helpers.SHAPES),
+    np.broadcast_to(x_hat.mean(0), x_hat.shape),
+    atol=1e-6,
+  )
 
 
 def test_zero_coefficients_equal_gossip():
@@ -195,8 +226,9 @@ def test_zero_coefficients_equal_gossip():
 def test_isolated_worker_equals_local_optimizer():
   """Worker 3 has no edge: its trajectory is plain SGD with momentum."""
   n, dim = 5, helpers.flat_dim(helpers.SHAPES)
-  topology = ald.Topology(n, [[(0, 1), (2, 4)], [(1, 2), (4, 0)]],
-                          allow_disconnected=True)
+  topology = ald.Topology(
+    n, [[(0, 1), (2, 4)], [(1, 2), (4, 0)]], allow_disconnected=True
+  )
   rng = np.random.default_rng(4)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
@@ -217,8 +249,9 @@ def test_empty_active_set_leaves_x_hat_unchanged():
   schedule = S.explicit(T.paper_graph(0), [set()])
   mesh = ald.worker_mesh(8)
   for transform in (ald.gossip(schedule), ald.adjacent_leader(schedule)):
-    got = helpers.flatten(helpers.mix_once(transform, tree, rng.random(8), 0, mesh),
-                          helpers.SHAPES)
+    got = helpers.flatten(
+      helpers.mix_once(transform, tree, rng.random(8), 0, mesh), helpers.SHAPES
+    )
     np.testing.assert_array_equal(got, np.asarray(x_hat, np.float32))
 
 
@@ -262,17 +295,20 @@ def test_value_is_an_alias_of_loss():
     return params + updates
 
   by_loss = jax.jit(ald.worker_map(lambda p, l: mix(p, l, "loss"), mesh))(x_hat, losses)
-  by_value = jax.jit(ald.worker_map(lambda p, l: mix(p, l, "value"), mesh))(x_hat,
-                                                                          losses)
+  by_value = jax.jit(ald.worker_map(lambda p, l: mix(p, l, "value"), mesh))(
+    x_hat, losses
+  )
   np.testing.assert_array_equal(by_value, by_loss)
   assert not np.allclose(by_loss, x_hat)
 
   def both(params, loss):
     state = tx.init(params)
-    updates, _ = tx.update(jnp.zeros_like(params), state, params, loss=loss,
-                           value=-loss)
+    updates, _ = tx.update(
+      jnp.zeros_like(params), state, params, loss=loss, value=-loss
+    )
     return params + updates
 
   # loss= wins over value= (the ranking by -loss would pick other leaders).
   np.testing.assert_array_equal(
-      jax.jit(ald.worker_map(both, mesh))(x_hat, losses), by_loss)
+    jax.jit(ald.worker_map(both, mesh))(x_hat, losses), by_loss
+  )

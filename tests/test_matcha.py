@@ -12,11 +12,11 @@ from jax_aldsgd import topologies as T
 
 # budget: (reference p, alpha, rho), ALGORITHM.md section 6, graph 0.
 GRAPH0 = {
-    0.1: ([0.197, 0, 0.152, 0.152, 0], 0.562, 0.937),
-    0.3: ([0.59, 0, 0.455, 0.455, 0], 0.515, 0.777),
-    0.5: ([0.9837, 0, 0.7581, 0.7581, 0], 0.396428, 0.644),
-    0.6: ([1, 0, 1, 1, 0], 0.366, 0.577),
-    1.0: ([1, 1, 1, 1, 1], 2 / 7, 0.654),
+  0.1: ([0.197, 0, 0.152, 0.152, 0], 0.562, 0.937),
+  0.3: ([0.59, 0, 0.455, 0.455, 0], 0.515, 0.777),
+  0.5: ([0.9837, 0, 0.7581, 0.7581, 0], 0.396428, 0.644),
+  0.6: ([1, 0, 1, 1, 0], 0.366, 0.577),
+  1.0: ([1, 1, 1, 1, 1], 2 / 7, 0.654),
 }
 
 
@@ -45,12 +45,15 @@ def test_graph0_reference_values(budget):
   assert abs(schedule.rho - rho_ref) < 1e-3
 
 
-@pytest.mark.parametrize("graph_id,fixed_alpha,alpha_ref,rho_ref", [
+@pytest.mark.parametrize(
+  "graph_id,fixed_alpha,alpha_ref,rho_ref",
+  [
     (10, 0.2389, 0.3796, 0.950),
     (11, 0.1687, 0.2534, 0.758),
     (12, 0.1194, 0.1845, 0.454),
     (13, 0.1931, 0.2831, 0.676),
-])
+  ],
+)
 def test_16_node_reference_values(graph_id, fixed_alpha, alpha_ref, rho_ref):
   topology = T.paper_graph(graph_id)
   assert abs(S.full(topology).neighbor_weight[0] - fixed_alpha) < 1e-3
@@ -134,8 +137,13 @@ def _dense_probabilities(topology, budget):
       return np.inf
     chol, free = terms
     p = z[:-1]
-    return (-scale * z[-1] - 2.0 * np.log(np.diag(chol)).sum() - np.log(p).sum()
-            - np.log1p(-p).sum() - np.log(free))
+    return (
+      -scale * z[-1]
+      - 2.0 * np.log(np.diag(chol)).sum()
+      - np.log(p).sum()
+      - np.log1p(-p).sum()
+      - np.log(free)
+    )
 
   def newton_direction(z, scale):
     p = z[:-1]
@@ -148,10 +156,14 @@ def _dense_probabilities(topology, budget):
     hessian = flat @ weighted.transpose(0, 2, 1).reshape(len(blocks), -1).T
     gradient[:-1] += -1.0 / p + 1.0 / (1.0 - p) + 1.0 / free
     gradient[-1] -= scale
-    hessian[:-1, :-1] += np.diag(1.0 / p**2 + 1.0 / (1.0 - p)**2) + 1.0 / free**2
+    hessian[:-1, :-1] += np.diag(1.0 / p**2 + 1.0 / (1.0 - p) ** 2) + 1.0 / free**2
     scaling = 1.0 / np.sqrt(np.diag(hessian))
-    step = -scaling * np.linalg.lstsq(hessian * np.outer(scaling, scaling),
-                                      gradient * scaling, rcond=None)[0]
+    step = (
+      -scaling
+      * np.linalg.lstsq(
+        hessian * np.outer(scaling, scaling), gradient * scaling, rcond=None
+      )[0]
+    )
     return step, -gradient @ step
 
   p = np.full(num_matchings, 0.9 * budget)
@@ -182,24 +194,29 @@ def _dense_neighbor_weight(topology, p):
   quadratic = mean @ mean + 2.0 * variance
 
   def rho(alpha):
-    return np.linalg.eigvalsh(np.eye(len(mean)) - 2 * alpha * mean
-                              + alpha**2 * quadratic)[-1]
+    return np.linalg.eigvalsh(
+      np.eye(len(mean)) - 2 * alpha * mean + alpha**2 * quadratic
+    )[-1]
 
   upper = 1.0 / max(np.linalg.eigvalsh(mean)[-1], 1e-12)
   while rho(upper) < 1.0:
     upper *= 2.0
-  result = scipy.optimize.minimize_scalar(rho, bounds=(0.0, upper),
-                                          method="bounded",
-                                          options={"xatol": 1e-12})
+  result = scipy.optimize.minimize_scalar(
+    rho, bounds=(0.0, upper), method="bounded", options={"xatol": 1e-12}
+  )
   return result.x, result.fun, np.linalg.eigvalsh(mean)[0]
 
 
-@pytest.mark.parametrize("topology,budget", [
+@pytest.mark.parametrize(
+  "topology,budget",
+  [
     (T.paper_graph(0), 0.3),
     (T.paper_graph(10), 0.5),  # a repeated matching: p must split equally
     (T.paper_graph(8, allow_disconnected=True), 0.5),  # lambda_2 per component
     (T.random_geometric(48, 1.15 * math.sqrt(10 / (math.pi * 48)), seed=0), 0.5),
-], ids=["graph0", "graph10", "graph8_disconnected", "geometric48"])
+  ],
+  ids=["graph0", "graph10", "graph8_disconnected", "geometric48"],
+)
 def test_edge_sum_solver_matches_the_dense_one(topology, budget):
   p = _matcha.matcha_probabilities(topology, budget)
   alpha, rho = _matcha.matcha_neighbor_weight(topology, p)

@@ -19,11 +19,19 @@ from jax_aldsgd import topologies as T
 def test_emulate_cpu_devices_in_a_fresh_process():
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # overridden
-  code = ("import os, jax_aldsgd as a; a.emulate_cpu_devices(3); import jax; "
-          "print(jax.device_count(), os.environ['PJRT_NPROC'], "
-          "os.environ['XLA_FLAGS'])")
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                       text=True, timeout=120, check=True).stdout.split()
+  code = (
+    "import os, jax_aldsgd as a; a.emulate_cpu_devices(3); import jax; "
+    "print(jax.device_count(), os.environ['PJRT_NPROC'], "
+    "os.environ['XLA_FLAGS'])"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  ).stdout.split()
   assert out[0] == "3" and out[1] == "6"
   assert "--xla_force_host_platform_device_count=3" in out[2:]
   assert "--xla_force_host_platform_device_count=2" not in out[2:]
@@ -82,8 +90,10 @@ def _apply(tx, mesh, loss_shape=()):
 
 def test_schedule_and_mesh_size_mismatch():
   tx = ald.gossip(S.full(T.paper_graph(0)))
-  with pytest.raises(ValueError, match="schedule has 8 workers but the mesh axis "
-                     "'workers' holds 4 devices"):
+  with pytest.raises(
+    ValueError,
+    match="schedule has 8 workers but the mesh axis 'workers' holds 4 devices",
+  ):
     _apply(tx, ald.worker_mesh(4))
 
 
@@ -100,17 +110,21 @@ def test_missing_params_and_loss():
   for tx in (ald.gossip(schedule), ald.adjacent_leader(schedule), ald.allreduce()):
     with pytest.raises(ValueError, match="needs the current parameters"):
       jax.jit(ald.worker_map(lambda p, tx=tx: tx.update(p, tx.init(p))[0], mesh))(
-          jnp.ones((4, 3)))
+        jnp.ones((4, 3))
+      )
   leader = ald.adjacent_leader(schedule)
   with pytest.raises(ValueError, match="needs this worker's scalar mini-batch loss"):
     jax.jit(ald.worker_map(lambda p: leader.update(p, leader.init(p), p)[0], mesh))(
-        jnp.ones((4, 3)))
+      jnp.ones((4, 3))
+    )
   with pytest.raises(ValueError, match="scalar loss, got shape \\(2,\\)"):
     _apply(leader, mesh, loss_shape=(2,))
   with pytest.raises(TypeError, match="only floating-point parameters"):
-    jax.jit(ald.worker_map(
-        lambda p: leader.update(p, leader.init(p), p, loss=jnp.float32(0))[0], mesh))(
-            jnp.ones((4, 3), jnp.int32))
+    jax.jit(
+      ald.worker_map(
+        lambda p: leader.update(p, leader.init(p), p, loss=jnp.float32(0))[0], mesh
+      )
+    )(jnp.ones((4, 3), jnp.int32))
   with pytest.raises(TypeError, match="schedule must be a jax_aldsgd schedule"):
     ald.gossip(T.ring(4))
 
@@ -130,6 +144,7 @@ def test_readme_style_training_loop():
   def train_step(params, opt_state, x):
     def loss_fn(p):
       return jnp.mean((x @ p["w"] - x @ target) ** 2)
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
     return optax.apply_updates(params, updates), opt_state, loss

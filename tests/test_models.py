@@ -28,15 +28,19 @@ def fast_rngs(seed: int) -> nnx.Rngs:
 @functools.cache
 def built(name: str, in_channels: int):
   """One concrete model per (name, in_channels) for the whole module."""
-  return models.create_model(name, num_classes=10, in_channels=in_channels,
-                             rngs=fast_rngs(0))
+  return models.create_model(
+    name, num_classes=10, in_channels=in_channels, rngs=fast_rngs(0)
+  )
 
 
 @functools.cache
 def abstract(name: str, in_channels: int = 3, num_classes: int = 10):
   """The model with ShapeDtypeStructs for weights: no memory, no compilation."""
-  return nnx.eval_shape(lambda: models.create_model(
-      name, num_classes=num_classes, in_channels=in_channels, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(
+    lambda: models.create_model(
+      name, num_classes=num_classes, in_channels=in_channels, rngs=nnx.Rngs(0)
+    )
+  )
 
 
 @nnx.jit
@@ -64,9 +68,14 @@ def resnet50_cifar_params(c, k):
   for planes, blocks in ((16, 3), (32, 4), (64, 6)):
     cout = 4 * planes
     for block in range(blocks):
-      total += (conv_params(cin, planes, 1, True) + bn_params(planes)
-                + conv_params(planes, planes, 3, True) + bn_params(planes)
-                + conv_params(planes, cout, 1, True) + bn_params(cout))
+      total += (
+        conv_params(cin, planes, 1, True)
+        + bn_params(planes)
+        + conv_params(planes, planes, 3, True)
+        + bn_params(planes)
+        + conv_params(planes, cout, 1, True)
+        + bn_params(cout)
+      )
       if block == 0:
         total += conv_params(cin, cout, 1, True) + bn_params(cout)
       cin = cout
@@ -77,12 +86,16 @@ def resnet20_params(c, k):
   # Written out term by term: conv 3x3 (no bias) weights, BN scale+bias.
   stem = 9 * c * 16 + 2 * 16
   stage1 = 3 * (2 * (9 * 16 * 16) + 2 * (2 * 16))
-  stage2 = ((9 * 16 * 32 + 9 * 32 * 32 + 2 * (2 * 32))   # first block
-            + (16 * 32 + 2 * 32)                          # 1x1 projection + BN
-            + 2 * (2 * (9 * 32 * 32) + 2 * (2 * 32)))     # two more blocks
-  stage3 = ((9 * 32 * 64 + 9 * 64 * 64 + 2 * (2 * 64))
-            + (32 * 64 + 2 * 64)
-            + 2 * (2 * (9 * 64 * 64) + 2 * (2 * 64)))
+  stage2 = (
+    (9 * 16 * 32 + 9 * 32 * 32 + 2 * (2 * 32))  # first block
+    + (16 * 32 + 2 * 32)  # 1x1 projection + BN
+    + 2 * (2 * (9 * 32 * 32) + 2 * (2 * 32))
+  )  # two more blocks
+  stage3 = (
+    (9 * 32 * 64 + 9 * 64 * 64 + 2 * (2 * 64))
+    + (32 * 64 + 2 * 64)
+    + 2 * (2 * (9 * 64 * 64) + 2 * (2 * 64))
+  )
   head = 64 * k + k
   return stem + stage1 + stage2 + stage3 + head
 
@@ -93,8 +106,12 @@ def wrn_params(depth, widen, c, k):
   cin = 16
   for width in (16 * widen, 32 * widen, 64 * widen):
     for block in range(n):
-      total += (bn_params(cin) + conv_params(cin, width, 3, False)
-                + bn_params(width) + conv_params(width, width, 3, False))
+      total += (
+        bn_params(cin)
+        + conv_params(cin, width, 3, False)
+        + bn_params(width)
+        + conv_params(width, width, 3, False)
+      )
       if block == 0:  # every stage changes the width for widen_factor > 1
         total += conv_params(cin, width, 1, False)
       cin = width
@@ -103,24 +120,32 @@ def wrn_params(depth, widen, c, k):
 
 def vgg16_bn_params(c, k):
   channels = [c, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
-  convs = sum(conv_params(cin, cout, 3, True) + bn_params(cout)
-              for cin, cout in zip(channels[:-1], channels[1:]))
+  convs = sum(
+    conv_params(cin, cout, 3, True) + bn_params(cout)
+    for cin, cout in zip(channels[:-1], channels[1:])
+  )
   return convs + 512 * k + k
 
 
 def small_cnn_params(c, k):
-  return (conv_params(c, 32, 3, False) + bn_params(32)
-          + conv_params(32, 64, 3, False) + bn_params(64)
-          + conv_params(64, 128, 3, False) + bn_params(128)
-          + 128 * k + k)
+  return (
+    conv_params(c, 32, 3, False)
+    + bn_params(32)
+    + conv_params(32, 64, 3, False)
+    + bn_params(64)
+    + conv_params(64, 128, 3, False)
+    + bn_params(128)
+    + 128 * k
+    + k
+  )
 
 
 EXPECTED_PARAMS = {
-    "resnet50": lambda c, k: resnet50_cifar_params(c, k),
-    "resnet20": resnet20_params,
-    "wrn28_10": lambda c, k: wrn_params(28, 10, c, k),
-    "vgg16_bn": vgg16_bn_params,
-    "small_cnn": small_cnn_params,
+  "resnet50": lambda c, k: resnet50_cifar_params(c, k),
+  "resnet20": resnet20_params,
+  "wrn28_10": lambda c, k: wrn_params(28, 10, c, k),
+  "vgg16_bn": vgg16_bn_params,
+  "small_cnn": small_cnn_params,
 }
 
 
@@ -128,8 +153,7 @@ EXPECTED_PARAMS = {
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_param_count_matches_architecture_arithmetic(name, in_channels, num_classes):
   model = abstract(name, in_channels, num_classes)
-  assert models.count_params(model) == EXPECTED_PARAMS[name](in_channels,
-                                                             num_classes)
+  assert models.count_params(model) == EXPECTED_PARAMS[name](in_channels, num_classes)
 
 
 def test_param_counts_match_published_sizes():
@@ -147,8 +171,9 @@ def test_count_params_excludes_batch_stats():
   model = built("small_cnn", 3)
   stats = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
   everything = jax.tree.leaves(nnx.state(model))
-  assert models.count_params(model) == (sum(leaf.size for leaf in everything)
-                                        - sum(leaf.size for leaf in stats))
+  assert models.count_params(model) == (
+    sum(leaf.size for leaf in everything) - sum(leaf.size for leaf in stats)
+  )
 
 
 # --- Shapes ---
@@ -188,8 +213,7 @@ def test_wrong_input_layout_is_explained():
 
 
 def batch_norms(model):
-  return [node for _, node in nnx.iter_graph(model)
-          if isinstance(node, nnx.BatchNorm)]
+  return [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.BatchNorm)]
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
@@ -208,8 +232,9 @@ def test_batch_norm_uses_pytorch_defaults_and_batch_stats(name):
 
 
 def test_running_stats_update_in_train_mode_only():
-  model = models.create_model("small_cnn", num_classes=10, in_channels=1,
-                              rngs=fast_rngs(3))
+  model = models.create_model(
+    "small_cnn", num_classes=10, in_channels=1, rngs=fast_rngs(3)
+  )
   images = 2.0 + jax.random.normal(jax.random.key(2), (4, 28, 28, 1))
   params_before = nnx.state(model, nnx.Param)
   stats_before = nnx.state(model, nnx.BatchStat)
@@ -218,40 +243,47 @@ def test_running_stats_update_in_train_mode_only():
   model.train()
   train_logits = forward(model, images)
   stats_after_train = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
-  for before, after in zip(jax.tree.leaves(stats_before),
-                           jax.tree.leaves(stats_after_train)):
+  for before, after in zip(
+    jax.tree.leaves(stats_before), jax.tree.leaves(stats_after_train)
+  ):
     assert not np.allclose(before, after)
 
   model.eval()
   eval_logits = forward(model, images)
-  for before, after in zip(jax.tree.leaves(stats_after_train),
-                           jax.tree.leaves(nnx.state(model, nnx.BatchStat))):
+  for before, after in zip(
+    jax.tree.leaves(stats_after_train), jax.tree.leaves(nnx.state(model, nnx.BatchStat))
+  ):
     np.testing.assert_array_equal(before, after)
   # Eval normalises with the (barely warmed up) running statistics instead.
   assert not np.allclose(train_logits, eval_logits)
-  jax.tree.map(np.testing.assert_array_equal, params_before,
-               nnx.state(model, nnx.Param))
+  jax.tree.map(
+    np.testing.assert_array_equal, params_before, nnx.state(model, nnx.Param)
+  )
 
 
 def test_running_mean_follows_pytorch_momentum():
-  model = models.create_model("small_cnn", num_classes=10, in_channels=1,
-                              rngs=fast_rngs(4))
+  model = models.create_model(
+    "small_cnn", num_classes=10, in_channels=1, rngs=fast_rngs(4)
+  )
   images = jax.random.normal(jax.random.key(5), (4, 28, 28, 1))
   conv_out = model.conv1(images)
   batch_mean = np.asarray(conv_out.mean(axis=(0, 1, 2)))
   model.bn1(conv_out)
-  np.testing.assert_allclose(model.bn1.mean[...], 0.1 * batch_mean, rtol=1e-5,
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    model.bn1.mean[...], 0.1 * batch_mean, rtol=1e-5, atol=1e-7
+  )
 
 
 # --- Initialisation ---
 
 
 def test_different_seeds_give_different_weights():
-  one = models.create_model("small_cnn", num_classes=10, in_channels=1,
-                            rngs=nnx.Rngs(0))
-  other = models.create_model("small_cnn", num_classes=10, in_channels=1,
-                              rngs=nnx.Rngs(1))
+  one = models.create_model(
+    "small_cnn", num_classes=10, in_channels=1, rngs=nnx.Rngs(0)
+  )
+  other = models.create_model(
+    "small_cnn", num_classes=10, in_channels=1, rngs=nnx.Rngs(1)
+  )
   assert not np.allclose(one.conv1.kernel[...], other.conv1.kernel[...])
 
 
@@ -270,30 +302,49 @@ def test_weights_follow_pytorch_default_init():
 
 
 def test_registry_names():
-  assert set(models.MODELS) == {"resnet50", "resnet20", "wrn28_10", "vgg16_bn",
-                                "small_cnn"}
+  assert set(models.MODELS) == {
+    "resnet50",
+    "resnet20",
+    "wrn28_10",
+    "vgg16_bn",
+    "small_cnn",
+  }
 
 
 def test_create_model_rejects_unknown_name_listing_valid_ones():
   with pytest.raises(ValueError) as error:
-    models.create_model("resnet18", num_classes=10, in_channels=3,
-                        rngs=nnx.Rngs(0))
+    models.create_model("resnet18", num_classes=10, in_channels=3, rngs=nnx.Rngs(0))
   message = str(error.value)
   assert "'resnet18'" in message
   for valid in models.MODELS:
     assert repr(valid) in message
 
 
-@pytest.mark.parametrize("kwargs, error, pattern", [
-    ({"num_classes": 1, "in_channels": 3}, ValueError,
-     r"num_classes must be an integer >= 2, got 1"),
-    ({"num_classes": 10, "in_channels": 0}, ValueError,
-     r"in_channels must be an integer >= 1, got 0"),
-    ({"num_classes": 10.0, "in_channels": 3}, TypeError,
-     r"num_classes must be an integer, got 10.0 of type float"),
-    ({"num_classes": 10, "in_channels": True}, TypeError,
-     r"in_channels must be an integer, got True of type bool"),
-])
+@pytest.mark.parametrize(
+  "kwargs, error, pattern",
+  [
+    (
+      {"num_classes": 1, "in_channels": 3},
+      ValueError,
+      r"num_classes must be an integer >= 2, got 1",
+    ),
+    (
+      {"num_classes": 10, "in_channels": 0},
+      ValueError,
+      r"in_channels must be an integer >= 1, got 0",
+    ),
+    (
+      {"num_classes": 10.0, "in_channels": 3},
+      TypeError,
+      r"num_classes must be an integer, got 10.0 of type float",
+    ),
+    (
+      {"num_classes": 10, "in_channels": True},
+      TypeError,
+      r"in_channels must be an integer, got True of type bool",
+    ),
+  ],
+)
 def test_create_model_validates_sizes(kwargs, error, pattern):
   with pytest.raises(error, match=pattern):
     models.create_model("small_cnn", rngs=nnx.Rngs(0), **kwargs)
@@ -312,8 +363,9 @@ def test_variants_are_one_resnet():
     assert isinstance(abstract(name), models.ResNet)
 
 
-@pytest.mark.parametrize("stride,use_bias,height", [(1, True, 8), (2, False, 8),
-                                                    (2, True, 7)])
+@pytest.mark.parametrize(
+  "stride,use_bias,height", [(1, True, 8), (2, False, 8), (2, True, 7)]
+)
 def test_pointwise_conv_is_pytorch_1x1_convolution(stride, use_bias, height):
   # NumPy: a 1x1 convolution with padding 0 and stride s reads pixels (s*i, s*j)
   # and multiplies their channels by the (in, out) kernel, for every pixel.
@@ -354,8 +406,10 @@ def test_pointwise_conv_gradients(stride):
   want_dk = np.einsum("bhwi,bhwo->io", xs, g)
   want_dx = np.zeros_like(x, np.float64)
   want_dx[:, ::stride, ::stride] = g @ kernel.T
-  np.testing.assert_allclose(np.asarray(dparams["kernel"][...])[0, 0], want_dk,
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(dparams["bias"][...]), g.sum((0, 1, 2)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(dparams["kernel"][...])[0, 0], want_dk, rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(dparams["bias"][...]), g.sum((0, 1, 2)), rtol=1e-5, atol=1e-5
+  )
   np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-5, atol=1e-5)

@@ -12,8 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.cifar import report
-from experiments.cifar import train
+from experiments.cifar import report, train
 from tests import helpers
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -31,9 +30,17 @@ def _env():
 
 
 def _start(commands):
-  return [subprocess.Popen(c, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-          for c in commands]
+  return [
+    subprocess.Popen(
+      c,
+      cwd=ROOT,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for c in commands
+  ]
 
 
 def _wait(processes, returncode=0):
@@ -61,8 +68,12 @@ def test_two_processes_equal_one_process(tmp_path):
   """2 processes x 4 devices give the same parameters as 1 process x 8."""
   job = str(ROOT / "tests" / "multihost_job.py")
   port = _free_port()
-  _run_together([[sys.executable, job, str(i), "2", str(port), str(tmp_path / "two")]
-                 for i in range(2)])
+  _run_together(
+    [
+      [sys.executable, job, str(i), "2", str(port), str(tmp_path / "two")]
+      for i in range(2)
+    ]
+  )
   _run_together([[sys.executable, job, "0", "1", "0", str(tmp_path / "one")]])
   two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
   for method in ("dsgd", "aldsgd"):
@@ -77,15 +88,29 @@ def test_experiment_runner_across_two_processes(tmp_path):
   turns into a sync point); rerun, the run equals the one-process run. Only
   process 0 writes metrics."""
   data = helpers.fake_fashion_mnist(tmp_path / "data")
-  common = ["-m", "experiments.cifar",
-            "--config=experiments/cifar/configs/fashion_mnist.py",
-            f"--config.data_dir={data}", "--config.batch_size=2",
-            "--config.num_epochs=4", "--config.lr_decay_epochs=(3,)",
-            "--config.eval_batch_size=64", "--config.progress_bar=False",
-            "--config.plots=False"]
-  two_processes = lambda port: [[sys.executable, *common, f"--workdir={tmp_path / 'two'}",
-                       f"--coordinator_address=127.0.0.1:{port}",
-                       "--num_processes=2", f"--process_id={i}"] for i in range(2)]
+  common = [
+    "-m",
+    "experiments.cifar",
+    "--config=experiments/cifar/configs/fashion_mnist.py",
+    f"--config.data_dir={data}",
+    "--config.batch_size=2",
+    "--config.num_epochs=4",
+    "--config.lr_decay_epochs=(3,)",
+    "--config.eval_batch_size=64",
+    "--config.progress_bar=False",
+    "--config.plots=False",
+  ]
+  two_processes = lambda port: [
+    [
+      sys.executable,
+      *common,
+      f"--workdir={tmp_path / 'two'}",
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+    ]
+    for i in range(2)
+  ]
   processes = _start(two_processes(_free_port()))
   log = report.MetricsLog(tmp_path / "two" / "metrics.jsonl")
   while not log.read():  # the first epoch is done; 3 to go
@@ -93,8 +118,9 @@ def test_experiment_runner_across_two_processes(tmp_path):
     time.sleep(0.05)
   processes[1].send_signal(signal.SIGINT)
   outputs = _wait(processes, returncode=128 + signal.SIGTERM)
-  stopped = [int(out.split("training stopped at step ")[1].split()[0])
-             for out in outputs]
+  stopped = [
+    int(out.split("training stopped at step ")[1].split()[0]) for out in outputs
+  ]
   assert stopped[0] == stopped[1], outputs
   assert 16 <= stopped[0] < 64, stopped  # 16 steps per epoch
   _run_together(two_processes(_free_port()))
@@ -105,14 +131,19 @@ def test_experiment_runner_across_two_processes(tmp_path):
   # Sums over workers (the averaged model, the consensus distance's mean) are
   # all-reduces whose order of addition differs between in-process and gloo
   # collectives: equal to float32 rounding. Everything per worker is exact.
-  across_workers = ("consensus_distance", "test_loss_averaged_model",
-                    "test_accuracy_averaged_model")
+  across_workers = (
+    "consensus_distance",
+    "test_loss_averaged_model",
+    "test_accuracy_averaged_model",
+  )
   for a, b in zip(one, two):
     for key in a:
       if key in across_workers:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-6, err_msg=key)
       elif key not in report.TIMING_FIELDS:
         assert b[key] == a[key], key
-  for x, y in zip(jax.tree.leaves(train.final_params(tmp_path / "two")),
-                  jax.tree.leaves(train.final_params(tmp_path / "one"))):
+  for x, y in zip(
+    jax.tree.leaves(train.final_params(tmp_path / "two")),
+    jax.tree.leaves(train.final_params(tmp_path / "one")),
+  ):
     np.testing.assert_array_equal(x, y)

@@ -15,14 +15,17 @@ def test_sequential_gossip_costs_one_round_per_active_matching():
   net = ald.NetworkModel(LATENCY, LINK)
   # A ring of 8 has 2 matchings; D-PSGD uses both at every step.
   assert net.gossip_time(S.full(T.ring(8)), 0, MESSAGE) == pytest.approx(
-      2 * (LATENCY + MESSAGE / LINK))
+    2 * (LATENCY + MESSAGE / LINK)
+  )
   # Paper graph 0 has 5 matchings; the reference quirk uses 1 per step.
   assert net.gossip_time(S.alternating(T.paper_graph(0)), 3, MESSAGE) == (
-      pytest.approx(LATENCY + MESSAGE / LINK))
+    pytest.approx(LATENCY + MESSAGE / LINK)
+  )
   # A node cap below the link speed is the bottleneck of every round.
   capped = ald.NetworkModel(LATENCY, LINK, node_bandwidth=LINK / 4)
   assert capped.gossip_time(S.full(T.ring(8)), 0, MESSAGE) == pytest.approx(
-      2 * (LATENCY + 4 * MESSAGE / LINK))
+    2 * (LATENCY + 4 * MESSAGE / LINK)
+  )
   assert net.gossip_time(S.explicit(T.ring(8), [set()]), 0, MESSAGE) == 0.0
 
 
@@ -40,21 +43,25 @@ def test_concurrent_gossip_is_limited_by_the_busiest_node():
   complete = S.full(T.complete(6))  # every node has degree 5
   net = ald.NetworkModel(LATENCY, LINK, node_bandwidth=NODE, concurrent=True)
   assert net.gossip_time(complete, 0, MESSAGE) == pytest.approx(
-      LATENCY + MESSAGE * max(1 / LINK, 5 / NODE))
-  fast_nodes = ald.NetworkModel(LATENCY, LINK, node_bandwidth=100 * LINK,
-                                concurrent=True)
+    LATENCY + MESSAGE * max(1 / LINK, 5 / NODE)
+  )
+  fast_nodes = ald.NetworkModel(
+    LATENCY, LINK, node_bandwidth=100 * LINK, concurrent=True
+  )
   assert fast_nodes.gossip_time(complete, 0, MESSAGE) == pytest.approx(
-      LATENCY + MESSAGE / LINK)
+    LATENCY + MESSAGE / LINK
+  )
 
 
 @pytest.mark.parametrize("n", [2, 8, 16])
 def test_ring_allreduce(n):
   net = ald.NetworkModel(LATENCY, LINK)
   assert net.allreduce_time(n, MESSAGE) == pytest.approx(
-      2 * (n - 1) * LATENCY + 2 * (n - 1) / n * MESSAGE / LINK)
+    2 * (n - 1) * LATENCY + 2 * (n - 1) / n * MESSAGE / LINK
+  )
   assert ald.NetworkModel(LATENCY, LINK, node_bandwidth=LINK / 2).allreduce_time(
-      n, MESSAGE) == pytest.approx(
-          2 * (n - 1) * LATENCY + 2 * (n - 1) / n * MESSAGE / (LINK / 2))
+    n, MESSAGE
+  ) == pytest.approx(2 * (n - 1) * LATENCY + 2 * (n - 1) / n * MESSAGE / (LINK / 2))
 
 
 def test_units_and_bad_input():
@@ -79,23 +86,30 @@ def test_hierarchical_allreduce(n, g):
   inside = 2 * (g - 1) * (intra_latency + MESSAGE / g / intra)
   across = 2 * (hosts - 1) * (LATENCY + MESSAGE / g / hosts / LINK)
   assert net.hierarchical_allreduce_time(
-      n, MESSAGE, workers_per_host=g, intra_host_bandwidth=intra,
-      intra_host_latency_s=intra_latency) == pytest.approx(inside + across)
+    n,
+    MESSAGE,
+    workers_per_host=g,
+    intra_host_bandwidth=intra,
+    intra_host_latency_s=intra_latency,
+  ) == pytest.approx(inside + across)
   if g == 1:  # one worker per host is the flat ring
     assert net.hierarchical_allreduce_time(
-        n, MESSAGE, workers_per_host=1,
-        intra_host_bandwidth=intra) == pytest.approx(net.allreduce_time(n, MESSAGE))
+      n, MESSAGE, workers_per_host=1, intra_host_bandwidth=intra
+    ) == pytest.approx(net.allreduce_time(n, MESSAGE))
 
 
 def test_hierarchical_allreduce_bad_input():
   net = ald.NetworkModel(LATENCY, LINK)
-  with pytest.raises(ValueError, match="num_workers=12 is not a multiple of "
-                     "workers_per_host=8"):
-    net.hierarchical_allreduce_time(12, MESSAGE, workers_per_host=8,
-                                    intra_host_bandwidth=LINK)
+  with pytest.raises(
+    ValueError, match="num_workers=12 is not a multiple of workers_per_host=8"
+  ):
+    net.hierarchical_allreduce_time(
+      12, MESSAGE, workers_per_host=8, intra_host_bandwidth=LINK
+    )
   with pytest.raises(ValueError, match="intra_host_bandwidth must be in"):
-    net.hierarchical_allreduce_time(16, MESSAGE, workers_per_host=8,
-                                    intra_host_bandwidth=0.0)
+    net.hierarchical_allreduce_time(
+      16, MESSAGE, workers_per_host=8, intra_host_bandwidth=0.0
+    )
 
 
 def test_overlap_takes_the_longer_of_compute_and_communication():
@@ -104,8 +118,7 @@ def test_overlap_takes_the_longer_of_compute_and_communication():
   serial = ald.NetworkModel(LATENCY, LINK)
   overlapped = ald.NetworkModel.from_gbit(8.0, latency_s=LATENCY, overlap=True)
   np.testing.assert_allclose(serial.step_time(compute, comm), [0.05, 0.06, 0.0])
-  np.testing.assert_allclose(overlapped.step_time(compute, comm),
-                             [0.03, 0.05, 0.0])
+  np.testing.assert_allclose(overlapped.step_time(compute, comm), [0.03, 0.05, 0.0])
   assert overlapped.step_time(0.02, 0.03) == 0.03
   assert isinstance(serial.step_time(0.02, 0.03), float)
   assert "overlapped" in str(overlapped) and "overlapped" not in str(serial)
@@ -120,33 +133,43 @@ def test_overlap_takes_the_longer_of_compute_and_communication():
 def test_scale_sweep_against_closed_forms():
   """experiments.scale's rows are the model's formulas, written out here."""
   from experiments import scale  # pylint: disable=g-import-not-at-top
+
   params = scale.MODELS["resnet50"]
   assert scale.compressed_bytes("none", params, 174) == 4 * params
   assert scale.compressed_bytes("topk10", params, 174) == pytest.approx(
-      0.1 * params * (4 + 4))
+    0.1 * params * (4 + 4)
+  )
   assert scale.compressed_bytes("sign", params, 174) == params / 8 + 4 * 174
   assert scale.compressed_bytes("qsgd16", params, 174) == params + 4 * 174
   with pytest.raises(ValueError, match="compressor must be one of"):
     scale.compressed_bytes("topk", params, 1)
   latency, link = 50e-6, 1.25e9
   net = ald.NetworkModel(latency, link)
-  sweep = scale.Sweep([16], [net], {"resnet50": 20.0, "100m": 150.0},
-                      matcha_max_n=0, intra_bandwidth=1e11, intra_latency_s=2e-6)
+  sweep = scale.Sweep(
+    [16],
+    [net],
+    {"resnet50": 20.0, "100m": 150.0},
+    matcha_max_n=0,
+    intra_bandwidth=1e11,
+    intra_latency_s=2e-6,
+  )
   rows = {(r["model"], scale.label(r)): r for r in sweep.rows()}
   m, compute = 4 * params, 0.02
   ring_allreduce = 2 * 15 * latency + 2 * 15 / 16 * m / link
   assert rows["resnet50", "ring all-reduce"]["step_s"] == pytest.approx(
-      compute + ring_allreduce)
+    compute + ring_allreduce
+  )
   # A 4 x 4 torus has 4 matchings, one after the other.
   torus = 4 * (latency + m / link)
   assert rows["resnet50", "torus"]["step_s"] == pytest.approx(compute + torus)
   assert rows["resnet50", "torus + overlap"]["step_s"] == pytest.approx(
-      max(compute, torus))
+    max(compute, torus)
+  )
   sign = 4 * (latency + (params / 8 + 4 * 174) / link)
   assert rows["resnet50", "torus + CHOCO sign"]["step_s"] == pytest.approx(
-      compute + sign)
+    compute + sign
+  )
   gaps = sweep.gaps()
   # Ring of 16 with alpha = 2 / (lambda_2 + lambda_max) = 2 / (2 - 2 cos(2 pi / 16) + 4).
   alpha = 2 / (2 - 2 * np.cos(2 * np.pi / 16) + 4)
-  assert gaps["ring", 16] == pytest.approx(
-      alpha * (2 - 2 * np.cos(2 * np.pi / 16)))
+  assert gaps["ring", 16] == pytest.approx(alpha * (2 - 2 * np.cos(2 * np.pi / 16)))

@@ -25,11 +25,16 @@ ENTRY %main (x: f32[8], w: f32[8,8]) -> f32[8] {
 def test_counts_compute_between_start_and_done():
   found = overlap.overlap_report(SCHEDULED)
   assert [(p["computation"], p["start"], p["compute_between"]) for p in found] == [
-      ("branch.1", "cp.2", 0), ("main", "cp.1", 2)]
+    ("branch.1", "cp.2", 0),
+    ("main", "cp.1", 2),
+  ]
 
 
 def test_synchronous_permutes_are_not_reported():
-  assert overlap.overlap_report(
+  assert (
+    overlap.overlap_report(
       "ENTRY %m (x: f32[2]) -> f32[2] {\n"
       "  ROOT %c = f32[2]{0} collective-permute(%x), source_target_pairs={{0,1}}\n}"
-  ) == []
+    )
+    == []
+  )

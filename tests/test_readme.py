@@ -13,8 +13,13 @@ def test_quick_example_runs_as_written():
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
   assert len(blocks) == 1
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
-  result = subprocess.run([sys.executable, "-c", blocks[0]], env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", blocks[0]],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   losses = re.search(r"per-worker loss: \[([^\]]*)\]", result.stdout).group(1)
   assert max(float(v) for v in losses.split()) < 1e-3

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 
 from experiments.cifar import checkpoint as checkpoint_lib
-from experiments.cifar import input_pipeline
-from experiments.cifar import report
-from experiments.cifar import train
+from experiments.cifar import input_pipeline, report, train
 from tests import helpers
 from tests.helpers import tiny_config
 
@@ -26,37 +24,55 @@ def _clean_env():
   return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(method="gossip"), "config.method='gossip' is not valid; choose one of "
-     "allreduce, dpsgd, dpsgd_reference, matcha, aldsgd_dpsgd, "
-     "aldsgd_dpsgd_reference, aldsgd_matcha"),
-    (dict(model="resnet18"), "config.model='resnet18' is not valid; choose one of "
-     "resnet50, resnet20"),
-    (dict(dataset="mnist"), "config.dataset='mnist' is not valid; choose one of "
-     "cifar10, cifar100, fashion_mnist"),
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    (
+      dict(method="gossip"),
+      "config.method='gossip' is not valid; choose one of "
+      "allreduce, dpsgd, dpsgd_reference, matcha, aldsgd_dpsgd, "
+      "aldsgd_dpsgd_reference, aldsgd_matcha",
+    ),
+    (
+      dict(model="resnet18"),
+      "config.model='resnet18' is not valid; choose one of resnet50, resnet20",
+    ),
+    (
+      dict(dataset="mnist"),
+      "config.dataset='mnist' is not valid; choose one of "
+      "cifar10, cifar100, fashion_mnist",
+    ),
     (dict(topology="star"), "config.topology='star' is not valid"),
     (dict(num_workers=1), "config.num_workers=1 must be an integer >= 2"),
     (dict(batch_size=0), "config.batch_size=0 must be an integer >= 1"),
     (dict(learning_rate=float("nan")), "config.learning_rate=nan must be a finite"),
-    (dict(learning_rate=-0.1), "config.learning_rate=-0.1 must be a finite number "
-     "in \\(0.0, inf\\]"),
+    (
+      dict(learning_rate=-0.1),
+      "config.learning_rate=-0.1 must be a finite number in \\(0.0, inf\\]",
+    ),
     (dict(lr_decay_epochs=(150, 100)), "must be an increasing tuple"),
     (dict(graph_ids=()), "config.graph_ids=\\(\\) must be a non-empty tuple"),
-    (dict(data_source="idx"), "reads Debian's Fashion-MNIST files, but "
-     "config.dataset='cifar10'"),
-])
+    (
+      dict(data_source="idx"),
+      "reads Debian's Fashion-MNIST files, but config.dataset='cifar10'",
+    ),
+  ],
+)
 def test_bad_config_fields(overrides, message):
   with pytest.raises(ValueError, match=message):
     train.validate_config(tiny_config(**overrides))
 
 
-@pytest.mark.parametrize("method,overrides,message", [
+@pytest.mark.parametrize(
+  "method,overrides,message",
+  [
     ("dpsgd", dict(weight_decay=float("inf")), "weight_decay must be a finite"),
     ("dpsgd", dict(momentum=1.0), "momentum must be in \\[0.0, 1.0\\), got 1.0"),
     ("matcha", dict(matcha_budget=0.0), "budget must be in \\(0, 1\\]"),
     ("aldsgd_dpsgd", dict(c1=0.95), "c1 \\+ c2 must be <= 1"),
     ("aldsgd_dpsgd", dict(p2=-0.2), "p2 must be in \\[0.0, 1.0\\], got -0.2"),
-])
+  ],
+)
 def test_bad_fields_the_library_checks(method, overrides, message):
   """Fields passed on to the library's factories are checked there, once."""
   config = tiny_config(method, **overrides)
@@ -64,7 +80,9 @@ def test_bad_fields_the_library_checks(method, overrides, message):
     train.build_optimizer(config, train.build_schedule(config, 3), 0.1, 3)
 
 
-@pytest.mark.parametrize("method,overrides,message", [
+@pytest.mark.parametrize(
+  "method,overrides,message",
+  [
     ("allreduce", dict(overlap=True), "config.overlap=True applies to the gossip"),
     ("local", dict(gossip_every=4), "config.gossip_every=4 applies to the gossip"),
     ("allreduce", dict(delay=1), "config.delay=1 applies to the gossip"),
@@ -76,7 +94,8 @@ def test_bad_fields_the_library_checks(method, overrides, message):
     ("choco", dict(delay=1), "config.delay=1 is not available for"),
     ("dpsgd", dict(dirichlet_alpha=0.0), "config.dirichlet_alpha=0.0 must be"),
     ("dpsgd", dict(classes_per_worker=0), "config.classes_per_worker=0 must be"),
-])
+  ],
+)
 def test_bad_communication_and_partition_fields(method, overrides, message):
   with pytest.raises(ValueError, match=message):
     train.validate_config(tiny_config(method, **overrides))
@@ -84,20 +103,22 @@ def test_bad_communication_and_partition_fields(method, overrides, message):
 
 def test_bad_runtime_combinations(mock_cifar, tmp_path):
   with pytest.raises(ValueError, match="32 workers need 32 devices"):
-    train.train_and_evaluate(tiny_config(num_workers=32, graph_ids=(0,),
-                                         topology="ring"), str(tmp_path / "a"))
-  with pytest.raises(ValueError, match="num_workers=8 is not divisible by "
-                     "workers_per_device=3"):
+    train.train_and_evaluate(
+      tiny_config(num_workers=32, graph_ids=(0,), topology="ring"), str(tmp_path / "a")
+    )
+  with pytest.raises(
+    ValueError, match="num_workers=8 is not divisible by workers_per_device=3"
+  ):
     train.train_and_evaluate(tiny_config(workers_per_device=3), str(tmp_path / "b"))
-  with pytest.raises(ValueError, match="paper graph 10 has 16 workers but "
-                     "config.num_workers is 8"):
+  with pytest.raises(
+    ValueError, match="paper graph 10 has 16 workers but config.num_workers is 8"
+  ):
     train.train_and_evaluate(tiny_config(graph_ids=(10,)), str(tmp_path / "c"))
   with pytest.raises(ValueError, match="fewer than batch_size 16"):
     train.train_and_evaluate(tiny_config(batch_size=16), str(tmp_path / "d"))
 
 
-def test_diverging_worker_is_isolated_and_reported(mock_cifar, tmp_path,
-                                                   monkeypatch):
+def test_diverging_worker_is_isolated_and_reported(mock_cifar, tmp_path, monkeypatch):
   """Worker 3's data turns to NaN from step 2 on; with skip_nonfinite the others
   stay finite and keep training, and the metrics name worker 3."""
   original = input_pipeline.WorkerBatches.batch
@@ -131,7 +152,7 @@ def _corrupt(step_dir: pathlib.Path):
   victim = max(files, key=lambda f: f.stat().st_size)
   data = bytearray(victim.read_bytes())
   middle = len(data) // 2
-  data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+  data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
   victim.write_bytes(bytes(data))
 
 
@@ -141,10 +162,10 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(mock_cifar, tmp_path)
   train.train_and_evaluate(config, str(tmp_path / "whole"))
   parts = tmp_path / "parts"
   with pytest.raises(train.TrainingInterrupted):
-    train.train_and_evaluate(tiny_config(num_epochs=3, stop_after_steps=7),
-                             str(parts))
-  steps = sorted(int(p.name) for p in (parts / "checkpoints").iterdir()
-                 if p.name.isdigit())
+    train.train_and_evaluate(tiny_config(num_epochs=3, stop_after_steps=7), str(parts))
+  steps = sorted(
+    int(p.name) for p in (parts / "checkpoints").iterdir() if p.name.isdigit()
+  )
   assert steps == [6, 7]
   _corrupt(parts / "checkpoints" / "7")
   with pytest.warns(UserWarning, match="checkpoint 7 .* is unreadable or corrupt"):
@@ -162,19 +183,29 @@ def test_all_checkpoints_corrupt_is_a_clear_error(mock_cifar, tmp_path):
   for step_dir in (tmp_path / "checkpoints").iterdir():
     if step_dir.name.isdigit():
       _corrupt(step_dir)
-  with pytest.raises(checkpoint_lib.CorruptCheckpointError,
-                     match="(?s)no intact checkpoint.*new --workdir"):
+  with pytest.raises(
+    checkpoint_lib.CorruptCheckpointError,
+    match="(?s)no intact checkpoint.*new --workdir",
+  ):
     with pytest.warns(UserWarning):
       train.train_and_evaluate(tiny_config(), str(tmp_path))
 
 
 def _run_command(workdir, data_dir):
-  return [sys.executable, "-m", "experiments.cifar",
-          "--config=experiments/cifar/configs/fashion_mnist.py",
-          f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-          "--config.batch_size=4", "--config.num_epochs=5",
-          "--config.lr_decay_epochs=(4,)", "--config.eval_batch_size=64",
-          "--config.progress_bar=False", "--config.plots=False"]
+  return [
+    sys.executable,
+    "-m",
+    "experiments.cifar",
+    "--config=experiments/cifar/configs/fashion_mnist.py",
+    f"--workdir={workdir}",
+    f"--config.data_dir={data_dir}",
+    "--config.batch_size=4",
+    "--config.num_epochs=5",
+    "--config.lr_decay_epochs=(4,)",
+    "--config.eval_batch_size=64",
+    "--config.progress_bar=False",
+    "--config.plots=False",
+  ]
 
 
 def _wait_for_epochs(workdir, count, process, timeout=240):
@@ -194,30 +225,53 @@ def test_sigterm_and_sigkill_then_resume_equals_uninterrupted(tmp_path):
   killed by SIGKILL at a random moment, restarted to the end. Same bits."""
   data = helpers.fake_fashion_mnist(tmp_path / "data")
   whole, parts = tmp_path / "whole", tmp_path / "parts"
-  subprocess.run(_run_command(whole, data), cwd=ROOT, env=_clean_env(),
-                 check=True, capture_output=True, timeout=300)
+  subprocess.run(
+    _run_command(whole, data),
+    cwd=ROOT,
+    env=_clean_env(),
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
 
-  process = subprocess.Popen(_run_command(parts, data), cwd=ROOT, env=_clean_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  process = subprocess.Popen(
+    _run_command(parts, data),
+    cwd=ROOT,
+    env=_clean_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
   _wait_for_epochs(parts, 1, process)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 128 + signal.SIGTERM, stderr.decode()[-2000:]
   assert b"rerun the same command to resume" in stderr
 
-  process = subprocess.Popen(_run_command(parts, data), cwd=ROOT, env=_clean_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  process = subprocess.Popen(
+    _run_command(parts, data),
+    cwd=ROOT,
+    env=_clean_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
   _wait_for_epochs(parts, 2, process)
   time.sleep(random.uniform(0.0, 1.0))
   process.kill()
   process.communicate(timeout=60)
   assert process.returncode == -signal.SIGKILL  # killed before finishing
 
-  subprocess.run(_run_command(parts, data), cwd=ROOT, env=_clean_env(),
-                 check=True, capture_output=True, timeout=300)
+  subprocess.run(
+    _run_command(parts, data),
+    cwd=ROOT,
+    env=_clean_env(),
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
   comparable = lambda d: [
-      {k: v for k, v in r.items() if k not in report.TIMING_FIELDS}
-      for r in report.MetricsLog(d / "metrics.jsonl").read()]
+    {k: v for k, v in r.items() if k not in report.TIMING_FIELDS}
+    for r in report.MetricsLog(d / "metrics.jsonl").read()
+  ]
   assert comparable(parts) == comparable(whole)
   assert len(comparable(whole)) == 5
   a, b = train.final_params(whole), train.final_params(parts)
@@ -244,7 +298,12 @@ print(jax.jit(ald.worker_map(step, ald.worker_mesh(4)))(jnp.ones((4, 3))))
 def test_a_stuck_collective_fails_instead_of_hanging():
   """The 4 s collective timeout aborts the process (a hang would hit the
   subprocess timeout and fail the test)."""
-  result = subprocess.run([sys.executable, "-c", HANG], env=_clean_env(),
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", HANG],
+    env=_clean_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode != 0
   assert "Termination timeout" in result.stderr

@@ -16,12 +16,17 @@ G0, G1 = T.paper_graph(0), T.paper_graph(1)
 
 def _all_kinds():
   return {
-      "full": S.full(G0),
-      "alternating": S.alternating(G0),
-      "matcha": S.matcha(G0, 0.5, seed=7),
-      "explicit": S.explicit(G0, [{0, 1}, set(), {4}]),
-      "rotating": S.rotating([S.matcha(G1, 0.3, seed=1), S.full(G0),
-                              S.rotating([S.alternating(G1), S.matcha(G0, 0.6)])]),
+    "full": S.full(G0),
+    "alternating": S.alternating(G0),
+    "matcha": S.matcha(G0, 0.5, seed=7),
+    "explicit": S.explicit(G0, [{0, 1}, set(), {4}]),
+    "rotating": S.rotating(
+      [
+        S.matcha(G1, 0.3, seed=1),
+        S.full(G0),
+        S.rotating([S.alternating(G1), S.matcha(G0, 0.6)]),
+      ]
+    ),
   }
 
 
@@ -30,7 +35,8 @@ def test_host_flags_equal_traced_flags(kind):
   schedule = _all_kinds()[kind]
   steps = np.arange(0, 2000, 7)
   traced = jax.jit(jax.vmap(lambda k: schedule.slot_flags(k, jnp)))(
-      jnp.asarray(steps, jnp.int32))
+    jnp.asarray(steps, jnp.int32)
+  )
   host = np.stack([schedule.active(int(k)) for k in steps])
   np.testing.assert_array_equal(np.asarray(traced), host)
   assert host.shape == (len(steps), schedule.num_slots)
@@ -43,8 +49,9 @@ def test_flags_are_identical_on_every_worker():
   def flags(step):
     return schedule.slot_flags(step, jnp)[None]
 
-  per_worker = jax.jit(jax.shard_map(flags, mesh=mesh, in_specs=jax.P(),
-                                     out_specs=jax.P("workers")))
+  per_worker = jax.jit(
+    jax.shard_map(flags, mesh=mesh, in_specs=jax.P(), out_specs=jax.P("workers"))
+  )
   for step in (0, 1, 5, 123):
     got = np.asarray(per_worker(jnp.int32(step)))
     assert (got == schedule.active(step)).all()

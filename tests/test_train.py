@@ -9,15 +9,15 @@ import pytest
 import jax_aldsgd as ald
 from experiments import compare
 from experiments.cifar import checkpoint as checkpoint_lib
-from experiments.cifar import report
-from experiments.cifar import train
+from experiments.cifar import report, train
 from experiments.cifar.configs import default
 from tests.helpers import tiny_config
 
 
 def _comparable(records):
-  return [{k: v for k, v in r.items() if k not in report.TIMING_FIELDS}
-          for r in records]
+  return [
+    {k: v for k, v in r.items() if k not in report.TIMING_FIELDS} for r in records
+  ]
 
 
 def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
@@ -27,8 +27,14 @@ def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
   assert [r["epoch"] for r in records] == [0, 1]
   assert record == records[-1]
   n = config.num_workers
-  for key in ("train_loss", "train_accuracy", "test_accuracy", "test_loss",
-              "consensus_distance", "bytes_sent"):
+  for key in (
+    "train_loss",
+    "train_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "consensus_distance",
+    "bytes_sent",
+  ):
     assert len(record[key]) == n, key
   assert all(np.isfinite(record["train_loss"]))
   assert 0.0 <= record["test_accuracy_averaged_model"] <= 1.0
@@ -42,25 +48,23 @@ def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
   num_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params))
   assert record["message_bytes"] == 4 * (num_params + 2)
   degrees = sum(schedule.active_degrees(k) for k in range(6))
-  np.testing.assert_array_equal(record["bytes_sent"],
-                                degrees * 4 * (num_params + 2))
+  np.testing.assert_array_equal(record["bytes_sent"], degrees * 4 * (num_params + 2))
   assert (tmp_path / "plots" / "test_accuracy.png").stat().st_size > 0
   assert (tmp_path / "plots" / "consensus_distance.png").stat().st_size > 0
   assert json.loads((tmp_path / "config.json").read_text())["method"] == (
-      "aldsgd_dpsgd_reference")
+    "aldsgd_dpsgd_reference"
+  )
 
 
 @pytest.mark.parametrize("method", ["matcha", "allreduce"])
 def test_other_methods_run(mock_cifar, tmp_path, method):
-  record = train.train_and_evaluate(tiny_config(method, num_epochs=1),
-                                    str(tmp_path))
+  record = train.train_and_evaluate(tiny_config(method, num_epochs=1), str(tmp_path))
   assert all(np.isfinite(record["train_loss"]))
   if method == "allreduce":  # all workers hold the same model after a step
     np.testing.assert_allclose(record["consensus_distance"], 0.0, atol=1e-5)
     params = jax.tree.map(lambda a: a[0], train.final_params(tmp_path))
     assert record["message_bytes"] == 4 * sum(a.size for a in jax.tree.leaves(params))
-    np.testing.assert_allclose(record["bytes_sent"],
-                               3 * ald.allreduce_bytes(8, params))
+    np.testing.assert_allclose(record["bytes_sent"], 3 * ald.allreduce_bytes(8, params))
 
 
 @pytest.mark.parametrize("method", ["allreduce", "matcha", "dpsgd_reference"])
@@ -80,7 +84,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(mock_cifar, tmp_path):
       train.train_and_evaluate(tiny_config(stop_after_steps=stop), str(parts))
   train.train_and_evaluate(tiny_config(), str(parts))
   assert _comparable(report.MetricsLog(parts / "metrics.jsonl").read()) == (
-      _comparable(report.MetricsLog(whole / "metrics.jsonl").read()))
+    _comparable(report.MetricsLog(whole / "metrics.jsonl").read())
+  )
   a = train.final_params(whole)
   b = train.final_params(parts)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -91,10 +96,13 @@ def test_resume_refuses_a_different_config(mock_cifar, tmp_path):
   with pytest.raises(train.TrainingInterrupted):
     train.train_and_evaluate(tiny_config(stop_after_steps=1), str(tmp_path))
   with pytest.raises(checkpoint_lib.ConfigMismatchError) as error:
-    train.train_and_evaluate(tiny_config(method="dpsgd", model="resnet20"),
-                             str(tmp_path))
+    train.train_and_evaluate(
+      tiny_config(method="dpsgd", model="resnet20"), str(tmp_path)
+    )
   message = str(error.value)
-  assert "method: checkpoint has 'aldsgd_dpsgd_reference', config has 'dpsgd'" in message
+  assert (
+    "method: checkpoint has 'aldsgd_dpsgd_reference', config has 'dpsgd'" in message
+  )
   assert "model: checkpoint has 'small_cnn', config has 'resnet20'" in message
   assert "new --workdir" in message
 
@@ -106,12 +114,21 @@ def test_compare_table_and_plot(tmp_path, capsys):
     (workdir / "config.json").write_text(json.dumps({"method": name}))
     log = report.MetricsLog(workdir / "metrics.jsonl")
     for epoch, acc in enumerate(accuracies):
-      log.append(dict(epoch=epoch, test_accuracy=[acc, acc - 0.1],
-                      test_accuracy_averaged_model=acc + 0.01,
-                      bytes_sent_mean=1e9 * (epoch + 1)))
+      log.append(
+        dict(
+          epoch=epoch,
+          test_accuracy=[acc, acc - 0.1],
+          test_accuracy_averaged_model=acc + 0.01,
+          bytes_sent_mean=1e9 * (epoch + 1),
+        )
+      )
   out = tmp_path / "cmp.png"
-  assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
-                       "--target", "0.7"]) == 0
+  assert (
+    compare.main(
+      [str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--target", "0.7"]
+    )
+    == 0
+  )
   table = capsys.readouterr().out
   # a: mean over workers per epoch 0.45, 0.65, 0.75 -> reaches 0.7 at epoch 3.
   assert "| a | a | 3 | 75.00% | 75.00% | 70.00% (worker 1) | 81.00% | 3 |" in table
@@ -138,8 +155,9 @@ def test_two_workers_per_device_matches_one(mock_cifar, tmp_path):
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
-  for x, y in zip(jax.tree.leaves(train.final_params(one)),
-                  jax.tree.leaves(train.final_params(two))):
+  for x, y in zip(
+    jax.tree.leaves(train.final_params(one)), jax.tree.leaves(train.final_params(two))
+  ):
     np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
 
 
@@ -154,11 +172,33 @@ def test_compare_simulated_wall_clock(tmp_path, capsys):
   log = report.MetricsLog(workdir / "metrics.jsonl")
   for epoch in range(2):
     steps = 100 * (epoch + 1)
-    log.append(dict(epoch=epoch, step=steps, test_accuracy=[0.9] * 8,
-                    test_accuracy_averaged_model=0.9, time_train_s=7.0 * steps,
-                    message_bytes=message, bytes_sent_mean=2 * message * steps))
-  assert compare.main([str(workdir), "--out", str(tmp_path / "c.png"), "--gbit",
-                       "1", "--latency-us", "100", "--target", "0.5"]) == 0
+    log.append(
+      dict(
+        epoch=epoch,
+        step=steps,
+        test_accuracy=[0.9] * 8,
+        test_accuracy_averaged_model=0.9,
+        time_train_s=7.0 * steps,
+        message_bytes=message,
+        bytes_sent_mean=2 * message * steps,
+      )
+    )
+  assert (
+    compare.main(
+      [
+        str(workdir),
+        "--out",
+        str(tmp_path / "c.png"),
+        "--gbit",
+        "1",
+        "--latency-us",
+        "100",
+        "--target",
+        "0.5",
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   per_step = 2 * (100e-6 + message / 1.25e8)  # two matchings per step
   assert f"| {100 * (7.0 + per_step):.1f} s | {200 * (7.0 + per_step):.1f} s |" in out
@@ -174,8 +214,7 @@ def test_local_steps_and_delay_count_the_bytes_actually_sent(mock_cifar, tmp_pat
   assert record["message_bytes"] == 4 * (num_params + 1)  # + the push-sum weight
   schedule = train.build_schedule(config, steps_per_epoch=3)
   degrees = schedule.active_degrees(0) + schedule.active_degrees(1)
-  np.testing.assert_array_equal(record["bytes_sent"],
-                                degrees * record["message_bytes"])
+  np.testing.assert_array_equal(record["bytes_sent"], degrees * record["message_bytes"])
   run = compare.load_run(tmp_path)
   network = ald.NetworkModel.from_gbit(1.0, latency_s=0.0)
   seconds = compare.simulated_seconds(run, network, compute_s_per_step=0.0)
@@ -189,12 +228,14 @@ def test_choco_runs_with_the_tuned_consensus_step(mock_cifar, tmp_path, compress
   record = train.train_and_evaluate(config, str(tmp_path))
   assert all(np.isfinite(record["train_loss"]))
   schedule = train.build_schedule(config, steps_per_epoch=3)
-  tuned = ald.tune_consensus_lr(schedule, train.build_compressor(config),
-                                num_params=1000, seed=config.seed)
+  tuned = ald.tune_consensus_lr(
+    schedule, train.build_compressor(config), num_params=1000, seed=config.seed
+  )
   assert record["consensus_lr"] == tuned.consensus_lr
   params = jax.tree.map(lambda a: a[0], train.final_params(tmp_path))
-  message = ald.choco_message_bytes(params, train.build_compressor(config),
-                                    with_loss=True)
+  message = ald.choco_message_bytes(
+    params, train.build_compressor(config), with_loss=True
+  )
   assert record["message_bytes"] == message < ald.gossip_message_bytes(params) / 3
   degrees = sum(schedule.active_degrees(k) for k in range(3))
   np.testing.assert_array_equal(record["bytes_sent"], degrees * message)

@@ -11,8 +11,7 @@ import pytest
 import jax_aldsgd as ald
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
-from tests import helpers
-from tests import reference
+from tests import helpers, reference
 
 LEADER = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
 LR = 0.05
@@ -43,12 +42,20 @@ def test_overlap_and_every_match_reference(method, overlap, every):
     tx = ald.dsgd(LR, schedule, overlap=overlap, every=every)
     leader = None
   else:
-    tx = ald.aldsgd(LR, schedule, overlap=overlap, every=every, pull_every=2,
-                    **LEADER)
+    tx = ald.aldsgd(LR, schedule, overlap=overlap, every=every, pull_every=2, **LEADER)
     leader = LEADER
   got, _, step = helpers.run(tx, x0, problem, steps, ald.worker_mesh(8))
-  want = reference.variant_run(x0, problem, steps, schedule, lr=LR, overlap=overlap,
-                               every=every, leader=leader, pull_every=2)
+  want = reference.variant_run(
+    x0,
+    problem,
+    steps,
+    schedule,
+    lr=LR,
+    overlap=overlap,
+    every=every,
+    leader=leader,
+    pull_every=2,
+  )
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert step._cache_size() == 1
 
@@ -56,10 +63,12 @@ def test_overlap_and_every_match_reference(method, overlap, every):
 def test_every_one_and_overlap_false_are_todays_transforms():
   schedule = _schedule(0)
   problem, x0 = _problem(0)
-  plain, _, _ = helpers.run(ald.aldsgd(LR, schedule), x0, problem, 4,
-                            ald.worker_mesh(8))
-  same, _, _ = helpers.run(ald.aldsgd(LR, schedule, every=1, overlap=False), x0,
-                           problem, 4, ald.worker_mesh(8))
+  plain, _, _ = helpers.run(
+    ald.aldsgd(LR, schedule), x0, problem, 4, ald.worker_mesh(8)
+  )
+  same, _, _ = helpers.run(
+    ald.aldsgd(LR, schedule, every=1, overlap=False), x0, problem, 4, ald.worker_mesh(8)
+  )
   np.testing.assert_array_equal(same, plain)
 
 
@@ -68,10 +77,10 @@ def test_delay_matches_push_sum_reference(delay):
   schedule = _schedule(delay)
   problem, x0 = _problem(delay)
   steps = 8
-  got, _, _ = helpers.run(ald.dsgd(LR, schedule, delay=delay), x0, problem, steps,
-                          ald.worker_mesh(8))
-  want, *_ = reference.push_sum_run(x0, problem, steps, schedule, lr=LR,
-                                    delay=delay)
+  got, _, _ = helpers.run(
+    ald.dsgd(LR, schedule, delay=delay), x0, problem, steps, ald.worker_mesh(8)
+  )
+  want, *_ = reference.push_sum_run(x0, problem, steps, schedule, lr=LR, delay=delay)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -102,7 +111,7 @@ def test_delay_conserves_mass_with_messages_in_flight():
   flying, start = {}, 0
   for name in sorted(helpers.SHAPES):
     size = int(np.prod(helpers.SHAPES[name]))
-    flying[name] = in_flight[..., start:start + size].sum((0, 1))[None]
+    flying[name] = in_flight[..., start : start + size].sum((0, 1))[None]
     start += size
   flying = helpers.flatten(flying, helpers.SHAPES)[0]
   np.testing.assert_allclose(z.sum(0) + flying, x0.sum(0), rtol=1e-5, atol=1e-5)
@@ -115,11 +124,11 @@ def test_push_sum_with_no_delay_equals_gossip():
 
   schedule = _schedule(3)
   problem, x0 = _problem(3)
-  pushed = optax.chain(ald.local_sgd(LR), _pushsum.delayed_gossip(schedule,
-                                                                  "workers", 0))
+  pushed = optax.chain(
+    ald.local_sgd(LR), _pushsum.delayed_gossip(schedule, "workers", 0)
+  )
   got, _, _ = helpers.run(pushed, x0, problem, 6, ald.worker_mesh(8))
-  want, _, _ = helpers.run(ald.dsgd(LR, schedule), x0, problem, 6,
-                           ald.worker_mesh(8))
+  want, _, _ = helpers.run(ald.dsgd(LR, schedule), x0, problem, 6, ald.worker_mesh(8))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -127,15 +136,17 @@ def test_push_sum_with_no_delay_equals_gossip():
 def test_variants_equal_under_two_workers_per_device(method):
   schedule = _schedule(4)
   problem, x0 = _problem(4)
-  make = {"dsgd": lambda: ald.dsgd(LR, schedule, every=2, delay=1),
-          "aldsgd": lambda: ald.aldsgd(LR, schedule, every=2, overlap=True)}[method]
+  make = {
+    "dsgd": lambda: ald.dsgd(LR, schedule, every=2, delay=1),
+    "aldsgd": lambda: ald.aldsgd(LR, schedule, every=2, overlap=True),
+  }[method]
   results = []
   for per_device in (1, 2):
     mesh = ald.worker_mesh(8, workers_per_device=per_device)
     tx = make()
     loss_fn = helpers.quadratic_loss_fn(helpers.SHAPES)
 
-    def step(params, state, a, b, tx=tx):
+    def step(params, state, a, b, tx=tx, loss_fn=loss_fn):
       loss, grads = jax.value_and_grad(loss_fn)(params, a, b)
       updates, state = tx.update(grads, state, params, loss=loss)
       return optax.apply_updates(params, updates), state
@@ -143,7 +154,8 @@ def test_variants_equal_under_two_workers_per_device(method):
     mapped = jax.jit(ald.worker_map(step, mesh, workers_per_device=per_device))
     params = ald.shard_workers(helpers.unflatten(x0, helpers.SHAPES), mesh)
     state = jax.jit(ald.worker_map(tx.init, mesh, workers_per_device=per_device))(
-        params)
+      params
+    )
     a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
     b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
     for _ in range(5):
@@ -156,18 +168,27 @@ def test_variants_equal_under_two_workers_per_device(method):
     np.testing.assert_array_equal(results[1], results[0])
 
 
-@pytest.mark.parametrize("make,error,message", [
+@pytest.mark.parametrize(
+  "make,error,message",
+  [
     (lambda s: ald.gossip(s, every=0), ValueError, "every must be an integer >= 1"),
     (lambda s: ald.gossip(s, every=1.5), TypeError, "every must be an integer"),
     (lambda s: ald.adjacent_leader(s, every=-2), ValueError, "every must be"),
     (lambda s: ald.gossip(s, delay=-1), ValueError, "delay must be an integer >= 0"),
-    (lambda s: ald.gossip(s, delay=2, overlap=True), ValueError,
-     "delay=2.*cannot be combined with overlap"),
-    (lambda s: ald.gossip(s, delay=1, skip_nonfinite=True), ValueError,
-     "cannot be combined with skip_nonfinite"),
+    (
+      lambda s: ald.gossip(s, delay=2, overlap=True),
+      ValueError,
+      "delay=2.*cannot be combined with overlap",
+    ),
+    (
+      lambda s: ald.gossip(s, delay=1, skip_nonfinite=True),
+      ValueError,
+      "cannot be combined with skip_nonfinite",
+    ),
     (lambda s: ald.adjacent_leader(s, delay=1), TypeError, "delay"),
     (lambda s: ald.allreduce(delay=1), TypeError, "delay"),
-])
+  ],
+)
 def test_bad_inputs(make, error, message):
   with pytest.raises(error, match=message):
     make(S.full(T.ring(4)))
@@ -218,11 +239,13 @@ def _tainted_collectives(jaxpr, tainted):
       else:
         inner_marks = [any(marks)] * len(inner.invars)
       inner_found, inner_out = _tainted_collectives(
-          inner, [v for v, m in zip(inner.invars, inner_marks) if m])
+        inner, [v for v, m in zip(inner.invars, inner_marks) if m]
+      )
       found += inner_found
       if len(inner.outvars) == len(outputs):
-        outputs = [o or (is_var(v) and v in inner_out)
-                   for o, v in zip(outputs, inner.outvars)]
+        outputs = [
+          o or (is_var(v) and v in inner_out) for o, v in zip(outputs, inner.outvars)
+        ]
       elif any(marks):
         outputs = [True] * len(outputs)
     tainted.update(v for v, m in zip(eqn.outvars, outputs) if m)
@@ -244,8 +267,11 @@ def _collectives_depending_on_gradient(tx):
   params = helpers.unflatten(x0, helpers.SHAPES)
   state = jax.jit(ald.worker_map(tx.init, mesh))(params)
   jaxpr = jax.make_jaxpr(ald.worker_map(step, mesh))(
-      params, state, jnp.asarray(problem.a, jnp.float32),
-      jnp.asarray(problem.b, jnp.float32)).jaxpr
+    params,
+    state,
+    jnp.asarray(problem.a, jnp.float32),
+    jnp.asarray(problem.b, jnp.float32),
+  ).jaxpr
 
   def find(jaxpr):
     out, collectives = [], 0
@@ -261,11 +287,15 @@ def _collectives_depending_on_gradient(tx):
   return find(jaxpr)
 
 
-@pytest.mark.parametrize("make", [
+@pytest.mark.parametrize(
+  "make",
+  [
     lambda s: ald.dsgd(LR, s, overlap=True),
     lambda s: ald.aldsgd(LR, s, overlap=True),
     lambda s: ald.aldsgd(LR, s, overlap=True, every=3),
-], ids=["dsgd", "aldsgd", "aldsgd_every_3"])
+  ],
+  ids=["dsgd", "aldsgd", "aldsgd_every_3"],
+)
 def test_overlapped_exchange_does_not_depend_on_the_gradient(make):
   dependent, total = _collectives_depending_on_gradient(make(_schedule(0)))
   assert total >= 10  # the rotating pair's slots, all present
@@ -281,18 +311,22 @@ def test_default_exchange_depends_on_the_gradient():
 def test_skipped_steps_issue_no_collective():
   # Compiled HLO: one conditional holds every collective-permute in one branch
   # (the communication step) and none in the other (the skipped steps).
-  for tx in (ald.dsgd(LR, _schedule(0), every=4),
-             ald.aldsgd(LR, _schedule(0), every=4, overlap=True),
-             ald.dsgd(LR, _schedule(0), every=4, delay=2)):
+  for tx in (
+    ald.dsgd(LR, _schedule(0), every=4),
+    ald.aldsgd(LR, _schedule(0), every=4, overlap=True),
+    ald.dsgd(LR, _schedule(0), every=4, delay=2),
+  ):
     bodies = helpers.hlo_computations(helpers.compiled_train_step_hlo(tx))
     permutes = helpers.hlo_collective_permutes(bodies)
     assert len(permutes) >= 1
-    gates = [branches for body in bodies.values()
-             for branches in helpers.hlo_conditionals(body)
-             if len(branches) == 2 and
-             permutes <= helpers.hlo_called(bodies, branches[:1] + branches[1:])
-             and any(not (helpers.hlo_called(bodies, [b]) & permutes)
-                     for b in branches)]
+    gates = [
+      branches
+      for body in bodies.values()
+      for branches in helpers.hlo_conditionals(body)
+      if len(branches) == 2
+      and permutes <= helpers.hlo_called(bodies, branches[:1] + branches[1:])
+      and any(not (helpers.hlo_called(bodies, [b]) & permutes) for b in branches)
+    ]
     assert gates, "no conditional separates the exchange from the skipped steps"
 
 

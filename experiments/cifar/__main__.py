@@ -9,9 +9,7 @@ several processes, all of them at the same step).
 
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jax_aldsgd
@@ -19,15 +17,21 @@ import jax_aldsgd
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, plots and checkpoints.")
 config_flags.DEFINE_config_file(
-    "config", None, "Training config file, e.g. experiments/cifar/configs/default.py.",
-    lock_config=True)
+  "config",
+  None,
+  "Training config file, e.g. experiments/cifar/configs/default.py.",
+  lock_config=True,
+)
 flags.DEFINE_bool(
-    "distributed", False,
-    "Run under JAX's multi-controller runtime (jax.distributed.initialize): one "
-    "process per host. Without the three flags below JAX detects the cluster "
-    "(TPU pods, SLURM, Open MPI, Kubernetes).")
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0 (implies --distributed).")
+  "distributed",
+  False,
+  "Run under JAX's multi-controller runtime (jax.distributed.initialize): one "
+  "process per host. Without the three flags below JAX detects the cluster "
+  "(TPU pods, SLURM, Open MPI, Kubernetes).",
+)
+flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0 (implies --distributed)."
+)
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -47,9 +51,11 @@ def main(argv):
   # emulated CPU devices (harmless where accelerators exist: JAX uses those).
   jax_aldsgd.emulate_cpu_devices(devices)
   if distributed:
-    jax_aldsgd.initialize_multihost(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id)
+    jax_aldsgd.initialize_multihost(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
   from experiments.cifar import train  # pylint: disable=g-import-not-at-top
+
   try:
     train.train_and_evaluate(config, FLAGS.workdir)
   except train.TrainingInterrupted as stopped:

@@ -31,13 +31,38 @@ from jax_aldsgd import _schedules
 # different experiments in one trajectory. Others (num_epochs, learning-rate
 # schedule, logging) may change between invocations, e.g. to extend a run.
 FINGERPRINT_FIELDS = (
-    "method", "dataset", "model", "num_workers", "batch_size", "seed",
-    "topology", "graph_ids", "graph_variant", "matcha_budget", "matcha_seed",
-    "c1", "c2", "p1", "p2", "pull_every", "momentum", "weight_decay",
-    "same_init", "max_steps_per_epoch", "skip_nonfinite",
-    "reference_epoch_phase", "overlap", "gossip_every", "delay", "partition",
-    "dirichlet_alpha", "classes_per_worker", "compressor", "compress_fraction",
-    "qsgd_levels", "consensus_lr",
+  "method",
+  "dataset",
+  "model",
+  "num_workers",
+  "batch_size",
+  "seed",
+  "topology",
+  "graph_ids",
+  "graph_variant",
+  "matcha_budget",
+  "matcha_seed",
+  "c1",
+  "c2",
+  "p1",
+  "p2",
+  "pull_every",
+  "momentum",
+  "weight_decay",
+  "same_init",
+  "max_steps_per_epoch",
+  "skip_nonfinite",
+  "reference_epoch_phase",
+  "overlap",
+  "gossip_every",
+  "delay",
+  "partition",
+  "dirichlet_alpha",
+  "classes_per_worker",
+  "compressor",
+  "compress_fraction",
+  "qsgd_levels",
+  "consensus_lr",
 )
 
 
@@ -57,15 +82,18 @@ class ConfigMismatchError(ValueError):
 def check_fingerprint(saved: dict[str, Any], config, directory) -> None:
   current = fingerprint(config)
   differences = [
-      f"{name}: checkpoint has {saved.get(name)!r}, config has {current[name]!r}"
-      for name in FINGERPRINT_FIELDS if saved.get(name) != current[name]
+    f"{name}: checkpoint has {saved.get(name)!r}, config has {current[name]!r}"
+    for name in FINGERPRINT_FIELDS
+    if saved.get(name) != current[name]
   ]
   if differences:
     raise ConfigMismatchError(
-        f"the workdir already holds a different run ({directory}); refusing to "
-        "resume it with this config:\n  " + "\n  ".join(differences) +
-        "\nUse a new --workdir for a new run, or rerun with the original config "
-        "to resume.")
+      f"the workdir already holds a different run ({directory}); refusing to "
+      "resume it with this config:\n  "
+      + "\n  ".join(differences)
+      + "\nUse a new --workdir for a new run, or rerun with the original config "
+      "to resume."
+    )
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -91,8 +119,9 @@ def _checksum(leaves):
   for k, leaf in enumerate(leaves):
     words = _as_uint32(jnp.asarray(leaf))
     index = jnp.arange(words.size, dtype=jnp.uint32)
-    total = total + _mix32(jnp.sum(_mix32(words ^ _mix32(index + jnp.uint32(k))))
-                           + jnp.uint32(k))
+    total = total + _mix32(
+      jnp.sum(_mix32(words ^ _mix32(index + jnp.uint32(k)))) + jnp.uint32(k)
+    )
   return total
 
 
@@ -111,11 +140,14 @@ class Checkpointer:
   def __init__(self, directory: str | pathlib.Path, keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=False, create=True),
-        item_handlers=dict(state=ocp.StandardCheckpointHandler(),
-                           meta=ocp.JsonCheckpointHandler()))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=False, create=True
+      ),
+      item_handlers=dict(
+        state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -124,12 +156,15 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return
     meta = dict(meta, checksum=state_checksum(state))
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+      ),
+    )
     self._manager.wait_until_finished()
 
-  def restore_latest(self, like, check_meta=None
-                    ) -> tuple[Any, dict[str, Any]] | None:
+  def restore_latest(self, like, check_meta=None) -> tuple[Any, dict[str, Any]] | None:
     """Restores the newest intact checkpoint (see `restore`); None if there is none.
 
     A checkpoint that cannot be read or fails its checksum is moved aside to
@@ -146,8 +181,9 @@ class Checkpointer:
     problems = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        meta = self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+        meta = self._manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )["meta"]
       except Exception as error:  # pylint: disable=broad-except
         self._set_aside(step, error, problems)
         continue
@@ -159,31 +195,42 @@ class Checkpointer:
         self._set_aside(step, error, problems)
     if problems:
       raise CorruptCheckpointError(
-          f"no intact checkpoint in {self.directory} (the corrupt ones were moved "
-          f"to {self.directory}-corrupt):\n  " + "\n  ".join(problems) +
-          "\nStart again with a new --workdir (or remove this one's checkpoints).")
+        f"no intact checkpoint in {self.directory} (the corrupt ones were moved "
+        f"to {self.directory}-corrupt):\n  "
+        + "\n  ".join(problems)
+        + "\nStart again with a new --workdir (or remove this one's checkpoints)."
+      )
     return None
 
   def restore(self, step: int, like) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` with the structure, shapes and shardings of ``like``."""
     abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like
+    )
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
     state, meta = restored["state"], restored["meta"]
     found = state_checksum(state)
     if meta.get("checksum") != found:
       raise CorruptCheckpointError(
-          f"contents do not match their checksum (saved {meta.get('checksum')}, "
-          f"read {found})")
+        f"contents do not match their checksum (saved {meta.get('checksum')}, "
+        f"read {found})"
+      )
     return state, meta
 
   def _set_aside(self, step: int, error: Exception, problems: list[str]) -> None:
     problems.append(f"step {step}: {type(error).__name__}: {error}"[:500])
     moved = self._move_aside(step)
-    warnings.warn(f"checkpoint {step} in {self.directory} is unreadable or corrupt "
-                  f"({problems[-1]}); moved it to {moved} and trying the previous "
-                  "checkpoint.", stacklevel=3)
+    warnings.warn(
+      f"checkpoint {step} in {self.directory} is unreadable or corrupt "
+      f"({problems[-1]}); moved it to {moved} and trying the previous "
+      "checkpoint.",
+      stacklevel=3,
+    )
 
   def _move_aside(self, step: int) -> pathlib.Path:
     target = self.directory.parent / f"{self.directory.name}-corrupt"
@@ -193,6 +240,7 @@ class Checkpointer:
       shutil.move(str(self.directory / str(step)), destination)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
     self._manager.reload()
     return destination
@@ -203,10 +251,14 @@ class Checkpointer:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     structure = self._manager.item_metadata(step)["state"]
     target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        structure)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), structure
+    )
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+      ),
+    )
     return jax.tree.map(np.asarray, restored["state"]), restored["meta"]
 
   def close(self) -> None:

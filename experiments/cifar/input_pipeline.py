@@ -40,20 +40,30 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    # ALGORITHM.md section 8 (the constants of the reference code).
-    "cifar10": DatasetInfo(
-        num_classes=10, image_shape=(32, 32, 3),
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
-        augment=True),
-    "cifar100": DatasetInfo(
-        num_classes=100, image_shape=(32, 32, 3),
-        mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
-        augment=True),
-    # Pixel mean and std of the 60000 training images (0.28604, 0.35302). No
-    # augmentation: flips and crops are not part of the usual Fashion-MNIST setup.
-    "fashion_mnist": DatasetInfo(
-        num_classes=10, image_shape=(28, 28, 1),
-        mean=(0.2860,), std=(0.3530,), augment=False),
+  # ALGORITHM.md section 8 (the constants of the reference code).
+  "cifar10": DatasetInfo(
+    num_classes=10,
+    image_shape=(32, 32, 3),
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2023, 0.1994, 0.2010),
+    augment=True,
+  ),
+  "cifar100": DatasetInfo(
+    num_classes=100,
+    image_shape=(32, 32, 3),
+    mean=(0.5071, 0.4867, 0.4408),
+    std=(0.2675, 0.2565, 0.2761),
+    augment=True,
+  ),
+  # Pixel mean and std of the 60000 training images (0.28604, 0.35302). No
+  # augmentation: flips and crops are not part of the usual Fashion-MNIST setup.
+  "fashion_mnist": DatasetInfo(
+    num_classes=10,
+    image_shape=(28, 28, 1),
+    mean=(0.2860,),
+    std=(0.3530,),
+    augment=False,
+  ),
 }
 
 SPLITS = ("train", "test")
@@ -75,14 +85,19 @@ _READ_CHUNK = 4096
 
 def _check_name(kind: str, value, valid: Sequence[str]) -> str:
   if value not in valid:
-    raise ValueError(f"Unknown {kind} {value!r}; expected one of "
-                     f"{', '.join(map(repr, valid))}.")
+    raise ValueError(
+      f"Unknown {kind} {value!r}; expected one of {', '.join(map(repr, valid))}."
+    )
   return value
 
 
-def load_split(dataset: str, split: str, *, source: str = "tfds",
-               data_dir: str | os.PathLike | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def load_split(
+  dataset: str,
+  split: str,
+  *,
+  source: str = "tfds",
+  data_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """Loads a whole split into memory.
 
   Args:
@@ -114,8 +129,9 @@ def load_split(dataset: str, split: str, *, source: str = "tfds",
   if source == "idx":
     if dataset != "fashion_mnist":
       raise ValueError(
-          f"source='idx' only reads Fashion-MNIST, got dataset {dataset!r}. "
-          "Use source='tfds' for it.")
+        f"source='idx' only reads Fashion-MNIST, got dataset {dataset!r}. "
+        "Use source='tfds' for it."
+      )
     return _load_idx(split, DEFAULT_IDX_DIR if data_dir is None else data_dir)
   return _load_tfds(dataset, split, data_dir)
 
@@ -148,17 +164,19 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   magic = int.from_bytes(data[:4], "big")
   if magic not in (_IDX_LABELS_MAGIC, _IDX_IMAGES_MAGIC):
     raise ValueError(
-        f"{path} has IDX magic number {magic}; expected {_IDX_LABELS_MAGIC} "
-        f"(labels) or {_IDX_IMAGES_MAGIC} (images), unsigned bytes. Is it an "
-        "uncompressed file named .gz, or another format?")
+      f"{path} has IDX magic number {magic}; expected {_IDX_LABELS_MAGIC} "
+      f"(labels) or {_IDX_IMAGES_MAGIC} (images), unsigned bytes. Is it an "
+      "uncompressed file named .gz, or another format?"
+    )
   ndim = magic & 0xFF
   header_size = 4 + 4 * ndim
   shape = tuple(np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int))
   if len(data) != header_size + int(np.prod(shape)):
     raise ValueError(
-        f"{path} declares shape {shape} ({int(np.prod(shape))} bytes) but holds "
-        f"{len(data) - header_size} bytes after the header; the file is "
-        "truncated or corrupt.")
+      f"{path} declares shape {shape} ({int(np.prod(shape))} bytes) but holds "
+      f"{len(data) - header_size} bytes after the header; the file is "
+      "truncated or corrupt."
+    )
   return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
 
 
@@ -168,15 +186,17 @@ def _load_idx(split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
   for path in paths:
     if not os.path.isfile(path):
       raise FileNotFoundError(
-          f"Fashion-MNIST file {path} not found. Install Debian's package "
-          f"(apt-get install dataset-fashion-mnist, which puts the files in "
-          f"{DEFAULT_IDX_DIR}) or pass data_dir= the directory holding "
-          "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz.")
+        f"Fashion-MNIST file {path} not found. Install Debian's package "
+        f"(apt-get install dataset-fashion-mnist, which puts the files in "
+        f"{DEFAULT_IDX_DIR}) or pass data_dir= the directory holding "
+        "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz."
+      )
   images, labels = (read_idx(path) for path in paths)
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
     raise ValueError(
-        f"{paths[0]} has shape {images.shape} and {paths[1]} has shape "
-        f"{labels.shape}; expected (N, 28, 28) images and (N,) labels.")
+      f"{paths[0]} has shape {images.shape} and {paths[1]} has shape "
+      f"{labels.shape}; expected (N, 28, 28) images and (N,) labels."
+    )
   return images[..., None], labels.astype(np.int32)
 
 
@@ -190,15 +210,21 @@ def _load_tfds(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]
   try:
     # Only what is prepared: TFDS could prepare CIFAR only with TensorFlow and
     # internet, so the fix for missing data is the how-to below, not a download.
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                              builder_kwargs={"file_format": "array_record"})
+    source = tfds.data_source(
+      name,
+      split=split,
+      data_dir=data_dir,
+      download=False,
+      builder_kwargs={"file_format": "array_record"},
+    )
   except Exception as e:  # pylint: disable=broad-except
     # TFDS reports missing data as KeyError (no splits), unreadable data as
     # others; either way the user needs the same instructions.
     where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
     raise RuntimeError(
-        f"{name}[{split}] is not prepared as ArrayRecord in {where} ("
-        f"{type(e).__name__}: {e}).\n{_how_to_get(name)}") from e
+      f"{name}[{split}] is not prepared as ArrayRecord in {where} ("
+      f"{type(e).__name__}: {e}).\n{_how_to_get(name)}"
+    ) from e
   return _read_all(source, DATASETS[name].image_shape, f"{name}[{split}]")
 
 
@@ -218,8 +244,10 @@ def _read_all(source, image_shape, what: str) -> tuple[np.ndarray, np.ndarray]:
     for offset, record in enumerate(records):
       image = np.asarray(record["image"])
       if image.shape != tuple(image_shape):
-        raise ValueError(f"{what} record {start + offset} has an image of shape "
-                         f"{image.shape}; expected {tuple(image_shape)}.")
+        raise ValueError(
+          f"{what} record {start + offset} has an image of shape "
+          f"{image.shape}; expected {tuple(image_shape)}."
+        )
       images[start + offset] = image
       labels[start + offset] = record["label"]
   return images, labels
@@ -227,20 +255,22 @@ def _read_all(source, image_shape, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _how_to_get(name: str) -> str:
   return (
-      f"To get {name}: on a machine with internet, run `pip install tensorflow "
-      f"tensorflow-datasets` and `tfds build {name} --file_format=array_record` "
-      f"(or, with TensorFlow installed, tfds.data_source('{name}')), then copy "
-      f"~/tensorflow_datasets/{name} into a directory D here and pass "
-      "data_dir=D (--config.data_dir=D for experiments/cifar). Fashion-MNIST "
-      "also works offline: apt-get install dataset-fashion-mnist and use "
-      "source='idx' (--config.data_source=idx).")
+    f"To get {name}: on a machine with internet, run `pip install tensorflow "
+    f"tensorflow-datasets` and `tfds build {name} --file_format=array_record` "
+    f"(or, with TensorFlow installed, tfds.data_source('{name}')), then copy "
+    f"~/tensorflow_datasets/{name} into a directory D here and pass "
+    "data_dir=D (--config.data_dir=D for experiments/cifar). Fashion-MNIST "
+    "also works offline: apt-get install dataset-fashion-mnist and use "
+    "source='idx' (--config.data_source=idx)."
+  )
 
 
 # --- Normalization and augmentation ------------------------------------------
 
 
-def normalize(images: np.ndarray, mean: Sequence[float],
-              std: Sequence[float]) -> np.ndarray:
+def normalize(
+  images: np.ndarray, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
   """Returns ``(images / 255 - mean) / std`` as float32, per channel (last axis)."""
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
@@ -254,8 +284,9 @@ def normalize(images: np.ndarray, mean: Sequence[float],
   return out.reshape(images.shape)
 
 
-def random_crop_flip(images: np.ndarray, rng: np.random.Generator,
-                     padding: int = CROP_PADDING) -> np.ndarray:
+def random_crop_flip(
+  images: np.ndarray, rng: np.random.Generator, padding: int = CROP_PADDING
+) -> np.ndarray:
   """Random crop after zero padding, then random horizontal flip.
 
   As torchvision's ``RandomCrop(H, padding)`` then ``RandomHorizontalFlip()`` in
@@ -284,11 +315,11 @@ def random_crop_flip(images: np.ndarray, rng: np.random.Generator,
   rows = np.empty((count, height) + padded.shape[2:], images.dtype)
   for offset in range(2 * padding + 1):
     chosen = top == offset
-    rows[chosen] = padded[chosen, offset:offset + height]
+    rows[chosen] = padded[chosen, offset : offset + height]
   out = np.empty_like(flat)
   for offset in range(2 * padding + 1):
     chosen = left == offset
-    out[chosen] = rows[chosen, :, offset:offset + width]
+    out[chosen] = rows[chosen, :, offset : offset + width]
   out[flip] = out[flip, :, ::-1]
   return out.reshape(images.shape)
 
@@ -299,28 +330,32 @@ def random_crop_flip(images: np.ndarray, rng: np.random.Generator,
 def _check_images(images, labels) -> tuple[np.ndarray, np.ndarray]:
   images, labels = np.asarray(images), np.asarray(labels)
   if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} "
-                     f"{images.shape}. load_split returns them that way.")
-  if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype,
-                                                           np.integer):
-    raise ValueError(f"labels must be integers of shape ({len(images)},) to "
-                     f"match images {images.shape}, got {labels.dtype} "
-                     f"{labels.shape}.")
+    raise ValueError(
+      f"images must be uint8 (N, H, W, C), got {images.dtype} "
+      f"{images.shape}. load_split returns them that way."
+    )
+  if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+      f"labels must be integers of shape ({len(images)},) to "
+      f"match images {images.shape}, got {labels.dtype} "
+      f"{labels.shape}."
+    )
   return images, labels.astype(np.int32, copy=False)
 
 
 def _check_mean_std(mean, std, channels: int):
   for arg, value in (("mean", mean), ("std", std)):
     if np.shape(value) != (channels,):
-      raise ValueError(f"{arg} must have one value per channel ({channels}), "
-                       f"got {value!r}. See DATASETS[name].{arg}.")
+      raise ValueError(
+        f"{arg} must have one value per channel ({channels}), "
+        f"got {value!r}. See DATASETS[name].{arg}."
+      )
   if not np.all(np.asarray(std) > 0):
     raise ValueError(f"std must be positive, got {std!r}.")
 
 
 def _check_positive_int(arg: str, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-      value < 1):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (value < 1):
     raise ValueError(f"{arg} must be an integer >= 1, got {value!r}.")
   return int(value)
 
@@ -328,9 +363,16 @@ def _check_positive_int(arg: str, value) -> int:
 PARTITIONS = ("iid", "dirichlet", "classes")
 
 
-def partition(labels: np.ndarray, num_workers: int, shard_size: int,
-              rng: np.random.Generator, *, scheme: str = "iid",
-              alpha: float = 0.5, classes_per_worker: int = 2) -> np.ndarray:
+def partition(
+  labels: np.ndarray,
+  num_workers: int,
+  shard_size: int,
+  rng: np.random.Generator,
+  *,
+  scheme: str = "iid",
+  alpha: float = 0.5,
+  classes_per_worker: int = 2,
+) -> np.ndarray:
   """Disjoint, equal-size shards of a split's indices, one per worker.
 
   Schemes:
@@ -362,8 +404,9 @@ def partition(labels: np.ndarray, num_workers: int, shard_size: int,
   _check_name("partition", scheme, PARTITIONS)
   count = len(labels)
   if scheme == "iid":
-    return rng.permutation(count)[:num_workers * shard_size].reshape(
-        num_workers, shard_size)
+    return rng.permutation(count)[: num_workers * shard_size].reshape(
+      num_workers, shard_size
+    )
   if scheme == "classes":
     order = np.argsort(labels, kind="stable")  # by label, then by index
     k = classes_per_worker
@@ -373,9 +416,12 @@ def partition(labels: np.ndarray, num_workers: int, shard_size: int,
     sizes = np.empty(num_workers * k, np.int64)
     sizes[owner] = shard_size // k + (np.arange(k) < shard_size % k)
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    return np.stack([
-        np.concatenate([order[starts[p]:starts[p + 1]] for p in pieces])
-        for pieces in owner])
+    return np.stack(
+      [
+        np.concatenate([order[starts[p] : starts[p + 1]] for p in pieces])
+        for pieces in owner
+      ]
+    )
   # Dirichlet label skew with equal shard sizes.
   classes = np.unique(labels)
   pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
@@ -437,11 +483,21 @@ class WorkerBatches:
     ((8, 4, 32, 32, 3), dtype('float32'), (8, 4))
   """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, *,
-               num_workers: int, batch_size: int, seed: int,
-               mean: Sequence[float], std: Sequence[float], augment: bool,
-               partition_scheme: str = "iid", dirichlet_alpha: float = 0.5,
-               classes_per_worker: int = 2):
+  def __init__(
+    self,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_workers: int,
+    batch_size: int,
+    seed: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: bool,
+    partition_scheme: str = "iid",
+    dirichlet_alpha: float = 0.5,
+    classes_per_worker: int = 2,
+  ):
     """Splits the data into shards; see the class docstring.
 
     Args:
@@ -465,8 +521,7 @@ class WorkerBatches:
     self.images, self.labels = _check_images(images, labels)
     self.num_workers = _check_positive_int("num_workers", num_workers)
     self.batch_size = _check_positive_int("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or (
-        seed < 0):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or (seed < 0):
       raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     self.seed = int(seed)
     _check_mean_std(mean, std, self.images.shape[-1])
@@ -478,14 +533,20 @@ class WorkerBatches:
     self.num_dropped = count - self.shard_size * self.num_workers
     if self.shard_size < self.batch_size:
       raise ValueError(
-          f"Each of {self.num_workers} workers gets {self.shard_size} images "
-          f"({count} in the split), fewer than batch_size {self.batch_size}; "
-          "use a smaller batch_size or fewer workers.")
+        f"Each of {self.num_workers} workers gets {self.shard_size} images "
+        f"({count} in the split), fewer than batch_size {self.batch_size}; "
+        "use a smaller batch_size or fewer workers."
+      )
     self.steps_per_epoch = self.shard_size // self.batch_size
     self.shard_indices = partition(
-        self.labels, self.num_workers, self.shard_size,
-        np.random.default_rng([self.seed, _SPLIT_STREAM]), scheme=partition_scheme,
-        alpha=dirichlet_alpha, classes_per_worker=classes_per_worker)
+      self.labels,
+      self.num_workers,
+      self.shard_size,
+      np.random.default_rng([self.seed, _SPLIT_STREAM]),
+      scheme=partition_scheme,
+      alpha=dirichlet_alpha,
+      classes_per_worker=classes_per_worker,
+    )
     self.shard_indices.flags.writeable = False
     self._epoch_cache = None  # (epoch, epoch_indices): pure memoization
 
@@ -499,15 +560,21 @@ class WorkerBatches:
       int ``(num_workers, shard_size)``, read-only; the first
       ``steps_per_epoch * batch_size`` columns are served, the rest dropped.
     """
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or (
-        epoch < 0):
+    if (
+      isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or (epoch < 0)
+    ):
       raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}.")
     cached = self._epoch_cache
     if cached is not None and cached[0] == epoch:
       return cached[1]
-    order = np.stack([
-        np.random.default_rng([self.seed, _SHUFFLE_STREAM, int(epoch), worker])
-        .permutation(self.shard_size) for worker in range(self.num_workers)])
+    order = np.stack(
+      [
+        np.random.default_rng(
+          [self.seed, _SHUFFLE_STREAM, int(epoch), worker]
+        ).permutation(self.shard_size)
+        for worker in range(self.num_workers)
+      ]
+    )
     indices = np.take_along_axis(self.shard_indices, order, axis=1)
     indices.flags.writeable = False
     self._epoch_cache = (epoch, indices)
@@ -515,15 +582,19 @@ class WorkerBatches:
 
   def batch_indices(self, epoch: int, step: int) -> np.ndarray:
     """Indices into the split of ``batch(epoch, step)``: int ``(workers, batch)``."""
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not (
-        0 <= step < self.steps_per_epoch):
-      raise ValueError(f"step must be an integer in [0, {self.steps_per_epoch}) "
-                       f"(steps_per_epoch), got {step!r}.")
+    if (
+      isinstance(step, bool)
+      or not isinstance(step, (int, np.integer))
+      or not (0 <= step < self.steps_per_epoch)
+    ):
+      raise ValueError(
+        f"step must be an integer in [0, {self.steps_per_epoch}) "
+        f"(steps_per_epoch), got {step!r}."
+      )
     start = int(step) * self.batch_size
-    return self.epoch_indices(epoch)[:, start:start + self.batch_size]
+    return self.epoch_indices(epoch)[:, start : start + self.batch_size]
 
-  def batch(self, epoch: int, step: int,
-            workers=None) -> tuple[np.ndarray, np.ndarray]:
+  def batch(self, epoch: int, step: int, workers=None) -> tuple[np.ndarray, np.ndarray]:
     """The batch of every worker (or of ``workers``) at ``step`` within ``epoch``.
 
     Each worker's augmentation draws come from its own stream (seed, epoch, step,
@@ -549,8 +620,15 @@ class WorkerBatches:
     indices = indices[workers]
     images = self.images[indices]  # (workers, batch, H, W, C) uint8
     if self.augment:
-      images = np.stack([
-          random_crop_flip(images[row], np.random.default_rng(
-              [self.seed, _AUGMENT_STREAM, int(epoch), int(step), worker]))
-          for row, worker in enumerate(workers)])
+      images = np.stack(
+        [
+          random_crop_flip(
+            images[row],
+            np.random.default_rng(
+              [self.seed, _AUGMENT_STREAM, int(epoch), int(step), worker]
+            ),
+          )
+          for row, worker in enumerate(workers)
+        ]
+      )
     return normalize(images, self.mean, self.std), self.labels[indices]

@@ -54,6 +54,7 @@ BATCH_NORM_EPSILON = 1e-5
 # same gradients). Harmless elsewhere; False builds plain ``nnx.Conv`` layers.
 ONE_BY_ONE_CONV_AS_MATMUL_FOR_XLA_CPU = True
 
+
 def _torch_uniform(fan_in: int | None = None):
   """PyTorch's default init: uniform in +-1/sqrt(fan_in), fan_in = in * kh * kw.
 
@@ -87,8 +88,12 @@ def _pointwise_bwd(precision, residuals, g):
   # leads XLA's CPU layout assignment to transpose the output gradient first and
   # then run a slow Eigen contraction (8x slower on its own, 15% of a ResNet-50
   # backward pass). The result is bitwise the same.
-  dkernel = lax.dot_general(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]),
-                            (((0,), (0,)), ((), ())), precision=precision)
+  dkernel = lax.dot_general(
+    x.reshape(-1, x.shape[-1]),
+    g.reshape(-1, g.shape[-1]),
+    (((0,), (0,)), ((), ())),
+    precision=precision,
+  )
   return dx, dkernel
 
 
@@ -115,45 +120,63 @@ class PointwiseConv(nnx.Conv):
       inputs = inputs[..., ::stride, ::stride, :]
     kernel = self.kernel[...]
     bias = self.bias[...] if self.bias is not None else None
-    inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias),
-                                              dtype=self.dtype)
+    inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
     y = _pointwise(inputs, kernel[0, 0], self.precision)
     return y if bias is None else y + bias
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-          use_bias: bool, rngs: nnx.Rngs) -> nnx.Conv:
+def _conv(
+  in_channels: int,
+  out_channels: int,
+  kernel_size: int,
+  *,
+  stride: int = 1,
+  use_bias: bool,
+  rngs: nnx.Rngs,
+) -> nnx.Conv:
   """A square convolution padded like PyTorch's ``padding=kernel_size // 2``."""
   pad = kernel_size // 2
   pointwise = kernel_size == 1 and ONE_BY_ONE_CONV_AS_MATMUL_FOR_XLA_CPU
   return (PointwiseConv if pointwise else nnx.Conv)(
-      in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
-      padding=((pad, pad), (pad, pad)), use_bias=use_bias,
-      kernel_init=_torch_uniform(),
-      bias_init=_torch_uniform(in_channels * kernel_size * kernel_size),
-      rngs=rngs)
+    in_channels,
+    out_channels,
+    (kernel_size, kernel_size),
+    strides=stride,
+    padding=((pad, pad), (pad, pad)),
+    use_bias=use_bias,
+    kernel_init=_torch_uniform(),
+    bias_init=_torch_uniform(in_channels * kernel_size * kernel_size),
+    rngs=rngs,
+  )
 
 
 def _batch_norm(num_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(num_features, momentum=BATCH_NORM_MOMENTUM,
-                       epsilon=BATCH_NORM_EPSILON, rngs=rngs)
+  return nnx.BatchNorm(
+    num_features, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, rngs=rngs
+  )
 
 
-def _projection(in_channels: int, out_channels: int, stride: int, *,
-                use_bias: bool, rngs: nnx.Rngs) -> nnx.Sequential | None:
+def _projection(
+  in_channels: int, out_channels: int, stride: int, *, use_bias: bool, rngs: nnx.Rngs
+) -> nnx.Sequential | None:
   """A residual block's shortcut: strided 1x1 convolution + BatchNorm when the
   shape changes (He et al.'s option B), None (identity) otherwise."""
   if stride == 1 and in_channels == out_channels:
     return None
   return nnx.Sequential(
-      _conv(in_channels, out_channels, 1, stride=stride, use_bias=use_bias,
-            rngs=rngs),
-      _batch_norm(out_channels, rngs))
+    _conv(in_channels, out_channels, 1, stride=stride, use_bias=use_bias, rngs=rngs),
+    _batch_norm(out_channels, rngs),
+  )
 
 
 def _linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(in_features, out_features, kernel_init=_torch_uniform(),
-                    bias_init=_torch_uniform(in_features), rngs=rngs)
+  return nnx.Linear(
+    in_features,
+    out_features,
+    kernel_init=_torch_uniform(),
+    bias_init=_torch_uniform(in_features),
+    rngs=rngs,
+  )
 
 
 def _global_average_pool(x: jax.Array) -> jax.Array:
@@ -169,8 +192,9 @@ def _max_pool(x: jax.Array) -> jax.Array:
 def _check_images(x: jax.Array, in_channels: int, model_name: str):
   if x.ndim != 4 or x.shape[-1] != in_channels:
     raise ValueError(
-        f"{model_name} expects NHWC images of shape (batch, H, W, {in_channels}), "
-        f"got shape {tuple(x.shape)}. Add a batch axis or put channels last.")
+      f"{model_name} expects NHWC images of shape (batch, H, W, {in_channels}), "
+      f"got shape {tuple(x.shape)}. Add a batch axis or put channels last."
+    )
 
 
 # --- CIFAR ResNets: one network, three block types ---
@@ -185,18 +209,19 @@ class Bottleneck(nnx.Module):
   expansion = 4
   preactivation = False
 
-  def __init__(self, in_channels: int, planes: int, stride: int, *,
-               use_bias: bool, rngs: nnx.Rngs):
+  def __init__(
+    self, in_channels: int, planes: int, stride: int, *, use_bias: bool, rngs: nnx.Rngs
+  ):
     out_channels = planes * self.expansion
     self.conv1 = _conv(in_channels, planes, 1, use_bias=use_bias, rngs=rngs)
     self.bn1 = _batch_norm(planes, rngs)
-    self.conv2 = _conv(planes, planes, 3, stride=stride, use_bias=use_bias,
-                       rngs=rngs)
+    self.conv2 = _conv(planes, planes, 3, stride=stride, use_bias=use_bias, rngs=rngs)
     self.bn2 = _batch_norm(planes, rngs)
     self.conv3 = _conv(planes, out_channels, 1, use_bias=use_bias, rngs=rngs)
     self.bn3 = _batch_norm(out_channels, rngs)
-    self.shortcut = _projection(in_channels, out_channels, stride,
-                                use_bias=use_bias, rngs=rngs)
+    self.shortcut = _projection(
+      in_channels, out_channels, stride, use_bias=use_bias, rngs=rngs
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
@@ -213,15 +238,18 @@ class BasicBlock(nnx.Module):
   expansion = 1
   preactivation = False
 
-  def __init__(self, in_channels: int, planes: int, stride: int, *,
-               use_bias: bool, rngs: nnx.Rngs):
-    self.conv1 = _conv(in_channels, planes, 3, stride=stride, use_bias=use_bias,
-                       rngs=rngs)
+  def __init__(
+    self, in_channels: int, planes: int, stride: int, *, use_bias: bool, rngs: nnx.Rngs
+  ):
+    self.conv1 = _conv(
+      in_channels, planes, 3, stride=stride, use_bias=use_bias, rngs=rngs
+    )
     self.bn1 = _batch_norm(planes, rngs)
     self.conv2 = _conv(planes, planes, 3, use_bias=use_bias, rngs=rngs)
     self.bn2 = _batch_norm(planes, rngs)
-    self.shortcut = _projection(in_channels, planes, stride, use_bias=use_bias,
-                                rngs=rngs)
+    self.shortcut = _projection(
+      in_channels, planes, stride, use_bias=use_bias, rngs=rngs
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.bn1(self.conv1(x)))
@@ -238,16 +266,19 @@ class WideBasicBlock(nnx.Module):
   expansion = 1
   preactivation = True
 
-  def __init__(self, in_channels: int, planes: int, stride: int, *,
-               use_bias: bool, rngs: nnx.Rngs):
+  def __init__(
+    self, in_channels: int, planes: int, stride: int, *, use_bias: bool, rngs: nnx.Rngs
+  ):
     self.bn1 = _batch_norm(in_channels, rngs)
-    self.conv1 = _conv(in_channels, planes, 3, stride=stride, use_bias=use_bias,
-                       rngs=rngs)
+    self.conv1 = _conv(
+      in_channels, planes, 3, stride=stride, use_bias=use_bias, rngs=rngs
+    )
     self.bn2 = _batch_norm(planes, rngs)
     self.conv2 = _conv(planes, planes, 3, use_bias=use_bias, rngs=rngs)
     if stride != 1 or in_channels != planes:
-      self.shortcut = _conv(in_channels, planes, 1, stride=stride,
-                            use_bias=use_bias, rngs=rngs)
+      self.shortcut = _conv(
+        in_channels, planes, 1, stride=stride, use_bias=use_bias, rngs=rngs
+      )
     else:
       self.shortcut = None
 
@@ -269,9 +300,17 @@ class ResNet(nnx.Module):
   BN-ReLU after the last stage instead.
   """
 
-  def __init__(self, stage_sizes, block_cls, *, in_channels: int,
-               num_classes: int, rngs: nnx.Rngs, widen_factor: int = 1,
-               use_bias: bool = False):
+  def __init__(
+    self,
+    stage_sizes,
+    block_cls,
+    *,
+    in_channels: int,
+    num_classes: int,
+    rngs: nnx.Rngs,
+    widen_factor: int = 1,
+    use_bias: bool = False,
+  ):
     """Builds the network.
 
     Args:
@@ -284,8 +323,10 @@ class ResNet(nnx.Module):
       use_bias: whether every convolution has a bias (the reference's ResNet-50).
     """
     if not stage_sizes or any(size < 1 for size in stage_sizes):
-      raise ValueError(f"stage_sizes must be a non-empty sequence of block counts "
-                       f">= 1, got {stage_sizes!r}.")
+      raise ValueError(
+        f"stage_sizes must be a non-empty sequence of block counts "
+        f">= 1, got {stage_sizes!r}."
+      )
     widen_factor = _checks.check_integer("widen_factor", widen_factor, 1)
     self.in_channels = in_channels
     self.conv1 = _conv(in_channels, 16, 3, use_bias=use_bias, rngs=rngs)
@@ -297,8 +338,7 @@ class ResNet(nnx.Module):
       blocks = []
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        blocks.append(block_cls(channels, planes, stride, use_bias=use_bias,
-                                rngs=rngs))
+        blocks.append(block_cls(channels, planes, stride, use_bias=use_bias, rngs=rngs))
         channels = planes * block_cls.expansion
       stages.append(nnx.Sequential(*blocks))
     self.stages = nnx.Sequential(*stages)
@@ -323,15 +363,32 @@ ResNet50Cifar = functools.partial(ResNet, (3, 4, 6), Bottleneck, use_bias=True)
 # He et al.'s CIFAR ResNet-20, ~0.27M parameters.
 ResNet20 = functools.partial(ResNet, (3, 3, 3), BasicBlock)
 # WRN-28-10 (dropout 0), 36,479,194 parameters for 10 classes.
-WideResNet28_10 = functools.partial(ResNet, (4, 4, 4), WideBasicBlock,
-                                    widen_factor=10)
+WideResNet28_10 = functools.partial(ResNet, (4, 4, 4), WideBasicBlock, widen_factor=10)
 
 
 # --- VGG-16 with BatchNorm, CIFAR variant ---
 
 # Output channels of the 3x3 convolutions, "M" for a 2x2 max pool.
-VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-                512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_CONFIG = (
+  64,
+  64,
+  "M",
+  128,
+  128,
+  "M",
+  256,
+  256,
+  256,
+  "M",
+  512,
+  512,
+  512,
+  "M",
+  512,
+  512,
+  512,
+  "M",
+)
 
 
 class VGG16BN(nnx.Module):
@@ -360,8 +417,11 @@ class VGG16BN(nnx.Module):
       if item == "M":
         layers.append(_max_pool)
       else:
-        layers += [_conv(channels, item, 3, use_bias=True, rngs=rngs),
-                   _batch_norm(item, rngs), nnx.relu]
+        layers += [
+          _conv(channels, item, 3, use_bias=True, rngs=rngs),
+          _batch_norm(item, rngs),
+          nnx.relu,
+        ]
         channels = item
     self.features = nnx.Sequential(*layers)
     self.linear = _linear(channels, num_classes, rngs)
@@ -413,16 +473,17 @@ class SmallCNN(nnx.Module):
 # --- Registry ---
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
-    "resnet50": ResNet50Cifar,
-    "resnet20": ResNet20,
-    "wrn28_10": WideResNet28_10,
-    "vgg16_bn": VGG16BN,
-    "small_cnn": SmallCNN,
+  "resnet50": ResNet50Cifar,
+  "resnet20": ResNet20,
+  "wrn28_10": WideResNet28_10,
+  "vgg16_bn": VGG16BN,
+  "small_cnn": SmallCNN,
 }
 
 
-def create_model(name: str, *, num_classes: int, in_channels: int,
-                 rngs: nnx.Rngs) -> nnx.Module:
+def create_model(
+  name: str, *, num_classes: int, in_channels: int, rngs: nnx.Rngs
+) -> nnx.Module:
   """Builds the model registered as ``name`` in `MODELS`, in train mode.
 
   Args:
@@ -443,8 +504,10 @@ def create_model(name: str, *, num_classes: int, in_channels: int,
     TypeError: for non-integer sizes.
   """
   if name not in MODELS:
-    raise ValueError(f"unknown model name {name!r}; valid names are "
-                     f"{', '.join(repr(valid) for valid in MODELS)}.")
+    raise ValueError(
+      f"unknown model name {name!r}; valid names are "
+      f"{', '.join(repr(valid) for valid in MODELS)}."
+    )
   num_classes = _checks.check_integer("num_classes", num_classes, 2)
   in_channels = _checks.check_integer("in_channels", in_channels, 1)
   return MODELS[name](in_channels=in_channels, num_classes=num_classes, rngs=rngs)
@@ -455,12 +518,23 @@ def count_params(model: nnx.Module) -> int:
 
   Works on abstract models from ``nnx.eval_shape`` too (no weights needed).
   """
-  return sum(math.prod(leaf.shape)
-             for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return sum(
+    math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))
+  )
 
 
 __all__ = [
-    "MODELS", "VGG16_CONFIG", "BasicBlock", "Bottleneck", "ResNet", "ResNet20",
-    "ResNet50Cifar", "SmallCNN", "VGG16BN", "WideBasicBlock", "WideResNet28_10",
-    "count_params", "create_model",
+  "MODELS",
+  "VGG16_CONFIG",
+  "BasicBlock",
+  "Bottleneck",
+  "ResNet",
+  "ResNet20",
+  "ResNet50Cifar",
+  "SmallCNN",
+  "VGG16BN",
+  "WideBasicBlock",
+  "WideResNet28_10",
+  "count_params",
+  "create_model",
 ]

@@ -50,12 +50,15 @@ class MetricsLog:
     os.replace(tmp, self.path)
 
 
-def plot_run(records: list[dict[str, Any]], directory: str | pathlib.Path,
-             title: str = "") -> None:
+def plot_run(
+  records: list[dict[str, Any]], directory: str | pathlib.Path, title: str = ""
+) -> None:
   """Test accuracy per worker and of the averaged model, and consensus distance."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   if not records:
     return
   directory = pathlib.Path(directory)
@@ -67,8 +70,13 @@ def plot_run(records: list[dict[str, Any]], directory: str | pathlib.Path,
   for worker in range(accuracy.shape[1]):
     ax.plot(epochs, accuracy[:, worker], lw=1, alpha=0.7, label=f"worker {worker}")
   ax.plot(epochs, accuracy.mean(1), "k-", lw=2, label="mean of workers")
-  ax.plot(epochs, [r["test_accuracy_averaged_model"] * 100 for r in records], "k--",
-          lw=2, label="averaged model")
+  ax.plot(
+    epochs,
+    [r["test_accuracy_averaged_model"] * 100 for r in records],
+    "k--",
+    lw=2,
+    label="averaged model",
+  )
   ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
@@ -80,8 +88,9 @@ def plot_run(records: list[dict[str, Any]], directory: str | pathlib.Path,
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for worker in range(distance.shape[1]):
     ax.plot(epochs, distance[:, worker], lw=1, alpha=0.7, label=f"worker {worker}")
-  ax.set(xlabel="epoch", ylabel="||x_i - mean(x)||", title=title or "consensus",
-         yscale="log")
+  ax.set(
+    xlabel="epoch", ylabel="||x_i - mean(x)||", title=title or "consensus", yscale="log"
+  )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
