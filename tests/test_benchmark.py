@@ -85,7 +85,9 @@ def test_quick_benchmark_runs(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
   methods = [r["method"] for r in report["main"]]
-  assert methods == list(benchmark.METHODS)
+  assert methods == list(benchmark.METHODS) + [
+    f"choco:{c}" for c in benchmark.COMPRESSORS
+  ]
   for row in report["main"]:
     assert row["step_s"] > 0 and row["compile_s"] > 0
     assert row["peak_bytes_per_device"] > 0
