@@ -154,6 +154,9 @@ def test_two_workers_per_device_matches_one(mock_cifar, tmp_path):
   [b] = _comparable(report.MetricsLog(two / "metrics.jsonl").read())
   assert a.keys() == b.keys()
   for key in a:
+    if a[key] is None:  # e.g. consensus_lr without a compressor
+      assert b[key] is None, key
+      continue
     np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
   for x, y in zip(
     jax.tree.leaves(train.final_params(one)), jax.tree.leaves(train.final_params(two))
