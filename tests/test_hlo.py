@@ -11,45 +11,20 @@ import jax_aldsgd as ald
 from jax_aldsgd import _exchange
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
+from tests import helpers
 
-
-def _computations(hlo: str) -> dict[str, str]:
-  """Maps each HLO computation name to its body text."""
-  bodies, name, lines = {}, None, []
-  for line in hlo.splitlines():
-    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-    if header and not line.startswith(" "):
-      name, lines = header.group(1), []
-    elif line.startswith("}") and name is not None:
-      bodies[name] = "\n".join(lines)
-      name = None
-    elif name is not None:
-      lines.append(line)
-  return bodies
+_computations = helpers.hlo_computations
 
 
 def _branch_closure(bodies):
   """Computations that run only inside a conditional's branch (transitively)."""
-  inside = set()
-  for body in bodies.values():
-    for match in re.finditer(
-      r"(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
-      r"false_computation=%?([\w.\-]+))",
-      body,
-    ):
-      names = match.group(1).split(",") if match.group(1) else match.groups()[1:]
-      inside |= {n.strip().lstrip("%") for n in names}
-  frontier = set(inside)
-  while frontier:
-    called = set()
-    for name in frontier:
-      for callee in re.findall(
-        r"(?:calls|to_apply)=%?([\w.\-]+)", bodies.get(name, "")
-      ):
-        called.add(callee)
-    frontier = called - inside
-    inside |= frontier
-  return inside
+  branches = {
+    name
+    for body in bodies.values()
+    for group in helpers.hlo_conditionals(body)
+    for name in group
+  }
+  return helpers.hlo_called(bodies, branches)
 
 
 def _compiled_step(tx, n):
