@@ -70,7 +70,6 @@ def _communication(run: dict):
   """
   import ml_collections
 
-  import jax_aldsgd as ald
   from experiments.cifar import train
 
   config = ml_collections.ConfigDict(run["config"])
@@ -85,7 +84,7 @@ def _communication(run: dict):
   first = run["records"][0]
   steps_per_epoch = first["step"] // (first["epoch"] + 1)
   schedule = train.build_schedule(config, steps_per_epoch)
-  return ald.schedules.every(schedule, config.get("gossip_every", 1)), message
+  return train.exchanged_schedule(config, schedule), message
 
 
 def simulated_seconds(

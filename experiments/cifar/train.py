@@ -89,6 +89,13 @@ def _graphs(config) -> list[ald.Topology]:
   return [getattr(ald.topologies, config.topology)(n)]
 
 
+def exchanged_schedule(config, schedule):
+  """What the run exchanges step by step: ``schedule`` every gossip_every steps."""
+  if schedule is None:
+    return None
+  return ald.schedules.every(schedule, config.get("gossip_every", 1))
+
+
 def build_schedule(
   config, steps_per_epoch: int | None = None
 ) -> ald.schedules.Schedule | None:
@@ -236,8 +243,7 @@ class Traffic:
       lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params
     )
     n = config.num_workers
-    if schedule is not None:  # communicating every gossip_every steps
-      schedule = ald.schedules.every(schedule, config.gossip_every)
+    schedule = exchanged_schedule(config, schedule)
     compressor = build_compressor(config)
     if compressor is not None:
       message = ald.choco_message_bytes(
