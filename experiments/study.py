@@ -53,6 +53,9 @@ class Cell:
 
   name: str
   overrides: tuple[tuple[str, object], ...] = ()
+  # The grid whose workdirs hold this cell's runs, when it shares them with
+  # another grid (the same config is then trained once for both).
+  shared_with: str | None = None
 
   def flags(self) -> list[str]:
     return [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
@@ -64,8 +67,8 @@ def _flag_value(value) -> str:
   return str(value)
 
 
-def _cell(name, **overrides) -> Cell:
-  return Cell(name, tuple(sorted(overrides.items())))
+def _cell(name, shared_with=None, **overrides) -> Cell:
+  return Cell(name, tuple(sorted(overrides.items())), shared_with)
 
 
 # Every run: no progress bar, no per-run plots.
@@ -94,6 +97,10 @@ GRIDS: dict[str, Grid] = {
       _cell("aldsgd_dpsgd", method="aldsgd_dpsgd"),
       _cell("aldsgd_dpsgd_reference", method="aldsgd_dpsgd_reference"),
       _cell("aldsgd_matcha", method="aldsgd_matcha"),
+      # The best compressed variant (issue 12) and the overlapped ones (issue 13).
+      _cell("choco_scaled_sign", method="choco", compressor="scaled_sign"),
+      _cell("dpsgd_overlap", method="dpsgd", overlap=True),
+      _cell("aldsgd_dpsgd_overlap", method="aldsgd_dpsgd", overlap=True),
     )
   ),
   # 2. The low-degree workers: the alternating schedule on graph 0 alone.
@@ -103,8 +110,38 @@ GRIDS: dict[str, Grid] = {
       _cell(
         "aldsgd_dpsgd_reference_g0", method="aldsgd_dpsgd_reference", graph_ids=(0,)
       ),
-      _cell("dpsgd_reference_rotated", method="dpsgd_reference"),
-      _cell("aldsgd_dpsgd_reference_rotated", method="aldsgd_dpsgd_reference"),
+      _cell("dpsgd_reference", shared_with="paper", method="dpsgd_reference"),
+      _cell(
+        "aldsgd_dpsgd_reference",
+        shared_with="paper",
+        method="aldsgd_dpsgd_reference",
+      ),
+    )
+  ),
+  # 3. Non-IID data: Dirichlet label skew (alpha 0.1: most workers see two or
+  # three classes), then k = 2 classes per worker.
+  "non_iid": Grid(
+    tuple(
+      _cell(f"{method}_{tag}", method=method, **partition)
+      for tag, partition in (
+        ("dirichlet0.1", dict(partition="dirichlet", dirichlet_alpha=0.1)),
+        ("classes2", dict(partition="classes", classes_per_worker=2)),
+      )
+      for method in ("allreduce", "dpsgd", "aldsgd_dpsgd")
+    )
+  ),
+  # 4. Tight budgets, 16 workers: the paper's 16-node graph pair (10, 11), rotated.
+  "budgets16": Grid(
+    tuple(
+      _cell(
+        f"{method}_{budget}",
+        method=method,
+        matcha_budget=budget,
+        num_workers=16,
+        graph_ids=(11, 10),
+      )
+      for budget in (0.1, 0.3, 0.5)
+      for method in ("matcha", "aldsgd_matcha")
     )
   ),
   # Issue 13: overlap, local steps and staleness, one factor at a time.
@@ -143,7 +180,7 @@ GRIDS: dict[str, Grid] = {
 
 
 def workdir(root: pathlib.Path, grid: str, cell: Cell, seed: int) -> pathlib.Path:
-  return root / grid / cell.name / f"seed{seed}"
+  return root / (cell.shared_with or grid) / cell.name / f"seed{seed}"
 
 
 def command(grid: Grid, cell: Cell, seed: int, directory: pathlib.Path) -> list[str]:
@@ -170,15 +207,19 @@ def _check_grids(names):
 def run(args) -> int:
   _check_grids(args.grids)
   root = pathlib.Path(args.root)
+  failed = []
   for grid in args.grids:
     for seed in args.seeds:
       for cell in GRIDS[grid].cells:
         directory = workdir(root, grid, cell, seed)
         cmd = command(GRIDS[grid], cell, seed, directory)
         print("+ " + " ".join(cmd), flush=True)
-        if not args.dry_run:
-          subprocess.run(cmd, check=True)
-  return 0
+        if not args.dry_run and subprocess.run(cmd).returncode:
+          # Go on with the rest of the grid; rerunning resumes this one.
+          failed.append(str(directory))
+  if failed:
+    print(f"{len(failed)} run(s) failed (rerun to resume them):", *failed, sep="\n")
+  return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------
@@ -212,11 +253,15 @@ def _finished_runs(root, grid, cell):
   from experiments import compare
 
   runs = []
-  for directory in sorted((root / grid / cell.name).glob("seed*")):
+  for directory in sorted(
+    (root / (cell.shared_with or grid) / cell.name).glob("seed*")
+  ):
     try:
-      runs.append(compare.load_run(directory))
+      run = compare.load_run(directory)
     except ValueError:
-      continue
+      continue  # not started
+    if len(run["records"]) >= run["config"].get("num_epochs", 0):
+      runs.append(run)  # a run still going (or stopped early) is left out
   return runs
 
 

@@ -1,0 +1,156 @@
+"""experiments.study: its grids are valid configs, its runner goes on after a
+failed run, and its report's means and 95% intervals match a NumPy reference."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import study
+from experiments.cifar.configs import fashion_mnist
+
+# Student's t, 0.975 quantile, 2 degrees of freedom (tables; scipy.stats.t.ppf).
+T_975_DF2 = 4.302652729911275
+
+
+@pytest.mark.parametrize("grid", sorted(study.GRIDS))
+def test_every_override_is_a_config_field_of_the_right_type(grid):
+  config = fashion_mnist.get_config()
+  for cell in study.GRIDS[grid].cells:
+    for key, value in study.GRIDS[grid].settings + cell.overrides:
+      assert key in config, (grid, cell.name, key)
+      default = config[key]
+      assert isinstance(value, type(default)) or (
+        isinstance(default, (int, float)) and isinstance(value, (int, float))
+      ), (grid, cell.name, key, value, default)
+
+
+def test_every_grid_names_its_cells_once():
+  for name, grid in study.GRIDS.items():
+    names = [cell.name for cell in grid.cells]
+    assert len(names) == len(set(names)), name
+
+
+def test_shared_cells_train_once_in_the_grid_that_owns_them(tmp_path):
+  low = {c.name: c for c in study.GRIDS["low_degree"].cells}
+  paper = {c.name: c for c in study.GRIDS["paper"].cells}
+  shared = low["aldsgd_dpsgd_reference"]
+  assert shared.shared_with == "paper"
+  assert study.workdir(tmp_path, "low_degree", shared, 2) == study.workdir(
+    tmp_path, "paper", paper["aldsgd_dpsgd_reference"], 2
+  )
+  assert shared.overrides == paper["aldsgd_dpsgd_reference"].overrides
+  own = low["aldsgd_dpsgd_reference_g0"]
+  assert study.workdir(tmp_path, "low_degree", own, 2) == (
+    tmp_path / "low_degree" / own.name / "seed2"
+  )
+  assert "--config.graph_ids=(0,)" in own.flags()
+
+
+def test_run_goes_on_after_a_failed_run_and_reports_it(tmp_path, monkeypatch, capsys):
+  calls = []
+
+  class Done:
+    def __init__(self, returncode):
+      self.returncode = returncode
+
+  def fake_run(cmd):
+    calls.append(cmd)
+    return Done(1 if len(calls) == 2 else 0)
+
+  monkeypatch.setattr(study.subprocess, "run", fake_run)
+  rc = study.main(["run", "low_degree", "--seeds", "5", "--root", str(tmp_path)])
+  cells = study.GRIDS["low_degree"].cells
+  assert rc == 1
+  assert len(calls) == len(cells)
+  second = study.workdir(tmp_path, "low_degree", cells[1], 5)
+  assert f"--workdir={second}" in calls[1]
+  assert "--config.seed=5" in calls[1]
+  assert str(second) in capsys.readouterr().out.split("failed")[-1]
+
+
+def _fake_run(directory, accuracies, averaged, num_epochs, steps_per_epoch=100):
+  """A workdir of an all-reduce run: one record per row of ``accuracies``."""
+  config = fashion_mnist.get_config("allreduce").to_dict()
+  config["num_epochs"] = num_epochs
+  config["graph_ids"] = list(config["graph_ids"])
+  config["lr_decay_epochs"] = list(config["lr_decay_epochs"])
+  directory.mkdir(parents=True)
+  (directory / "config.json").write_text(json.dumps(config))
+  lines = []
+  for epoch, (acc, avg) in enumerate(zip(accuracies, averaged)):
+    lines.append(
+      json.dumps(
+        dict(
+          epoch=epoch,
+          step=(epoch + 1) * steps_per_epoch,
+          test_accuracy=list(acc),
+          test_accuracy_averaged_model=avg,
+          bytes_sent_mean=1e9 * (epoch + 1),
+          message_bytes=4000,
+          time_train_s=1.0 * (epoch + 1),
+        )
+      )
+    )
+  (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_report_means_and_intervals_over_finished_seeds(tmp_path):
+  rng = np.random.default_rng(0)
+  cell = "allreduce"
+  final = {}
+  for seed in (1, 2, 3):
+    acc = rng.uniform(0.86, 0.92, size=(2, 8))
+    acc[0] = 0.5  # epoch 1 below the target, so the target is reached at epoch 2
+    _fake_run(
+      tmp_path / "paper" / cell / f"seed{seed}",
+      acc,
+      [0.5, 0.8 + seed / 100],
+      num_epochs=2,
+    )
+    final[seed] = acc[-1]
+  # A run still going (one epoch of two) is left out.
+  _fake_run(tmp_path / "paper" / cell / "seed4", [[0.1] * 8], [0.1], num_epochs=2)
+  out = tmp_path / "out" / "study"
+  assert (
+    study.main(
+      [
+        "report",
+        "paper",
+        "--root",
+        str(tmp_path),
+        "--out",
+        str(out),
+        "--compute-ms",
+        "10",
+      ]
+    )
+    == 0
+  )
+  raw = json.loads(out.with_suffix(".json").read_text())["paper"][cell]
+  assert raw["seeds"] == 3
+
+  def interval(values):
+    values = np.asarray(values, float)
+    return values.mean(), T_975_DF2 * values.std(ddof=1) / math.sqrt(len(values))
+
+  means = [final[s].mean() for s in (1, 2, 3)]
+  np.testing.assert_allclose(raw["final_mean"], interval(means), rtol=1e-9)
+  worst = [final[s].min() for s in (1, 2, 3)]
+  np.testing.assert_allclose(raw["final_worst"], interval(worst), rtol=1e-9)
+  np.testing.assert_allclose(
+    raw["averaged_model"], interval([0.81, 0.82, 0.83]), rtol=1e-9
+  )
+  assert raw["epochs_to_target"] == [2, 0]  # every seed at epoch 2
+  assert raw["not_reached"] == 0
+  np.testing.assert_allclose(raw["gbytes"][0], 2.0)
+  np.testing.assert_allclose(raw["per_worker"], [final[s] for s in (1, 2, 3)])
+  # Simulated time to the target: 200 steps of 10 ms compute, plus 200 ring
+  # all-reduces of 4000 bytes among 8 workers at 1 Gbit/s with 50 us latency:
+  # 2 (n - 1) messages of size / n each (independent of NetworkModel's code).
+  per_allreduce = 2 * 7 * (study.LATENCY_S + (4000 / 8) * 8 / 1e9)
+  np.testing.assert_allclose(raw["time_1"][0], 200 * (0.010 + per_allreduce), rtol=1e-6)
+  table = out.with_suffix(".md").read_text()
+  assert f"| {cell} | 3 | {100 * interval(means)[0]:.2f} ± " in table
+  assert (out.parent / "study.png").exists()
