@@ -15,7 +15,8 @@ from its last checkpoint, so a grid can be stopped and continued at will.
 each cell's final accuracy (mean over workers), worst worker, averaged model,
 epochs and simulated time to the target accuracy (a fixed compute time per step,
 ``--compute-ms``, plus the simulated communication of the run's schedule on 1
-and 10 Gbit/s links with 50 us latency, overlap-aware), and bytes per worker, each as
+and 10 Gbit/s links with 50 us latency, overlap-aware), the simulated time of
+the whole run at 1 Gbit/s, and bytes per worker, each as
 the mean over seeds with a 95% confidence interval (Student's t, ``n - 1``
 degrees of freedom), plus a figure of mean test accuracy against epoch (the
 seeds' mean and range). The grid ``low_degree`` also gets a per-worker table.
@@ -275,12 +276,15 @@ def cell_summary(runs, target=TARGET, compute_s=None) -> dict:
     summary = compare.summarize(run, target)
     accuracy = np.array([r["test_accuracy"] for r in run["records"]])
     reached = np.flatnonzero(accuracy.mean(1) >= target)
-    times = {}
+    times, totals = {}, {}
     for gbit in NETWORKS_GBIT:
       network = ald.NetworkModel.from_gbit(gbit, latency_s=LATENCY_S)
       seconds = compare.simulated_seconds(run, network, compute_s)
       times[gbit] = float(seconds[reached[0]]) if len(reached) else None
-    per_seed.append(dict(summary, sim_time=times, per_worker=accuracy[-1].tolist()))
+      totals[gbit] = float(seconds[-1])
+    per_seed.append(
+      dict(summary, sim_time=times, sim_total=totals, per_worker=accuracy[-1].tolist())
+    )
   if not per_seed:
     return {}
   out = dict(seeds=len(per_seed), epochs=[s["epochs"] for s in per_seed])
@@ -294,6 +298,7 @@ def cell_summary(runs, target=TARGET, compute_s=None) -> dict:
     out[key] = _interval([s[key] for s in per_seed])
   for gbit in NETWORKS_GBIT:
     out[f"time_{gbit:g}"] = _interval([s["sim_time"][gbit] for s in per_seed])
+    out[f"total_{gbit:g}"] = _interval([s["sim_total"][gbit] for s in per_seed])
   out["not_reached"] = sum(s["epochs_to_target"] is None for s in per_seed)
   out["per_worker"] = np.array([s["per_worker"] for s in per_seed])
   return out
@@ -303,17 +308,20 @@ def grid_table(grid, summaries, target=TARGET) -> str:
   net_heads = " | ".join(
     f"time to {target:.0%} at {g:g} Gbit/s (s)" for g in NETWORKS_GBIT
   )
+  total = NETWORKS_GBIT[0]
   lines = [
     f"| cell | seeds | final mean acc (%) | worst worker (%) | averaged model (%)"
-    f" | epochs to {target:.0%} | {net_heads} | GB sent per worker |",
-    "|---|---|---|---|---|---|" + "---|" * len(NETWORKS_GBIT) + "---|",
+    f" | epochs to {target:.0%} | {net_heads} | whole run at {total:g} Gbit/s (s)"
+    " | GB sent per worker |",
+    "|---|---|---|---|---|---|" + "---|" * len(NETWORKS_GBIT) + "---|---|",
   ]
   for name, s in summaries.items():
     if not s:
-      lines.append(f"| {name} | 0 | not run |" + " |" * (5 + len(NETWORKS_GBIT)))
+      lines.append(f"| {name} | 0 | not run |" + " |" * (6 + len(NETWORKS_GBIT)))
       continue
     missing = f" ({s['not_reached']} not reached)" if s["not_reached"] else ""
     times = " | ".join(_fmt(*s[f"time_{g:g}"], digits=1) for g in NETWORKS_GBIT)
+    times += " | " + _fmt(*s[f"total_{total:g}"], digits=1)
     lines.append(
       f"| {name} | {s['seeds']} | {_fmt(*s['final_mean'], 100)} | "
       f"{_fmt(*s['final_worst'], 100)} | {_fmt(*s['averaged_model'], 100)} | "
