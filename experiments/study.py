@@ -85,6 +85,8 @@ class Grid:
 
   cells: tuple[Cell, ...]
   settings: tuple[tuple[str, object], ...] = SHORT
+  # (cell, baseline) pairs whose differences the report gives seed by seed.
+  pairs: tuple[tuple[str, str], ...] = ()
 
 
 GRIDS: dict[str, Grid] = {
@@ -102,7 +104,19 @@ GRIDS: dict[str, Grid] = {
       _cell("choco_scaled_sign", method="choco", compressor="scaled_sign"),
       _cell("dpsgd_overlap", method="dpsgd", overlap=True),
       _cell("aldsgd_dpsgd_overlap", method="aldsgd_dpsgd", overlap=True),
-    )
+    ),
+    pairs=(
+      ("aldsgd_dpsgd_reference", "dpsgd_reference"),
+      ("aldsgd_dpsgd", "dpsgd"),
+      ("aldsgd_matcha", "matcha"),
+      ("dpsgd_reference", "allreduce"),
+      ("dpsgd", "allreduce"),
+      ("matcha", "allreduce"),
+      ("aldsgd_dpsgd_reference", "allreduce"),
+      ("choco_scaled_sign", "dpsgd"),
+      ("dpsgd_overlap", "dpsgd"),
+      ("aldsgd_dpsgd_overlap", "aldsgd_dpsgd"),
+    ),
   ),
   # 2. The low-degree workers: the alternating schedule on graph 0 alone.
   "low_degree": Grid(
@@ -117,7 +131,12 @@ GRIDS: dict[str, Grid] = {
         shared_with="paper",
         method="aldsgd_dpsgd_reference",
       ),
-    )
+    ),
+    pairs=(
+      ("aldsgd_dpsgd_reference_g0", "dpsgd_reference_g0"),
+      ("dpsgd_reference", "dpsgd_reference_g0"),
+      ("aldsgd_dpsgd_reference", "aldsgd_dpsgd_reference_g0"),
+    ),
   ),
   # 3. Non-IID data: Dirichlet label skew (alpha 0.1: most workers see two or
   # three classes), then k = 2 classes per worker.
@@ -129,7 +148,16 @@ GRIDS: dict[str, Grid] = {
         ("classes2", dict(partition="classes", classes_per_worker=2)),
       )
       for method in ("allreduce", "dpsgd", "aldsgd_dpsgd")
-    )
+    ),
+    pairs=tuple(
+      pair
+      for tag in ("dirichlet0.1", "classes2")
+      for pair in (
+        (f"aldsgd_dpsgd_{tag}", f"dpsgd_{tag}"),
+        (f"dpsgd_{tag}", f"allreduce_{tag}"),
+        (f"aldsgd_dpsgd_{tag}", f"allreduce_{tag}"),
+      )
+    ),
   ),
   # 4. Tight budgets, 16 workers: the paper's 16-node graph pair (10, 11), rotated.
   "budgets16": Grid(
@@ -143,7 +171,8 @@ GRIDS: dict[str, Grid] = {
       )
       for budget in (0.1, 0.3, 0.5)
       for method in ("matcha", "aldsgd_matcha")
-    )
+    ),
+    pairs=tuple((f"aldsgd_matcha_{b}", f"matcha_{b}") for b in (0.1, 0.3, 0.5)),
   ),
   # Issue 13: overlap, local steps and staleness, one factor at a time.
   "overlap": Grid(
@@ -346,6 +375,80 @@ def per_worker_table(summaries) -> str:
   return "\n".join(lines)
 
 
+# Workers 0 and 4: the pair that matchings 0 and 1 of paper graph 0 (the
+# alternating schedule on graph 0 alone) cut off from the rest.
+LOW_DEGREE_WORKERS = (0, 4)
+
+
+def _final(run) -> dict:
+  """Final metrics of one run, for differences between paired runs."""
+  last = run["records"][-1]
+  accuracy = np.asarray(last["test_accuracy"], float)
+  low = np.zeros(len(accuracy), bool)
+  low[list(LOW_DEGREE_WORKERS)] = True
+  return dict(
+    final_mean=accuracy.mean(),
+    final_worst=accuracy.min(),
+    averaged_model=last["test_accuracy_averaged_model"],
+    low_degree_gap=accuracy[~low].mean() - accuracy[low].mean(),
+  )
+
+
+PAIRED = ("final_mean", "final_worst", "averaged_model")
+
+
+def paired_differences(runs_by_cell, pairs, keys=PAIRED) -> dict:
+  """``cell - baseline`` per seed (runs matched by their config's seed), with
+  the mean and 95% t-interval of those differences, for each pair and key."""
+  out = {}
+  for cell, base in pairs:
+    ours = {r["config"]["seed"]: _final(r) for r in runs_by_cell.get(cell, [])}
+    theirs = {r["config"]["seed"]: _final(r) for r in runs_by_cell.get(base, [])}
+    seeds = sorted(set(ours) & set(theirs))
+    out[(cell, base)] = dict(
+      seeds=len(seeds),
+      **{
+        key: _interval([ours[s][key] - theirs[s][key] for s in seeds]) for key in keys
+      },
+    )
+  return out
+
+
+def differences_table(differences) -> str:
+  lines = [
+    "| cell - baseline | seeds | final mean acc (points) | worst worker (points)"
+    " | averaged model (points) | interval excludes 0 (final mean) |",
+    "|---|---|---|---|---|---|",
+  ]
+  for (cell, base), d in differences.items():
+    if not d["seeds"]:
+      lines.append(f"| {cell} - {base} | 0 | not run | | | |")
+      continue
+    mean, half = d["final_mean"]
+    verdict = (
+      "n/a (one seed)" if math.isnan(half) else ("yes" if abs(mean) > half else "no")
+    )
+    lines.append(
+      f"| {cell} - {base} | {d['seeds']} | {_fmt(*d['final_mean'], 100)} | "
+      f"{_fmt(*d['final_worst'], 100)} | {_fmt(*d['averaged_model'], 100)} | "
+      f"{verdict} |"
+    )
+  return "\n".join(lines)
+
+
+def low_degree_table(runs_by_cell) -> str:
+  workers = ", ".join(map(str, LOW_DEGREE_WORKERS))
+  lines = [
+    f"| cell | seeds | rest minus workers {workers} (points) |",
+    "|---|---|---|",
+  ]
+  for name, runs in runs_by_cell.items():
+    if runs:
+      gap = _interval([_final(r)["low_degree_gap"] for r in runs])
+      lines.append(f"| {name} | {len(runs)} | {_fmt(*gap, 100)} |")
+  return "\n".join(lines)
+
+
 def plot_grid(grid, runs_by_cell, out: pathlib.Path) -> None:
   import matplotlib
 
@@ -398,6 +501,18 @@ def report(args) -> int:
       sections.append(
         f"Final test accuracy per worker (%), {grid}:\n\n{per_worker_table(summaries)}"
       )
+      sections.append(
+        "Gap between the other workers' mean and the mean of workers "
+        f"{LOW_DEGREE_WORKERS} (final test accuracy):\n\n"
+        + low_degree_table(runs_by_cell)
+      )
+    differences = paired_differences(runs_by_cell, GRIDS[grid].pairs)
+    if differences:
+      sections.append(
+        f"Paired differences, {grid} (each seed's run minus the baseline's run "
+        "of the same seed; mean and 95% t-interval over seeds):\n\n"
+        + differences_table(differences)
+      )
     figure = out.parent / (
       f"{out.name}.png" if len(args.grids) == 1 else f"{out.name}_{grid}.png"
     )
@@ -406,6 +521,9 @@ def report(args) -> int:
     raw[grid] = {
       name: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
       for name, s in summaries.items()
+    }
+    raw[grid]["differences"] = {
+      f"{cell} - {base}": d for (cell, base), d in differences.items()
     }
   text = "\n\n".join(sections) + "\n"
   print(text)

@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.cifar import report, train
 from tests import helpers
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -87,6 +86,8 @@ def test_experiment_runner_across_two_processes(tmp_path):
   both at the same step (it becomes a SIGTERM, which JAX's preemption service
   turns into a sync point); rerun, the run equals the one-process run. Only
   process 0 writes metrics."""
+  from experiments.cifar import report, train  # the trainer's test only
+
   data = helpers.fake_fashion_mnist(tmp_path / "data")
   common = [
     "-m",

@@ -156,3 +156,38 @@ def test_report_means_and_intervals_over_finished_seeds(tmp_path):
   table = out.with_suffix(".md").read_text()
   assert f"| {cell} | 3 | {100 * interval(means)[0]:.2f} ± " in table
   assert (out.parent / "study.png").exists()
+
+
+def test_paired_differences_match_seeds_and_the_low_degree_gap(tmp_path):
+  rng = np.random.default_rng(1)
+  runs = {"a": [], "b": []}
+  expected = []
+  for seed in (1, 2, 3, 4):
+    acc = {name: rng.uniform(0.7, 0.9, size=8) for name in runs}
+    for name in runs:
+      if name == "a" and seed == 4:
+        continue  # seed 4 of "a" missing: that seed is left out of the pair
+      runs[name].append(
+        dict(
+          config=dict(seed=seed),
+          records=[
+            dict(test_accuracy=list(acc[name]), test_accuracy_averaged_model=0.8)
+          ],
+        )
+      )
+    if seed != 4:
+      expected.append(acc["a"].min() - acc["b"].min())
+  runs["b"].reverse()  # order of the runs does not matter, the seeds do
+  d = study.paired_differences(runs, [("a", "b")])[("a", "b")]
+  assert d["seeds"] == 3
+  diffs = np.array(expected)
+  np.testing.assert_allclose(
+    d["final_worst"],
+    [diffs.mean(), T_975_DF2 * diffs.std(ddof=1) / math.sqrt(3)],
+    rtol=1e-9,
+  )
+  acc = np.array(runs["a"][0]["records"][-1]["test_accuracy"])
+  rest = [w for w in range(8) if w not in (0, 4)]
+  assert study._final(runs["a"][0])["low_degree_gap"] == pytest.approx(
+    acc[rest].mean() - (acc[0] + acc[4]) / 2
+  )
