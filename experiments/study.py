@@ -414,25 +414,31 @@ def paired_differences(runs_by_cell, pairs, keys=PAIRED) -> dict:
   return out
 
 
-def differences_table(differences) -> str:
+HEADS = {
+  "final_mean": "final mean acc (points)",
+  "final_worst": "worst worker (points)",
+  "averaged_model": "averaged model (points)",
+  "low_degree_gap": "low-degree gap (points)",
+}
+
+
+def differences_table(differences, keys=PAIRED) -> str:
   lines = [
-    "| cell - baseline | seeds | final mean acc (points) | worst worker (points)"
-    " | averaged model (points) | interval excludes 0 (final mean) |",
-    "|---|---|---|---|---|---|",
+    "| cell - baseline | seeds | "
+    + " | ".join(HEADS[k] for k in keys)
+    + " | interval excludes 0 (final mean) |",
+    "|---|---|" + "---|" * (len(keys) + 1),
   ]
   for (cell, base), d in differences.items():
     if not d["seeds"]:
-      lines.append(f"| {cell} - {base} | 0 | not run | | | |")
+      lines.append(f"| {cell} - {base} | 0 | not run |" + " |" * len(keys))
       continue
     mean, half = d["final_mean"]
     verdict = (
       "n/a (one seed)" if math.isnan(half) else ("yes" if abs(mean) > half else "no")
     )
-    lines.append(
-      f"| {cell} - {base} | {d['seeds']} | {_fmt(*d['final_mean'], 100)} | "
-      f"{_fmt(*d['final_worst'], 100)} | {_fmt(*d['averaged_model'], 100)} | "
-      f"{verdict} |"
-    )
+    values = " | ".join(_fmt(*d[k], 100) for k in keys)
+    lines.append(f"| {cell} - {base} | {d['seeds']} | {values} | {verdict} |")
   return "\n".join(lines)
 
 
@@ -506,12 +512,13 @@ def report(args) -> int:
         f"{LOW_DEGREE_WORKERS} (final test accuracy):\n\n"
         + low_degree_table(runs_by_cell)
       )
-    differences = paired_differences(runs_by_cell, GRIDS[grid].pairs)
+    keys = PAIRED + (("low_degree_gap",) if grid == "low_degree" else ())
+    differences = paired_differences(runs_by_cell, GRIDS[grid].pairs, keys)
     if differences:
       sections.append(
         f"Paired differences, {grid} (each seed's run minus the baseline's run "
         "of the same seed; mean and 95% t-interval over seeds):\n\n"
-        + differences_table(differences)
+        + differences_table(differences, keys)
       )
     figure = out.parent / (
       f"{out.name}.png" if len(args.grids) == 1 else f"{out.name}_{grid}.png"
