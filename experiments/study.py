@@ -171,8 +171,14 @@ GRIDS: dict[str, Grid] = {
       )
       for budget in (0.1, 0.3, 0.5)
       for method in ("matcha", "aldsgd_matcha")
+    )
+    # The same 16 workers without a budget, for scale.
+    + tuple(
+      _cell(method, method=method, num_workers=16, graph_ids=(11, 10))
+      for method in ("allreduce", "dpsgd", "aldsgd_dpsgd")
     ),
-    pairs=tuple((f"aldsgd_matcha_{b}", f"matcha_{b}") for b in (0.1, 0.3, 0.5)),
+    pairs=tuple((f"aldsgd_matcha_{b}", f"matcha_{b}") for b in (0.1, 0.3, 0.5))
+    + (("aldsgd_dpsgd", "dpsgd"), ("matcha_0.5", "allreduce"), ("dpsgd", "allreduce")),
   ),
   # Issue 13: overlap, local steps and staleness, one factor at a time.
   "overlap": Grid(
