@@ -19,7 +19,14 @@ and 10 Gbit/s links with 50 us latency, overlap-aware), the simulated time of
 the whole run at 1 Gbit/s, and bytes per worker, each as
 the mean over seeds with a 95% confidence interval (Student's t, ``n - 1``
 degrees of freedom), plus a figure of mean test accuracy against epoch (the
-seeds' mean and range). The grid ``low_degree`` also gets a per-worker table.
+seeds' mean and range). A grid's ``pairs`` get a table of paired differences
+(each seed's run of a cell minus the same seed's run of its baseline: the mean
+difference and its 95% interval, and whether that interval excludes 0). The
+grid ``low_degree`` also gets a per-worker table and the gap between the other
+workers and workers 0 and 4. A cell with ``shared_with`` reads (and trains) its
+runs in that grid's workdirs, so one configuration is trained once for both.
+A failed run does not stop ``run``: it goes on and lists the failures at the
+end (exit status 1); unfinished runs are left out of ``report``.
 
 A cell is a set of config overrides on top of the offline Fashion-MNIST config
 (`BASE_CONFIG`), so every run here uses Debian's Fashion-MNIST and the small CNN
