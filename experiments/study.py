@@ -145,8 +145,8 @@ GRIDS: dict[str, Grid] = {
       ("aldsgd_dpsgd_reference", "aldsgd_dpsgd_reference_g0"),
     ),
   ),
-  # 3. Non-IID data: Dirichlet label skew (alpha 0.1: most workers see two or
-  # three classes), then k = 2 classes per worker.
+  # 3. Non-IID data: Dirichlet label skew (alpha 0.1: a few classes dominate
+  # each worker's shard), then k = 2 classes per worker.
   "non_iid": Grid(
     tuple(
       _cell(f"{method}_{tag}", method=method, **partition)

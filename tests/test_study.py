@@ -32,6 +32,18 @@ def test_every_grid_names_its_cells_once():
     assert len(names) == len(set(names)), name
 
 
+def test_pairs_and_shared_cells_name_cells_that_exist():
+  for name, grid in study.GRIDS.items():
+    cells = {cell.name for cell in grid.cells}
+    for pair in grid.pairs:
+      assert set(pair) <= cells, (name, pair)
+    for cell in grid.cells:
+      if cell.shared_with:
+        owner = {c.name: c for c in study.GRIDS[cell.shared_with].cells}
+        assert owner[cell.name].overrides == cell.overrides, (name, cell.name)
+        assert owner[cell.name].shared_with is None
+
+
 def test_shared_cells_train_once_in_the_grid_that_owns_them(tmp_path):
   low = {c.name: c for c in study.GRIDS["low_degree"].cells}
   paper = {c.name: c for c in study.GRIDS["paper"].cells}
