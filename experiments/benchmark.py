@@ -221,6 +221,26 @@ def check_bytes_against_hlo(schedule, message_bytes, hlo, steps, num_workers):
   return float(sum(b.mean() for b in from_schedule) / len(from_schedule))
 
 
+def compile_step(jitted, *args):
+  """Compiles ``jitted`` for ``args``: (executable, seconds, peak bytes, HLO text).
+
+  The peak is XLA's buffer assignment: live arguments and outputs (donated ones
+  counted once) plus the temporaries' peak (``peak_memory_in_bytes`` is not
+  filled in on CPU).
+  """
+  started = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - started
+  memory = compiled.memory_analysis()
+  peak = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
+  return compiled, seconds, peak, compiled.as_text()
+
+
 class Bench:
   """One method's compiled training step, ready to be timed step by step."""
 
@@ -260,19 +280,8 @@ class Bench:
       ),
     )
     step = jax.jit(ald.worker_map(train.train_step, mesh), donate_argnums=0)
-    started = time.perf_counter()
-    self.compiled = step.lower(self.state, self.batch_arrays).compile()
-    self.compile_s = time.perf_counter() - started
-    self.hlo = self.compiled.as_text()
-    memory = self.compiled.memory_analysis()
-    # XLA's buffer assignment: live arguments and outputs (donated ones counted
-    # once) plus the temporaries' peak. (peak_memory_in_bytes is not filled in on
-    # CPU.)
-    self.peak = (
-      memory.argument_size_in_bytes
-      + memory.output_size_in_bytes
-      - memory.alias_size_in_bytes
-      + memory.temp_size_in_bytes
+    self.compiled, self.compile_s, self.peak, self.hlo = compile_step(
+      step, self.state, self.batch_arrays
     )
     self.times = []
     self.steps_run = 0
@@ -567,17 +576,9 @@ class SizeBench:
       self.state = [params, opt_state]
     data = self.data
     jitted = jax.jit(ald.worker_map(step, mesh), donate_argnums=(0, 1))
-    started = time.perf_counter()
-    self.compiled = jitted.lower(params, opt_state, data).compile()
-    self.compile_s = time.perf_counter() - started
-    memory = self.compiled.memory_analysis()
-    self.peak = (
-      memory.argument_size_in_bytes
-      + memory.output_size_in_bytes
-      - memory.alias_size_in_bytes
-      + memory.temp_size_in_bytes
+    self.compiled, self.compile_s, self.peak, self.hlo = compile_step(
+      jitted, params, opt_state, data
     )
-    self.hlo = self.compiled.as_text()
     self.times = []
 
   def step(self, record: bool) -> None:
