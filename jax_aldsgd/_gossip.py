@@ -163,10 +163,7 @@ def gossip(
     me = _exchange.worker_index(axis_name, schedule)
     x_hat = jax.tree.map(jnp.add, params, updates)
     # With skip_nonfinite, a health flag travels with the parameters.
-    extras = (
-      (_exchange.all_finite(x_hat).astype(jnp.float32),) if skip_nonfinite else ()
-    )
-    buffer, unpack = _exchange.pack(x_hat, extras)
+    buffer, unpack = _exchange.pack(x_hat, health=skip_nonfinite)
     near = _exchange.neighborhood(schedule, state.count, me, buffer.dtype)
 
     # v - x_hat = alpha sum_{s present} (x_hat_partner - x_hat). The fold only adds
@@ -175,7 +172,7 @@ def gossip(
     def combine(total, received, present, own):
       use = present
       if skip_nonfinite:
-        use = use & (received[-1] > 0.5)
+        use = use & _exchange.buffer_healthy(received)
       return total + jnp.where(use, received - own, 0)
 
     delta = near.weight * _exchange.fold(

@@ -233,8 +233,8 @@ def adjacent_leader(
     me = _exchange.worker_index(axis_name, schedule)
     step = state.count
     x_hat = jax.tree.map(jnp.add, params, updates)
-    self_ok = _exchange.all_finite(x_hat) & jnp.isfinite(loss)
-    buffer, unpack = _exchange.pack(x_hat, (loss, self_ok.astype(jnp.float32)))
+    buffer, unpack = _exchange.pack(x_hat, (loss,), health=True)
+    self_ok = _exchange.buffer_healthy(buffer)  # x_hat and the loss are finite
     near = _exchange.neighborhood(schedule, step, me, buffer.dtype)
 
     # Visit S_i = [i] + N_i in order, keeping (as differences to x_hat_i) the
@@ -245,7 +245,7 @@ def adjacent_leader(
       present, partner_degree = at_slot
       own, _ = common
       diff = received - own
-      neighbor_ok = present & (received[-1] > 0.5)
+      neighbor_ok = present & _exchange.buffer_healthy(received)
       mixes = neighbor_ok if skip_nonfinite else present
       gossip_sum = gossip_sum + jnp.where(mixes, diff, 0)  # alpha applied below
       better = neighbor_ok & (received[-2] < best_loss)

@@ -1,6 +1,7 @@
 """The exchange plan: activation patterns, slot groups, and the step-to-branch map."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -135,3 +136,62 @@ def test_fallback_schedule_matches_the_reference():
   got, _, _ = helpers.run(tx, x0, problem, 6, ald.worker_mesh(8))
   want = helpers.reference_run(x0, problem, 6, schedule, lr=0.05, leader=COEFFICIENTS)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "where",
+  ["none", "kernel_nan", "bias_inf", "scale_neg_inf", "extra_nan", "bf16_leaf_inf"],
+)
+def test_packed_health_entry_is_whether_every_entry_is_finite(where):
+  rng = np.random.default_rng(0)
+  tree = {
+    "kernel": rng.normal(size=(7, 5)).astype(np.float32),
+    "bias": rng.normal(size=(5,)).astype(np.float32),
+    "scale": rng.normal(size=(3,)).astype(np.float32),
+    "half": rng.normal(size=(4,)).astype(np.float32),
+  }
+  extras = [np.float32(0.25)]
+  bad = {
+    "kernel_nan": ("kernel", (6, 4), np.nan),
+    "bias_inf": ("bias", (0,), np.inf),
+    "scale_neg_inf": ("scale", (1,), -np.inf),
+    "bf16_leaf_inf": ("half", (2,), np.inf),
+  }
+  if where in bad:
+    name, index, value = bad[where]
+    tree[name][index] = value
+  if where == "extra_nan":
+    extras = [np.float32(np.nan)]
+  expected = all(np.all(np.isfinite(v)) for v in [*tree.values(), *extras])
+  device_tree = {k: jnp.asarray(v) for k, v in tree.items()}
+  device_tree["half"] = device_tree["half"].astype(jnp.bfloat16)
+
+  @jax.jit
+  def packed(tree, extras):
+    buffer, unpack = _exchange.pack(tree, extras, health=True)
+    return buffer, _exchange.buffer_healthy(buffer), unpack(buffer)
+
+  buffer, healthy, (back, back_extras) = packed(device_tree, extras)
+  assert bool(healthy) == expected
+  assert buffer.shape == (35 + 5 + 3 + 4 + 1 + 1,)
+  assert float(buffer[-1]) == float(expected)
+  for name, leaf in device_tree.items():  # the health entry is not data
+    assert back[name].dtype == leaf.dtype
+    np.testing.assert_array_equal(np.asarray(back[name]), np.asarray(leaf))
+  np.testing.assert_array_equal(np.asarray(back_extras[0]), extras[0])
+
+
+def test_packed_health_entry_costs_no_copy_of_the_message():
+  # The reduction reads the buffer and the flag is written into it in place:
+  # XLA must not copy the parameter-sized message to do so.
+  size = 100_000
+  tree = [jnp.ones((size // 2,)), jnp.ones((size // 2,))]
+
+  def send(tree, loss):
+    buffer, _ = _exchange.pack(tree, (loss,), health=True)
+    return buffer
+
+  compiled = jax.jit(send).lower(tree, jnp.float32(1.0)).compile()
+  assert not re.search(r"f32\[\d{5,}\]\S* copy\(", compiled.as_text())
+  # The output is the only message-sized buffer (no temporary one).
+  assert compiled.memory_analysis().temp_size_in_bytes < 4 * size
