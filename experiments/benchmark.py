@@ -181,37 +181,46 @@ def hlo_permutes(hlo: str):
   return found
 
 
-def check_bytes_against_hlo(schedule, message_bytes, hlo, steps, num_workers):
+def check_bytes_against_hlo(schedule, parts, hlo, steps, num_workers):
   """Per-step bytes per worker: from the schedule vs from the HLO's permutes.
 
-  Every collective-permute in the HLO must carry ``message_bytes`` over the
-  pairs of one of the schedule's slots, and every slot active at one of
-  ``steps`` must have at least one (a slot's permute appears once per switch
-  branch in which it is active, see jax_aldsgd._exchange.exchange_plan).
+  ``parts`` are the sizes of the collective-permutes one active matching's
+  message is sent in (one for gossip; AL-DSGD on several matchings per step
+  sends its loss and health flag first: see
+  ``jax_aldsgd.adjacent_leader_message_parts``). Every collective-permute in
+  the HLO must carry one of ``parts`` over the pairs of one of the schedule's
+  slots, and every slot active at one of ``steps`` must have every part (a
+  slot's permute appears once per switch branch in which it is active, see
+  jax_aldsgd._exchange.exchange_plan).
+
+  Returns:
+    The mean bytes a worker sends per step over ``steps``.
   """
+  message_bytes = sum(parts)
   permutes = hlo_permutes(hlo)
   slot_pairs = [
     frozenset((i, int(j)) for i, j in enumerate(partners) if j >= 0)
     for partners in schedule.slot_partners
   ]
   for size, pairs in permutes:
-    if pairs not in slot_pairs or size != message_bytes:
+    if pairs not in slot_pairs or size not in parts:
       raise AssertionError(
         f"the HLO permutes {size} bytes over pairs "
-        f"{sorted(pairs)}; the schedule expects {message_bytes} "
+        f"{sorted(pairs)}; the schedule expects one of {tuple(parts)} "
         "bytes over one slot's pairs"
       )
-  in_hlo = {pairs for _, pairs in permutes}
+  in_hlo = set(permutes)
   from_schedule = []
   for k in steps:
     from_schedule.append(schedule.active_degrees(k) * message_bytes)
     from_hlo = [0] * num_workers
     for s in map(int, schedule.active(k).nonzero()[0]):
-      if slot_pairs[s] not in in_hlo:
-        raise AssertionError(
-          f"step {k}: slot {s} is active but no "
-          "collective-permute in the HLO has its pairs"
-        )
+      for size in parts:
+        if (size, slot_pairs[s]) not in in_hlo:
+          raise AssertionError(
+            f"step {k}: slot {s} is active but no collective-permute "
+            f"of {size} bytes in the HLO has its pairs"
+          )
       for i, _ in slot_pairs[s]:
         from_hlo[i] += message_bytes
     if list(from_schedule[-1]) != from_hlo:
@@ -308,7 +317,7 @@ class Bench:
     timed = range(first_timed_step, self.steps_run)
     if self.schedule is not None:
       sent = check_bytes_against_hlo(
-        self.schedule, self.traffic.message_bytes, self.hlo, timed, self.workers
+        self.schedule, self.traffic.parts, self.hlo, timed, self.workers
       )
     elif self.method == "allreduce":
       if "all-reduce" not in self.hlo:
@@ -516,10 +525,14 @@ class SizeBench:
   one flat leaf of ``size`` parameters, ``local_flat`` and ``bare`` with
   ``active`` the tuple of slots whose matchings it ppermutes (the flat float32
   parameters, as many bytes as the gossip message, added to the parameters: the
-  bytes the transforms move, with nothing else). ``share`` is another flat
-  bench whose state this one uses and updates (every bare program and
-  ``local_flat`` share one copy of the state: at 36.5M parameters each copy is
-  1.2 GB).
+  bytes the transforms move, with nothing else). ``packed`` is ``bare`` on the
+  48-leaf model: its parameters packed into one buffer as the transforms pack
+  them (``jax_aldsgd._exchange.pack``), ppermuted, and added back leaf by
+  leaf: what any exchange that sends one message per matching must do for a
+  model of many leaves. ``share`` is another bench of the same shapes whose
+  state this one uses and updates (every bare program and ``local_flat``
+  share one copy of the state, every packed program and ``local`` another:
+  at 36.5M parameters each copy is 1.2 GB).
   """
 
   def __init__(self, method, size, schedule, active=(), share=None):
@@ -540,6 +553,7 @@ class SizeBench:
       shapes = trivial_shapes(size)
       tx = {
         "local": lambda: ald.local_sgd(lr, weight_decay=wd),
+        "packed": lambda: ald.local_sgd(lr, weight_decay=wd),
         "dsgd": lambda: ald.dsgd(lr, schedule, weight_decay=wd),
         "aldsgd": lambda: ald.aldsgd(lr, schedule, weight_decay=wd),
       }[method]()
@@ -555,7 +569,12 @@ class SizeBench:
       loss, grads = jax.value_and_grad(loss_fn)(params)
       updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
       params = optax.apply_updates(params, updates)
-      if pairs:
+      if pairs and method == "packed":
+        flat, unpack = ald._exchange.pack(params)  # pylint: disable=protected-access
+        received = sum(jax.lax.ppermute(flat, "workers", p) for p in pairs)
+        added, _ = unpack(1e-3 * received)
+        params = jax.tree.map(jnp.add, params, added)
+      elif pairs:
         (flat,) = jax.tree.leaves(params)
         received = sum(jax.lax.ppermute(flat, "workers", p) for p in pairs)
         params = [flat + 1e-3 * received]
@@ -602,7 +621,11 @@ def run_size(size: int, kind: str, args) -> dict:
   round: ``dsgd - local``, ``aldsgd - local`` (the 48-leaf model) and ``bare -
   local_flat`` (the flat one: the cost of the ppermutes alone).
   """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
+  import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
 
   schedule = size_schedule(kind)
   label = f"{kind} x {size}"
@@ -616,27 +639,37 @@ def run_size(size: int, kind: str, args) -> dict:
     pattern: SizeBench("bare", size, schedule, pattern, share=benches["local_flat"])
     for pattern in sorted(set(active))
   }
+  packed = {
+    pattern: SizeBench("packed", size, schedule, pattern, share=benches["local"])
+    for pattern in sorted(set(active))
+  }
   message = benches["dsgd"].num_params * 4
-  for name in ("dsgd", "aldsgd"):
-    extras = 0 if name == "dsgd" else 2
+  one_worker = [jax.ShapeDtypeStruct(s, jnp.float32) for s in trivial_shapes(size)]
+  for name, parts in (
+    ("dsgd", (message,)),
+    ("aldsgd", ald.adjacent_leader_message_parts(one_worker, schedule)),
+  ):
     check_bytes_against_hlo(
-      schedule, message + 4 * extras, benches[name].hlo, steps, schedule.num_workers
+      schedule, parts, benches[name].hlo, steps, schedule.num_workers
     )
-  for bench in bare.values():  # each program's first run is not timed
+  for bench in [*bare.values(), *packed.values()]:  # first runs are not timed
     bench.step(record=False)
-  bare_times = []
+  bare_times, packed_times = [], []
   for k in steps:
     record = k >= args.warmup
     for name in ("local", "local_flat"):
       benches[name].step(record)
     bare[active[k]].step(record)
+    packed[active[k]].step(record)
     if record:
       bare_times.append(bare[active[k]].times[-1])
+      packed_times.append(packed[active[k]].times[-1])
     for name in ("dsgd", "aldsgd"):
       benches[name].step(record)
   local = np.array(benches["local"].times)
   flat = np.array(benches["local_flat"].times)
   bare_extra = np.median(np.array(bare_times) - flat)
+  packed_extra = np.median(np.array(packed_times) - local)
   row = dict(
     kind=kind,
     params=size,
@@ -648,6 +681,9 @@ def run_size(size: int, kind: str, args) -> dict:
     bare_extra_s=float(bare_extra),
     bare_compile_s=max(b.compile_s for b in bare.values()),
     bare_programs=len(bare),
+    packed_s=float(np.median(packed_times)),
+    packed_extra_s=float(packed_extra),
+    packed_times=packed_times,
     message_bytes=message,
   )
   for name in ("dsgd", "aldsgd"):
@@ -655,6 +691,7 @@ def run_size(size: int, kind: str, args) -> dict:
     row[f"{name}_s"] = float(np.median(times))
     row[f"{name}_extra_s"] = float(np.median(times - local))
     row[f"{name}_vs_bare"] = float(np.median(times - local) / bare_extra)
+    row[f"{name}_vs_packed"] = float(np.median(times - local) / packed_extra)
     row[f"{name}_compile_s"] = benches[name].compile_s
     row[f"{name}_extra_copies"] = (benches[name].peak - benches["local"].peak) / message
     row[f"{name}_times"] = benches[name].times
@@ -675,19 +712,22 @@ def size_table(rows) -> str:
     "models (48 leaves), paper graphs 0 (and 1 for rotating)",
     "",
     "| params | schedule | steps | local (flat) | bare ppermutes (extra) | "
-    "dsgd (extra) | aldsgd (extra) | dsgd / bare | aldsgd / bare | aldsgd / "
-    "dsgd | + copies dsgd / aldsgd | compile dsgd / aldsgd |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "packed ppermutes (extra) | dsgd (extra) | aldsgd (extra) | dsgd / bare | "
+    "aldsgd / bare | dsgd / packed | aldsgd / packed | aldsgd / dsgd | "
+    "+ copies dsgd / aldsgd | compile dsgd / aldsgd |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   ms = lambda s: f"{s * 1e3:.1f} ms"
   for r in rows:
     lines.append(
       f"| {r['params'] / 1e6:.3g}M | {r['kind']} | {r['steps']} | "
       f"{ms(r['local_s'])} ({ms(r['local_flat_s'])}) | {ms(r['bare_s'])} "
-      f"({ms(r['bare_extra_s'])}) | "
+      f"({ms(r['bare_extra_s'])}) | {ms(r['packed_s'])} "
+      f"({ms(r['packed_extra_s'])}) | "
       f"{ms(r['dsgd_s'])} ({ms(r['dsgd_extra_s'])}) | "
       f"{ms(r['aldsgd_s'])} ({ms(r['aldsgd_extra_s'])}) | "
       f"{r['dsgd_vs_bare']:.2f} | {r['aldsgd_vs_bare']:.2f} | "
+      f"{r['dsgd_vs_packed']:.2f} | {r['aldsgd_vs_packed']:.2f} | "
       f"{r['aldsgd_vs_dsgd']:.3f} | {r['dsgd_extra_copies']:.2f} / "
       f"{r['aldsgd_extra_copies']:.2f} | {r['dsgd_compile_s']:.1f} / "
       f"{r['aldsgd_compile_s']:.1f} s |"

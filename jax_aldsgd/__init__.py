@@ -26,6 +26,9 @@ from jax_aldsgd._leader import adjacent_leader as adjacent_leader
 from jax_aldsgd._leader import (
   adjacent_leader_message_bytes as adjacent_leader_message_bytes,
 )
+from jax_aldsgd._leader import (
+  adjacent_leader_message_parts as adjacent_leader_message_parts,
+)
 from jax_aldsgd._mesh import emulate_cpu_devices as emulate_cpu_devices
 from jax_aldsgd._mesh import gather_workers as gather_workers
 from jax_aldsgd._mesh import initialize_multihost as initialize_multihost
@@ -52,6 +55,7 @@ __all__ = [
   "Topology",
   "adjacent_leader",
   "adjacent_leader_message_bytes",
+  "adjacent_leader_message_parts",
   "aldsgd",
   "all_finite",
   "allreduce",

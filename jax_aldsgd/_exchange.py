@@ -95,10 +95,9 @@ def pack(
   for part in parts:
     buffer = lax.dynamic_update_slice(buffer, part, (start,))
     start += part.shape[0]
-  if health:
-    # x - x is 0 for finite x and NaN for inf and NaN; the last entry is still 0.
-    ok = jnp.isfinite(jnp.sum(buffer - buffer))
-    buffer = lax.dynamic_update_slice(buffer, ok.astype(dtype)[None], (start,))
+  if health:  # the last entry is still 0 (finite)
+    ok = buffer_finite(buffer).astype(dtype)
+    buffer = lax.dynamic_update_slice(buffer, ok[None], (start,))
   shapes = [(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
 
   def unpack(flat):
@@ -112,6 +111,14 @@ def pack(
     return jax.tree.unflatten(treedef, tree_leaves), extra_values
 
   return buffer, unpack
+
+
+def buffer_finite(buffer: jax.Array) -> jax.Array:
+  """True if every entry of ``buffer`` is finite: one reduction, no temporary.
+
+  ``x - x`` is 0 for finite ``x`` and NaN for inf and NaN (see `all_finite`).
+  """
+  return jnp.isfinite(jnp.sum(buffer - buffer))
 
 
 def buffer_healthy(buffer: jax.Array) -> jax.Array:
@@ -313,6 +320,19 @@ def exchange_plan(schedule: Schedule) -> tuple[SlotGroup, ...]:
       )
     )
   return tuple(plan)
+
+
+def one_slot_per_step(schedule: Schedule) -> bool:
+  """Whether no step of ``schedule`` has more than one active slot.
+
+  Then `fold` runs its single combine after the switch, fused with whatever
+  consumes the result (`alternating` and rotations of it); a schedule that
+  cannot enumerate its patterns counts as several.
+  """
+  plan = exchange_plan(schedule)
+  return len(plan) <= 1 and all(
+    len(active) <= 1 for group in plan for active in group.patterns
+  )
 
 
 def _exchange_groups(

@@ -63,12 +63,33 @@ def check_pull_coefficients(c1, c2, p1, p2, pull_every):
 def adjacent_leader_message_bytes(params) -> int:
   """Bytes one worker sends along one active matching under `adjacent_leader`.
 
-  The packed parameters plus two scalars: the loss and a health flag.
+  The packed parameters plus two scalars: the loss and a health flag (one
+  message, or, on schedules with several active matchings per step, the two
+  scalars first and then the parameters).
 
   Args:
     params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
   """
   return _exchange.message_bytes(params, 2)
+
+
+def adjacent_leader_message_parts(params, schedule: Schedule) -> tuple[int, ...]:
+  """The ``ppermute`` sizes (bytes) of one active matching under `adjacent_leader`.
+
+  In the order sent; they add up to `adjacent_leader_message_bytes`. On a
+  schedule with at most one active matching per step, one message; with
+  several, the loss and health flag first, then the parameters (see
+  `adjacent_leader`).
+
+  Args:
+    params: one worker's parameters (arrays or ``jax.ShapeDtypeStruct``).
+    schedule: the schedule `adjacent_leader` runs.
+  """
+  whole = adjacent_leader_message_bytes(params)
+  if _exchange.one_slot_per_step(check_schedule(schedule)):
+    return (whole,)
+  parameters = _exchange.message_bytes(params)
+  return (whole - parameters, parameters)
 
 
 def adjacent_leader(
@@ -108,10 +129,17 @@ def adjacent_leader(
   Since ``A + B + C = 1``, the update is computed as differences (the way
   ``optax.lookahead`` writes its pull): ``x_i - x_hat_i = A (v_i - x_hat_i) +
   B (x_hat_b - x_hat_i) + C (x_hat_m - x_hat_i)``, and the returned updates are
-  ``x_i - x``. One ``ppermute`` per active matching carries a neighbor's
-  parameters, loss and health flag together; the degrees are computed locally from
-  the schedule. The loss is ranked as given; the mixing keeps rows stochastic but,
-  unlike plain gossip, does not preserve the workers' mean.
+  ``x_i - x``, i.e. one weighted sum over the active slots: ``x_i - x_hat_i =
+  sum_s w_s (x_hat_{j_s} - x_hat_i)``, ``w_s`` being ``A alpha`` if s mixes, plus
+  ``B`` if its partner is ``b``, plus ``C`` if it is ``m``. Each worker sends
+  its parameters, loss and health flag along each active matching: on a
+  schedule with one active matching per step in one ``ppermute`` (the slot's
+  weight is known when it arrives); with several, the loss and health flag
+  first (an 8-byte ``ppermute`` per matching) and then the parameters, so that
+  ``b`` and ``m`` are known before any parameters arrive and the sum needs one
+  parameter-sized accumulator, as gossip does. The degrees are computed
+  locally from the schedule. The loss is ranked as given; the mixing keeps rows
+  stochastic but, unlike plain gossip, does not preserve the workers' mean.
 
   A worker whose loss or parameters are not finite is never chosen as leader or
   max-degree node (the next eligible one in ``S_i`` order is), and with
@@ -233,50 +261,14 @@ def adjacent_leader(
     me = _exchange.worker_index(axis_name, schedule)
     step = state.count
     x_hat = jax.tree.map(jnp.add, params, updates)
-    buffer, unpack = _exchange.pack(x_hat, (loss,), health=True)
-    self_ok = _exchange.buffer_healthy(buffer)  # x_hat and the loss are finite
+    one_slot = _exchange.one_slot_per_step(schedule)
+    if one_slot:  # the loss and the health flag travel with the parameters
+      buffer, unpack = _exchange.pack(x_hat, (loss,), health=True)
+      self_ok = _exchange.buffer_healthy(buffer)  # x_hat and the loss are finite
+    else:  # they travel first, in a message of their own
+      buffer, unpack = _exchange.pack(x_hat)
+      self_ok = _exchange.buffer_finite(buffer) & jnp.isfinite(loss)
     near = _exchange.neighborhood(schedule, step, me, buffer.dtype)
-
-    # Visit S_i = [i] + N_i in order, keeping (as differences to x_hat_i) the
-    # running gossip sum, the first strict argmin of the loss and the first strict
-    # argmax of the active degree among healthy entries; self is entry 0.
-    def combine(carry, received, at_slot, common):
-      gossip_sum, leader, target, best_loss, best_degree = carry
-      present, partner_degree = at_slot
-      own, _ = common
-      diff = received - own
-      neighbor_ok = present & _exchange.buffer_healthy(received)
-      mixes = neighbor_ok if skip_nonfinite else present
-      gossip_sum = gossip_sum + jnp.where(mixes, diff, 0)  # alpha applied below
-      better = neighbor_ok & (received[-2] < best_loss)
-      best_loss = jnp.where(better, received[-2], best_loss)
-      leader = jnp.where(better, diff, leader)
-      higher = neighbor_ok & (partner_degree > best_degree)
-      best_degree = jnp.where(higher, partner_degree, best_degree)
-      target = jnp.where(higher, diff, target)
-      return gossip_sum, leader, target, best_loss, best_degree
-
-    def start(common):
-      own, (own_loss, own_degree) = common
-      zeros = jnp.zeros_like(own)
-      # gossip sum, x_hat_b - x_hat_i, x_hat_m - x_hat_i, best loss, best degree
-      return zeros, zeros, zeros, own_loss, own_degree
-
-    own_rank = (
-      jnp.where(self_ok, loss.astype(buffer.dtype), jnp.inf),
-      jnp.where(self_ok, near.degrees[me], -1),
-    )
-    gossip_sum, leader, target, _, _ = _exchange.fold(
-      buffer,
-      schedule,
-      step,
-      axis_name,
-      combine,
-      start,
-      (near.present, near.degrees[near.partner]),
-      (buffer, own_rank),
-    )
-    gossip_sum = near.weight * gossip_sum
 
     dtype = buffer.dtype
     keep = 1 - p1 - p2
@@ -285,7 +277,24 @@ def adjacent_leader(
     c = jnp.asarray(keep * c2 + p2, dtype)
     phase = step if pull_restart_every is None else step % pull_restart_every
     pull = (phase % jnp.asarray(pull_every, jnp.int32)) == 0
-    delta = jnp.where(pull, a * gossip_sum + b * leader + c * target, gossip_sum)
+    # x_i - x_hat_i = sum_s w_s (x_hat_{j_s} - x_hat_i), with per slot
+    # w_s = mix [s mixes] + pull_b [s = b] + pull_c [s = m]:
+    zero = jnp.zeros((), dtype)
+    coefficients = (
+      jnp.where(pull, a * near.weight, near.weight),  # a alpha, or alpha
+      jnp.where(pull, b, zero),
+      jnp.where(pull, c, zero),
+    )
+    own_rank = (
+      jnp.where(self_ok, loss.astype(dtype), jnp.inf),
+      jnp.where(self_ok, near.degrees[me], -1),
+    )
+    args = (buffer, schedule, step, axis_name, near, own_rank, coefficients)
+    if one_slot:
+      delta = _fold_one_slot(*args, skip_nonfinite)
+    else:
+      ranks = jnp.stack([loss.astype(dtype), self_ok.astype(dtype)])
+      delta = _fold_ranked_first(*args, skip_nonfinite, ranks)
     delta_tree, _ = unpack(delta)
     new_updates = jax.tree.map(
       lambda u, d: (u + d).astype(u.dtype), updates, delta_tree
@@ -296,4 +305,115 @@ def adjacent_leader(
     optax.GradientTransformationExtraArgs(init_fn, update_fn),
     overlap=overlap,
     every=every,
+  )
+
+
+def _slot_weight(coefficients, mixes, leader, max_degree):
+  """``w_s = mix [mixes] + pull_b [leader] + pull_c [max_degree]`` (bool flags)."""
+  mix, pull_b, pull_c = coefficients
+  dtype = mix.dtype
+  return mix * mixes.astype(dtype) + (
+    pull_b * leader.astype(dtype) + pull_c * max_degree.astype(dtype)
+  )
+
+
+def _add_weighted(total, received, weight, own):
+  """``total + weight (received - own)``, and ``total`` untouched where weight is 0.
+
+  The selection keeps a non-finite ``received`` of a slot with weight 0 out.
+  Written as a select between the two sums (not ``total + select(...)``),
+  XLA:CPU compiles it to the same float operations under every worker layout.
+  """
+  return jnp.where(weight != 0, total + weight * (received - own), total)
+
+
+def _fold_one_slot(
+  buffer, schedule, step, axis_name, near, own_rank, coefficients, skip_nonfinite
+):
+  """``x_i - x_hat_i`` on a schedule with at most one active slot per step.
+
+  ``S_i`` is ``[i]`` or ``[i, j]``: the partner j is the leader if it is
+  healthy and its loss (in its message, with its health flag) is strictly
+  lower than this worker's, the max-degree node if healthy with a strictly
+  higher active degree; so the slot's weight is known when its message
+  arrives, and `_exchange.fold` fuses the one combine with the update.
+  """
+
+  def combine(total, received, at_slot, common):
+    present, partner_degree = at_slot
+    own, (own_loss, own_degree), coefficients = common
+    ok = present & _exchange.buffer_healthy(received)
+    weight = _slot_weight(
+      coefficients,
+      ok if skip_nonfinite else present,
+      ok & (received[-2] < own_loss),
+      ok & (partner_degree > own_degree),
+    )
+    return _add_weighted(total, received, weight, own)
+
+  return _exchange.fold(
+    buffer,
+    schedule,
+    step,
+    axis_name,
+    combine,
+    lambda common: jnp.zeros_like(common[0]),
+    (near.present, near.degrees[near.partner]),
+    (buffer, own_rank, coefficients),
+  )
+
+
+def _fold_ranked_first(
+  buffer, schedule, step, axis_name, near, own_rank, coefficients, skip_nonfinite, ranks
+):
+  """``x_i - x_hat_i`` on any schedule: the ranks travel first, then one weighted sum.
+
+  First every active slot exchanges ``ranks``, this worker's (loss, health
+  flag), so each worker knows its leader ``b`` (first strict argmin of the
+  loss) and max-degree node ``m`` (first strict argmax of the active degree)
+  among the healthy entries of ``S_i = [i] + N_i`` (self, then partners by
+  slot) before any parameters arrive. Then the parameters' fold (``buffer``:
+  the parameters alone, gossip's message) keeps one accumulator, ``sum_s w_s
+  (x_hat_{j_s} - x_hat_i)`` (`_slot_weight`), rather than three
+  parameter-sized ones (the gossip sum, the leader's and the max-degree
+  node's differences). Each active matching costs two collective-permutes (8
+  bytes, then the parameters): the bytes of one message of both.
+  """
+  num_slots = schedule.num_slots
+
+  def keep_row(table, received, at_slot, own):
+    del own
+    present, row = at_slot
+    return jnp.where(row[:, None] & present, received[None, :], table)
+
+  table = _exchange.fold(
+    ranks,
+    schedule,
+    step,
+    axis_name,
+    keep_row,
+    lambda own: jnp.zeros_like(own, shape=(num_slots, 2)),
+    (near.present, jnp.eye(num_slots, dtype=bool)),
+    ranks,
+  )  # (S, 2): row s = the partner's (loss, health) in active slot s, else 0
+  neighbor_ok = near.present & (table[:, 1] > 0.5)
+  partner_degree = near.degrees[near.partner]
+  best_loss, best_degree = own_rank
+  leader = target = jnp.asarray(-1)
+  for s in range(num_slots):  # S_i order: self, then slot by slot
+    better = neighbor_ok[s] & (table[s, 0] < best_loss)
+    best_loss = jnp.where(better, table[s, 0], best_loss)
+    leader = jnp.where(better, s, leader)
+    higher = neighbor_ok[s] & (partner_degree[s] > best_degree)
+    best_degree = jnp.where(higher, partner_degree[s], best_degree)
+    target = jnp.where(higher, s, target)
+  slots = jnp.arange(num_slots)
+  weight = _slot_weight(
+    coefficients,
+    neighbor_ok if skip_nonfinite else near.present,
+    slots == leader,
+    slots == target,
+  )
+  return _exchange.fold(
+    buffer, schedule, step, axis_name, _add_weighted, jnp.zeros_like, weight, buffer
   )

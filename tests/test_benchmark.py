@@ -33,20 +33,29 @@ def _compiled_gossip_hlo(schedule, transform, size=37):
 
 
 @pytest.mark.parametrize(
-  "transform,extras", [(ald.gossip, 0), (ald.adjacent_leader, 2)]
+  "transform,parts",
+  [
+    (ald.gossip, (4 * 37,)),  # float32 parameters
+    # Several matchings per step: loss and health flag first, then parameters.
+    (ald.adjacent_leader, (4 * 2, 4 * 37)),
+  ],
 )
-def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
+def test_bytes_from_the_schedule_equal_the_hlo(transform, parts):
   schedule = S.rotating(
     [S.matcha(T.paper_graph(1), 0.5, seed=4), S.full(T.paper_graph(0))]
   )
   hlo = _compiled_gossip_hlo(schedule, transform)
-  message = 4 * (37 + extras)  # float32 parameters, plus loss and health flag
+  message = sum(parts)
+  if transform is ald.adjacent_leader:
+    one_worker = jax.ShapeDtypeStruct((37,), jnp.float32)
+    assert ald.adjacent_leader_message_parts(one_worker, schedule) == parts
+    assert ald.adjacent_leader_message_bytes(one_worker) == message
   permutes = benchmark.hlo_permutes(hlo)
-  # One permute per (activation pattern, active slot), all of the message's size.
+  # One permute per (activation pattern, active slot, part), of the part's size.
   plan = _exchange.exchange_plan(schedule)
-  assert len(permutes) == sum(len(a) for g in plan for a in g.patterns)
-  assert {size for size, _ in permutes} == {message}
-  sent = benchmark.check_bytes_against_hlo(schedule, message, hlo, range(20), 8)
+  assert len(permutes) == len(parts) * sum(len(a) for g in plan for a in g.patterns)
+  assert sorted({size for size, _ in permutes}) == sorted(parts)
+  sent = benchmark.check_bytes_against_hlo(schedule, parts, hlo, range(20), 8)
   # Independently: the mean over workers and steps of (active degree x message).
   degrees = [
     sum(
@@ -62,12 +71,23 @@ def test_bytes_from_the_schedule_equal_the_hlo(transform, extras):
   ]
   assert sent == pytest.approx(message * sum(degrees) / 20)
   with pytest.raises(AssertionError, match="the schedule expects"):
-    benchmark.check_bytes_against_hlo(schedule, message + 4, hlo, range(3), 8)
+    benchmark.check_bytes_against_hlo(schedule, (message + 4,), hlo, range(3), 8)
   # A slot that is active at a step but has no permute in the HLO is caught.
   with pytest.raises(AssertionError, match="no collective-permute"):
     benchmark.check_bytes_against_hlo(
-      schedule, message, hlo.replace("collective-permute", "copy"), range(2), 8
+      schedule, parts, hlo.replace("collective-permute", "copy"), range(2), 8
     )
+
+
+def test_one_matching_per_step_sends_adjacent_leaders_message_whole():
+  one_worker = jax.ShapeDtypeStruct((37,), jnp.float32)
+  schedule = S.rotating(
+    [S.alternating(T.paper_graph(1)), S.alternating(T.paper_graph(0))]
+  )
+  assert ald.adjacent_leader_message_parts(one_worker, schedule) == (4 * 39,)
+  hlo = _compiled_gossip_hlo(schedule, ald.adjacent_leader)
+  assert {size for size, _ in benchmark.hlo_permutes(hlo)} == {4 * 39}
+  benchmark.check_bytes_against_hlo(schedule, (4 * 39,), hlo, range(8), 8)
 
 
 @pytest.mark.slow
@@ -94,3 +114,39 @@ def test_quick_benchmark_runs(tmp_path):
     assert (row["bytes_per_worker_step"] > 0) == (row["method"] != "local")
   assert [r[0]["workers"] for r in report["scaling"]] == [4, 8]
   assert "| aldsgd_dpsgd |" in result.stdout
+
+
+@pytest.mark.slow
+def test_size_rows_measure_every_reference(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
+  out = tmp_path / "sizes.json"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.benchmark",
+      "--sizes=3k",
+      "--size-schedules=alternating,full",
+      "--size-steps=2",
+      "--warmup=1",
+      "--json",
+      str(out),
+    ],
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["sizes"]
+  assert [(r["kind"], r["params"]) for r in rows] == [
+    ("alternating", 3000),
+    ("full", 3000),
+  ]
+  for r in rows:  # the bytes were checked against the HLO before timing
+    for name in ("local", "local_flat", "bare", "packed", "dsgd", "aldsgd"):
+      assert len(r[f"{name}_times"]) == 2 and min(r[f"{name}_times"]) > 0, name
+    assert r["bare_programs"] == (2 if r["kind"] == "alternating" else 1)
+    assert r["message_bytes"] == 4 * 3000
+  assert "| packed ppermutes (extra) |" in result.stdout

@@ -324,7 +324,7 @@ def test_hlo_permutes_carry_the_compressed_message(compressor, expected):
     permutes = benchmark.hlo_permutes(hlo)
     assert len(permutes) == schedule.num_slots
     assert {size for size, _ in permutes} == {message}
-    benchmark.check_bytes_against_hlo(schedule, message, hlo, range(12), 6)
+    benchmark.check_bytes_against_hlo(schedule, (message,), hlo, range(12), 6)
     assert "collective-permute" not in _entry(hlo)  # all inside conditionals
     assert hlo.count("conditional(") >= schedule.num_slots
     for forbidden in ("all-gather", "all-reduce", "all-to-all"):

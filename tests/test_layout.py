@@ -49,21 +49,34 @@ def _train(tx_factory, x0, problem, steps, per_device):
   return helpers.flatten(params, helpers.SHAPES)
 
 
-@pytest.mark.parametrize("method", ["aldsgd", "dsgd"])
-def test_16_workers_on_8_devices_equal_16_on_16(method):
+def _alternating16():
+  return S.rotating(
+    [S.alternating(T.paper_graph(11)), S.alternating(T.paper_graph(10))]
+  )
+
+
+@pytest.mark.parametrize(
+  "method,schedule",
+  [
+    ("dsgd", _paper16),
+    ("aldsgd", _alternating16),  # one active slot per step: no ranks message
+    ("aldsgd", _paper16),  # several: the ranks first, then the parameters
+  ],
+)
+def test_16_workers_on_8_devices_equal_16_on_16(method, schedule):
   rng = np.random.default_rng(0)
   n, dim = 16, helpers.flat_dim(helpers.SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
-  schedule = _paper16()
+  schedule = schedule()
   if method == "aldsgd":
     factory = lambda: ald.aldsgd(0.05, schedule, momentum=0.5, **COEFFICIENTS)
   else:
     factory = lambda: ald.dsgd(0.05, schedule, momentum=0.5)
   on_16 = _train(factory, x0, problem, 9, per_device=1)
   on_8 = _train(factory, x0, problem, 9, per_device=2)
-  np.testing.assert_array_equal(on_8, on_16)  # bit for bit
   on_4 = _train(factory, x0, problem, 9, per_device=4)
+  np.testing.assert_array_equal(on_8, on_16)  # bit for bit
   np.testing.assert_array_equal(on_4, on_16)
 
 
@@ -130,9 +143,11 @@ def test_hlo_rounds_sit_in_a_switch():
     .as_text()
   )
   # Two activation patterns (one per graph): one switch, and each slot's
-  # rounds in the branch of its graph only.
+  # rounds in the branch of its graph only, once for the ranks (loss, health:
+  # 2 entries per worker) and once for the parameters (5).
   rounds = sum(len(r) for _, r in _exchange.block_plan(schedule, 8, 2))
-  assert len(re.findall(r"= \S+ collective-permute\(", hlo)) == rounds
+  permutes = re.findall(r"= f32\[\d+,(\d+)\]\S* collective-permute\(", hlo)
+  assert sorted(permutes) == ["2"] * rounds + ["5"] * rounds
   (group,) = _exchange.exchange_plan(schedule)
   assert len(group.patterns) == 2
   assert (

@@ -135,7 +135,9 @@ def test_experiment_runner_across_two_processes(tmp_path):
   assert len(one) == len(two) == 4
   # Sums over workers (the averaged model, the consensus distance's mean) are
   # all-reduces whose order of addition differs between in-process and gloo
-  # collectives: equal to float32 rounding. Everything per worker is exact.
+  # collectives: equal to float32 rounding. The consensus distance subtracts
+  # that mean from each worker, which amplifies its rounding by |x| / |x - mean|
+  # (seen: 1.2e-6 relative), hence 1e-5. Everything per worker is exact.
   across_workers = (
     "consensus_distance",
     "test_loss_averaged_model",
@@ -144,7 +146,7 @@ def test_experiment_runner_across_two_processes(tmp_path):
   for a, b in zip(one, two):
     for key in a:
       if key in across_workers:
-        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
       elif key not in report.TIMING_FIELDS:
         assert b[key] == a[key], key
   for x, y in zip(

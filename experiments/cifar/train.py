@@ -231,10 +231,14 @@ class Traffic:
     message_bytes: one message: the buffer a worker sends along one active
       matching (gossip, AL-DSGD) or all-reduces (allreduce); 0 for local.
     sent: ``sent(step)`` is the ``(n,)`` bytes each worker sends at ``step``.
+    parts: the ``ppermute`` sizes one active matching's message is sent in
+      (they add up to ``message_bytes``; AL-DSGD on several matchings per
+      step sends its loss and health flag first).
   """
 
   message_bytes: int
   sent: Callable[[int], np.ndarray]
+  parts: tuple[int, ...] = ()
 
   @classmethod
   def of(cls, config, schedule, params) -> Traffic:
@@ -251,6 +255,8 @@ class Traffic:
       )
     elif config.method.startswith("aldsgd_"):
       message = ald.adjacent_leader_message_bytes(one_worker)
+      parts = ald.adjacent_leader_message_parts(one_worker, schedule)
+      return cls(message, lambda step: schedule.sent_bytes(step, message), parts)
     elif schedule is not None:
       message = ald.gossip_message_bytes(
         one_worker, skip_nonfinite=config.skip_nonfinite, delay=config.delay
@@ -260,7 +266,7 @@ class Traffic:
       return cls(ald.gossip_message_bytes(one_worker), lambda step: every_step)
     else:
       return cls(0, lambda step: np.zeros(n))
-    return cls(message, lambda step: schedule.sent_bytes(step, message))
+    return cls(message, lambda step: schedule.sent_bytes(step, message), (message,))
 
 
 # ----------------------------------------------------------------------------
