@@ -336,13 +336,13 @@ def one_slot_per_step(schedule: Schedule) -> bool:
 
 
 def _exchange_groups(
-  plan, flags, always, receive, combine, start, buffer, per_slot, common
+  plan, flags, always, receive, combine, start, buffer, per_slot, common, peek
 ):
   """Runs the plan's groups in order: per group, the step's branch of a switch.
 
   ``receive(s, buffer)`` is slot s's ``ppermute`` (zeros for a worker without a
-  partner in s) and ``combine(carry, received, per_slot(s), common)`` folds it
-  into the carry. A branch issues the ``ppermute`` of each of its active slots
+  partner in s) and ``combine(carry, received, peek(received, per_slot(s),
+  common), common)`` folds it into the carry. A branch issues the ``ppermute`` of each of its active slots
   unconditionally, so an inactive slot sends nothing and an active one needs
   no predicate of its own. Where a branch exchanges several slots, every slot
   after the first sits in a ``lax.cond`` on ``always`` (true, but not provably
@@ -352,10 +352,11 @@ def _exchange_groups(
 
   Where no branch of the last group exchanges more than one slot (`alternating`,
   a rotation of them, ...), a branch leaves its slot's combine to the caller:
-  it returns ``(received, per_slot(slot), True)`` and the combine runs after
-  the switch, where XLA fuses it with the unpacking and the parameter update
-  (no parameter-sized carry is written; the slot's scalars leave the switch
-  computed, so the fused loop does not recompute them per element). A branch
+  it returns ``(received, peek(received, per_slot(slot), common), True)`` and
+  the combine runs after the switch, where XLA fuses it with the unpacking and
+  the parameter update (no parameter-sized carry is written; the slot's
+  scalars, ``peek``'s included, leave the switch computed, so the fused loop
+  does not recompute them per element). A branch
   with no active slot then returns zeros and ``False`` (nothing to combine).
   The carry starts as ``start(common)``.
 
@@ -364,6 +365,11 @@ def _exchange_groups(
     else with ``pending = (received, at_slot, valid)`` it is ``combine(carry,
     received, at_slot, common)`` where ``valid``, else ``carry``.
   """
+
+  def arrive(s):
+    received = receive(s, buffer)
+    return received, peek(received, per_slot(s), common)
+
   carry = None
   out = None
   for g, group in enumerate(plan):
@@ -382,14 +388,16 @@ def _exchange_groups(
       if carry_out and c is None:
         c = start(common)
       for k, s in enumerate(inside):
-        step_fn = lambda c, s=s: combine(c, receive(s, buffer), per_slot(s), common)
+        step_fn = lambda c, s=s: combine(c, *arrive(s), common)
         c = step_fn(c) if k == 0 else lax.cond(always, step_fn, lambda c: c, c)
       c = c if carry_out else None
       if not defer:
         return c, None
       if len(active) == 1:
-        return c, (receive(active[0], buffer), per_slot(active[0]), jnp.asarray(True))
-      return c, (jnp.zeros_like(buffer), per_slot(group.slots[0]), jnp.asarray(False))
+        return c, (*arrive(active[0]), jnp.asarray(True))
+      zeros = jnp.zeros_like(buffer)
+      at_slot = peek(zeros, per_slot(group.slots[0]), common)
+      return c, (zeros, at_slot, jnp.asarray(False))
 
     if len(group.patterns) == 1:
       out = run(group.patterns[0], carry)
@@ -426,6 +434,7 @@ def fold(
   start: Callable,
   per_slot,
   common,
+  peek: Callable | None = None,
 ):
   """Exchanges ``buffer`` slot by slot, folding each received buffer into a carry.
 
@@ -433,7 +442,10 @@ def fold(
   active: ``carry = combine(carry, received, at_slot, common)``, where
   ``received`` is the partner's buffer (zeros for a worker without a partner in
   s; ``combine`` must ignore it there) and ``at_slot`` is ``per_slot`` (a pytree
-  of ``(num_slots, ...)`` arrays) at s.
+  of ``(num_slots, ...)`` arrays) at s, or ``peek(received, per_slot at s,
+  common)`` if given: scalars read from the received buffer (a neighbor's
+  loss, say) that should be computed once where the buffer arrives, not per
+  element inside the fused combine.
 
   The step picks one branch of a ``lax.switch`` over the schedule's distinct
   activation patterns (`exchange_plan`; no switch at all for a schedule with
@@ -446,9 +458,10 @@ def fold(
   several workers per device the fold runs on the whole block (see
   `workers_per_device`).
   """
+  peek = peek or (lambda received, at_slot, common: at_slot)
   per_device = workers_per_device()
   if per_device > 1:
-    return _block_fold(schedule, axis_name, per_device, combine, start)(
+    return _block_fold(schedule, axis_name, per_device, combine, start, peek)(
       buffer, step, per_slot, common
     )
   flags = schedule.slot_flags(step, jnp)
@@ -466,6 +479,7 @@ def fold(
     buffer,
     lambda s: jax.tree.map(lambda a: a[s], per_slot),
     common,
+    peek,
   )
   return _finish(carry, pending, combine, common)
 
@@ -545,6 +559,7 @@ def _block_fold(
   per_device: int,
   combine: Callable,
   start: Callable,
+  peek: Callable,
 ):
   """`fold` over a device's whole block of ``per_device`` workers.
 
@@ -599,6 +614,7 @@ def _block_fold(
       buffer,
       lambda s: jax.tree.map(lambda a: a[:, s], per_slot),
       common,
+      jax.vmap(peek),
     )
     carry = _finish(carry, pending, combine_block, common)
     return carry, jax.tree.map(lambda _: True, carry)

@@ -336,20 +336,23 @@ def _fold_one_slot(
   healthy and its loss (in its message, with its health flag) is strictly
   lower than this worker's, the max-degree node if healthy with a strictly
   higher active degree; so the slot's weight is known when its message
-  arrives, and `_exchange.fold` fuses the one combine with the update.
+  arrives (computed there, as `_exchange.fold`'s ``peek``), and the fold
+  fuses the one weighted add with the update.
   """
 
-  def combine(total, received, at_slot, common):
+  def weigh(received, at_slot, common):
     present, partner_degree = at_slot
-    own, (own_loss, own_degree), coefficients = common
+    _, (own_loss, own_degree), coefficients = common
     ok = present & _exchange.buffer_healthy(received)
-    weight = _slot_weight(
+    return _slot_weight(
       coefficients,
       ok if skip_nonfinite else present,
       ok & (received[-2] < own_loss),
       ok & (partner_degree > own_degree),
     )
-    return _add_weighted(total, received, weight, own)
+
+  def combine(total, received, weight, common):
+    return _add_weighted(total, received, weight, common[0])
 
   return _exchange.fold(
     buffer,
@@ -360,6 +363,7 @@ def _fold_one_slot(
     lambda common: jnp.zeros_like(common[0]),
     (near.present, near.degrees[near.partner]),
     (buffer, own_rank, coefficients),
+    peek=weigh,
   )
 
 
