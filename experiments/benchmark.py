@@ -521,7 +521,9 @@ def size_schedule(kind: str):
 class SizeBench:
   """One compiled step on a compute-trivial model: local SGD, then an exchange.
 
-  ``method`` is ``local``, ``dsgd``, ``aldsgd`` (on `trivial_shapes`), or, on
+  ``method`` is ``local``, ``dsgd``, ``aldsgd``, ``dsgd_health`` (gossip with
+  ``skip_nonfinite=True``: it sends a health flag, as AL-DSGD does) (on
+  `trivial_shapes`), or, on
   one flat leaf of ``size`` parameters, ``local_flat`` and ``bare`` with
   ``active`` the tuple of slots whose matchings it ppermutes (the flat float32
   parameters, as many bytes as the gossip message, added to the parameters: the
@@ -555,6 +557,9 @@ class SizeBench:
         "local": lambda: ald.local_sgd(lr, weight_decay=wd),
         "packed": lambda: ald.local_sgd(lr, weight_decay=wd),
         "dsgd": lambda: ald.dsgd(lr, schedule, weight_decay=wd),
+        "dsgd_health": lambda: ald.dsgd(
+          lr, schedule, weight_decay=wd, skip_nonfinite=True
+        ),
         "aldsgd": lambda: ald.aldsgd(lr, schedule, weight_decay=wd),
       }[method]()
     pairs = [
@@ -632,7 +637,7 @@ def run_size(size: int, kind: str, args) -> dict:
   steps = range(args.warmup + args.size_steps)
   active = [tuple(int(s) for s in np.flatnonzero(schedule.active(k))) for k in steps]
   benches = {}
-  for method in ("local", "dsgd", "aldsgd", "local_flat"):
+  for method in ("local", "dsgd", "aldsgd", "dsgd_health", "local_flat"):
     print(f"{label}: compiling {method} ...", file=sys.stderr, flush=True)
     benches[method] = SizeBench(method, size, schedule)
   bare = {
@@ -648,6 +653,7 @@ def run_size(size: int, kind: str, args) -> dict:
   for name, parts in (
     ("dsgd", (message,)),
     ("aldsgd", ald.adjacent_leader_message_parts(one_worker, schedule)),
+    ("dsgd_health", (ald.gossip_message_bytes(one_worker, skip_nonfinite=True),)),
   ):
     check_bytes_against_hlo(
       schedule, parts, benches[name].hlo, steps, schedule.num_workers
@@ -664,7 +670,7 @@ def run_size(size: int, kind: str, args) -> dict:
     if record:
       bare_times.append(bare[active[k]].times[-1])
       packed_times.append(packed[active[k]].times[-1])
-    for name in ("dsgd", "aldsgd"):
+    for name in ("dsgd", "aldsgd", "dsgd_health"):
       benches[name].step(record)
   local = np.array(benches["local"].times)
   flat = np.array(benches["local_flat"].times)
@@ -695,9 +701,15 @@ def run_size(size: int, kind: str, args) -> dict:
     row[f"{name}_compile_s"] = benches[name].compile_s
     row[f"{name}_extra_copies"] = (benches[name].peak - benches["local"].peak) / message
     row[f"{name}_times"] = benches[name].times
+  aldsgd_times = np.array(benches["aldsgd"].times)
   row["aldsgd_vs_dsgd"] = float(
-    np.median(np.array(benches["aldsgd"].times) / np.array(benches["dsgd"].times))
+    np.median(aldsgd_times / np.array(benches["dsgd"].times))
   )
+  # Gossip that also sends a health flag (skip_nonfinite=True), as AL-DSGD does.
+  health_times = np.array(benches["dsgd_health"].times)
+  row["dsgd_health_s"] = float(np.median(health_times))
+  row["dsgd_health_times"] = benches["dsgd_health"].times
+  row["aldsgd_vs_dsgd_health"] = float(np.median(aldsgd_times / health_times))
   row["aldsgd_minus_dsgd_copies"] = (
     benches["aldsgd"].peak - benches["dsgd"].peak
   ) / message
@@ -714,8 +726,9 @@ def size_table(rows) -> str:
     "| params | schedule | steps | local (flat) | bare ppermutes (extra) | "
     "packed ppermutes (extra) | dsgd (extra) | aldsgd (extra) | dsgd / bare | "
     "aldsgd / bare | dsgd / packed | aldsgd / packed | aldsgd / dsgd | "
-    "+ copies dsgd / aldsgd | compile dsgd / aldsgd |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "aldsgd / dsgd with health flag | + copies dsgd / aldsgd | "
+    "compile dsgd / aldsgd |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   ms = lambda s: f"{s * 1e3:.1f} ms"
   for r in rows:
@@ -728,7 +741,8 @@ def size_table(rows) -> str:
       f"{ms(r['aldsgd_s'])} ({ms(r['aldsgd_extra_s'])}) | "
       f"{r['dsgd_vs_bare']:.2f} | {r['aldsgd_vs_bare']:.2f} | "
       f"{r['dsgd_vs_packed']:.2f} | {r['aldsgd_vs_packed']:.2f} | "
-      f"{r['aldsgd_vs_dsgd']:.3f} | {r['dsgd_extra_copies']:.2f} / "
+      f"{r['aldsgd_vs_dsgd']:.3f} | {r['aldsgd_vs_dsgd_health']:.3f} | "
+      f"{r['dsgd_extra_copies']:.2f} / "
       f"{r['aldsgd_extra_copies']:.2f} | {r['dsgd_compile_s']:.1f} / "
       f"{r['aldsgd_compile_s']:.1f} s |"
     )

@@ -145,7 +145,8 @@ def test_size_rows_measure_every_reference(tmp_path):
     ("full", 3000),
   ]
   for r in rows:  # the bytes were checked against the HLO before timing
-    for name in ("local", "local_flat", "bare", "packed", "dsgd", "aldsgd"):
+    names = ("local", "local_flat", "bare", "packed", "dsgd", "aldsgd", "dsgd_health")
+    for name in names:
       assert len(r[f"{name}_times"]) == 2 and min(r[f"{name}_times"]) > 0, name
     assert r["bare_programs"] == (2 if r["kind"] == "alternating" else 1)
     assert r["message_bytes"] == 4 * 3000
