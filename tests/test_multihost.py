@@ -81,22 +81,25 @@ def test_two_processes_equal_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_experiment_runner_across_two_processes(tmp_path):
+@pytest.mark.parametrize(
+  "method",
+  [
+    "aldsgd_dpsgd",  # every matching each step: ranks first, then parameters
+    "aldsgd_dpsgd_reference",  # the default: one matching per step
+  ],
+)
+def test_experiment_runner_across_two_processes(tmp_path, method):
   """experiments.cifar with --num_processes=2: a SIGINT to one process stops
   both at the same step (it becomes a SIGTERM, which JAX's preemption service
-  turns into a sync point); rerun, the run equals the one-process run. Only
-  process 0 writes metrics."""
+  turns into a sync point); rerun, the run equals the one-process run, per
+  worker bit for bit. Only process 0 writes metrics."""
   from experiments.cifar import report, train  # the trainer's test only
 
   data = helpers.fake_fashion_mnist(tmp_path / "data")
   common = [
     "-m",
     "experiments.cifar",
-    # Every matching each step: per-worker results are bitwise equal across
-    # process layouts. (With one matching per step, the default's alternating
-    # flags, XLA fuses the combine into the update differently in the two
-    # layouts: equal to ~1e-6, see the README.)
-    "--config=experiments/cifar/configs/fashion_mnist.py:aldsgd_dpsgd",
+    f"--config=experiments/cifar/configs/fashion_mnist.py:{method}",
     f"--config.data_dir={data}",
     "--config.batch_size=2",
     "--config.num_epochs=4",
