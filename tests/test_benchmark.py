@@ -90,12 +90,11 @@ def test_one_matching_per_step_sends_adjacent_leaders_message_whole():
   benchmark.check_bytes_against_hlo(schedule, (4 * 39,), hlo, range(8), 8)
 
 
-@pytest.mark.slow
-def test_quick_benchmark_runs(tmp_path):
+def _run_benchmark(out, *flags):
+  """``python -m experiments.benchmark FLAGS --json OUT`` in a fresh process."""
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
-  out = tmp_path / "bench.json"
   result = subprocess.run(
-    [sys.executable, "-m", "experiments.benchmark", "--quick", "--json", str(out)],
+    [sys.executable, "-m", "experiments.benchmark", *flags, "--json", str(out)],
     cwd=os.path.dirname(os.path.dirname(__file__)),
     env=env,
     capture_output=True,
@@ -103,6 +102,13 @@ def test_quick_benchmark_runs(tmp_path):
     timeout=600,
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs(tmp_path):
+  out = tmp_path / "bench.json"
+  result = _run_benchmark(out, "--quick")
   report = json.loads(out.read_text())
   methods = [r["method"] for r in report["main"]]
   assert methods == list(benchmark.METHODS) + [
@@ -118,27 +124,14 @@ def test_quick_benchmark_runs(tmp_path):
 
 @pytest.mark.slow
 def test_size_rows_measure_every_reference(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
   out = tmp_path / "sizes.json"
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.benchmark",
-      "--sizes=3k",
-      "--size-schedules=alternating,full",
-      "--size-steps=2",
-      "--warmup=1",
-      "--json",
-      str(out),
-    ],
-    cwd=os.path.dirname(os.path.dirname(__file__)),
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  result = _run_benchmark(
+    out,
+    "--sizes=3k",
+    "--size-schedules=alternating,full",
+    "--size-steps=2",
+    "--warmup=1",
   )
-  assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(out.read_text())["sizes"]
   assert [(r["kind"], r["params"]) for r in rows] == [
     ("alternating", 3000),
