@@ -28,19 +28,21 @@ tables and writes JSON.
 The exchange at every model size (``--sizes``, instead of the tables above):
 
     .venv/bin/python -m experiments.benchmark --sizes=546k,4M --size-steps=8 --warmup=2
-    .venv/bin/python -m experiments.benchmark --sizes=36.5M --size-steps=3 --warmup=1 \
+    .venv/bin/python -m experiments.benchmark --sizes=36.5M --size-steps=8 --warmup=2 \
         --size-schedules=rotating_alternating
 
 For each size and schedule kind (``--size-schedules``: full, alternating,
 rotating_alternating, matcha, rotating_matcha over paper graphs 0 and 1, 8
 workers), a compute-trivial model of that many parameters in 48 leaves runs
-local SGD, ``dsgd`` and ``aldsgd``, and a flat model of the same size runs
-local SGD and bare ``ppermute``s of its parameters for exactly the matchings
-active at each step; the table gives the extra time over local SGD of each
-(paired per round) and their ratios, the extra peak memory in parameter copies
-and the compile times. On a GPU host the same command measures the card (one
-worker per GPU: ``--sizes`` needs 8 devices; on fewer, the CPU table is the one
-to run).
+local SGD, ``dsgd``, ``aldsgd`` and ``dsgd`` with a health flag
+(``skip_nonfinite=True``, the message AL-DSGD sends), and bare ``ppermute``s
+of exactly the matchings active at each step, once for a flat model of the
+same size and once for the 48-leaf model packed into one message (the floor
+of any exchange that sends one message per matching); the table gives the
+extra time over local SGD of each (paired per round) and their ratios, the
+extra peak memory in parameter copies and the compile times. On a GPU host
+the same command measures the card (one worker per GPU: ``--sizes`` needs 8
+devices; on fewer, the CPU table is the one to run).
 """
 
 from __future__ import annotations
