@@ -63,6 +63,10 @@ COMPRESSORS = ("top_k", "random_k", "scaled_sign", "qsgd")
 CHOCO_METHODS = tuple(
   f"{base}:{c}" for base in ("choco", "aldsgd_choco") for c in COMPRESSORS
 )
+# The reference code's schedule (alternating flags: one matching per step; the
+# default experiment), on request only.
+REFERENCE_METHODS = ("dpsgd_reference", "aldsgd_dpsgd_reference")
+VALID_METHODS = METHODS + REFERENCE_METHODS + CHOCO_METHODS
 
 # Numbers reported for the reference PyTorch + MPI implementation on the 2-core
 # development CPU, 8 ranks of one thread, ResNet-50, batch 16, synthetic data
@@ -85,7 +89,7 @@ def _parse(argv):
   parser.add_argument(
     "--methods",
     default=",".join(METHODS),
-    help="comma-separated, from: " + ", ".join(METHODS + CHOCO_METHODS),
+    help="comma-separated, from: " + ", ".join(VALID_METHODS),
   )
   parser.add_argument(
     "--dataset",
@@ -118,9 +122,9 @@ def _parse(argv):
     args.scaling_batch = 4
   methods = [m for m in args.methods.split(",") if m]
   for m in methods:
-    if m not in METHODS + CHOCO_METHODS:
+    if m not in VALID_METHODS:
       parser.error(
-        f"unknown method {m!r}; valid methods are {', '.join(METHODS + CHOCO_METHODS)}."
+        f"unknown method {m!r}; valid methods are {', '.join(VALID_METHODS)}."
       )
   args.methods = methods
   args.scaling = [int(w) for w in args.scaling.split(",") if w]

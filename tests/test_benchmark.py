@@ -144,3 +144,12 @@ def test_size_rows_measure_every_reference(tmp_path):
     assert r["bare_programs"] == (2 if r["kind"] == "alternating" else 1)
     assert r["message_bytes"] == 4 * 3000
   assert "| packed ppermutes (extra) |" in result.stdout
+
+
+def test_methods_include_the_reference_schedule_on_request(capsys):
+  args = benchmark._parse(["--methods=local,dpsgd_reference,aldsgd_dpsgd_reference"])
+  assert args.methods == ["local", "dpsgd_reference", "aldsgd_dpsgd_reference"]
+  assert benchmark._parse([]).methods == list(benchmark.METHODS)
+  with pytest.raises(SystemExit):
+    benchmark._parse(["--methods=local,dpsgd_refrence"])
+  assert "unknown method 'dpsgd_refrence'" in capsys.readouterr().err
