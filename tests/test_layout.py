@@ -142,9 +142,9 @@ def test_hlo_rounds_sit_in_a_switch():
     .compile()
     .as_text()
   )
-  # Two activation patterns (one per graph): one switch, and each slot's
-  # rounds in the branch of its graph only, once for the ranks (loss, health:
-  # 2 entries per worker) and once for the parameters (5).
+  # Two activation patterns (one per graph): a switch per message (the ranks:
+  # loss and health, 2 entries per worker; then the parameters, 5), and each
+  # slot's rounds in the branch of its graph only.
   rounds = sum(len(r) for _, r in _exchange.block_plan(schedule, 8, 2))
   permutes = re.findall(r"= f32\[\d+,(\d+)\]\S* collective-permute\(", hlo)
   assert sorted(permutes) == ["2"] * rounds + ["5"] * rounds
