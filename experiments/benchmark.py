@@ -546,7 +546,6 @@ class SizeBench:
   def __init__(self, method, size, schedule, active=(), share=None):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
 
     import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
@@ -592,7 +591,6 @@ class SizeBench:
       return params, opt_state, loss
 
     self.method, self.size, self.active = method, size, active
-    self.num_params = sum(int(np.prod(s)) for s in shapes)
     if share is not None:
       self.state, self.data = share.state, share.data
       params, opt_state = self.state
@@ -654,8 +652,8 @@ def run_size(size: int, kind: str, args) -> dict:
     pattern: SizeBench("packed", size, schedule, pattern, share=benches["local"])
     for pattern in sorted(set(active))
   }
-  message = benches["dsgd"].num_params * 4
   one_worker = [jax.ShapeDtypeStruct(s, jnp.float32) for s in trivial_shapes(size)]
+  message = ald.gossip_message_bytes(one_worker)
   for name, parts in (
     ("dsgd", (message,)),
     ("aldsgd", ald.adjacent_leader_message_parts(one_worker, schedule)),

@@ -342,9 +342,9 @@ def _exchange_groups(
 
   ``receive(s, buffer)`` is slot s's ``ppermute`` (zeros for a worker without a
   partner in s) and ``combine(carry, received, peek(received, per_slot(s),
-  common), common)`` folds it into the carry. A branch issues the ``ppermute`` of each of its active slots
-  unconditionally, so an inactive slot sends nothing and an active one needs
-  no predicate of its own. Where a branch exchanges several slots, every slot
+  common), common)`` folds it into the carry. A branch issues the
+  ``ppermute`` of each of its active slots unconditionally, so an inactive
+  slot sends nothing and an active one needs no predicate of its own. Where a branch exchanges several slots, every slot
   after the first sits in a ``lax.cond`` on ``always`` (true, but not provably
   so) that consumes the previous slot's carry: XLA cannot hoist those exchanges
   ahead of the combines (an optimization barrier does not survive XLA:CPU's
@@ -356,8 +356,8 @@ def _exchange_groups(
   the combine runs after the switch, where XLA fuses it with the unpacking and
   the parameter update (no parameter-sized carry is written; the slot's
   scalars, ``peek``'s included, leave the switch computed, so the fused loop
-  does not recompute them per element). A branch
-  with no active slot then returns zeros and ``False`` (nothing to combine).
+  does not recompute them per element). A branch with no active slot then
+  returns zeros and ``False`` (nothing to combine).
   The carry starts as ``start(common)``.
 
   Returns:

@@ -233,7 +233,8 @@ class Traffic:
     sent: ``sent(step)`` is the ``(n,)`` bytes each worker sends at ``step``.
     parts: the ``ppermute`` sizes one active matching's message is sent in
       (they add up to ``message_bytes``; AL-DSGD on several matchings per
-      step sends its loss and health flag first).
+      step sends its loss and health flag first); empty where nothing is
+      ppermuted (allreduce, local).
   """
 
   message_bytes: int
@@ -249,6 +250,7 @@ class Traffic:
     n = config.num_workers
     schedule = exchanged_schedule(config, schedule)
     compressor = build_compressor(config)
+    parts = None  # one ppermute of the whole message per matching
     if compressor is not None:
       message = ald.choco_message_bytes(
         one_worker, compressor, with_loss=config.method.startswith("aldsgd_")
@@ -256,7 +258,6 @@ class Traffic:
     elif config.method.startswith("aldsgd_"):
       message = ald.adjacent_leader_message_bytes(one_worker)
       parts = ald.adjacent_leader_message_parts(one_worker, schedule)
-      return cls(message, lambda step: schedule.sent_bytes(step, message), parts)
     elif schedule is not None:
       message = ald.gossip_message_bytes(
         one_worker, skip_nonfinite=config.skip_nonfinite, delay=config.delay
@@ -266,7 +267,9 @@ class Traffic:
       return cls(ald.gossip_message_bytes(one_worker), lambda step: every_step)
     else:
       return cls(0, lambda step: np.zeros(n))
-    return cls(message, lambda step: schedule.sent_bytes(step, message), (message,))
+    return cls(
+      message, lambda step: schedule.sent_bytes(step, message), parts or (message,)
+    )
 
 
 # ----------------------------------------------------------------------------
