@@ -147,7 +147,7 @@ def _parse(argv):
 
 
 def make_config(method: str, model: str, workers: int, batch: int, dataset: str):
-  from experiments.cifar.configs import default  # pylint: disable=g-import-not-at-top
+  from experiments.cifar.configs import default
 
   config = default.get_config()
   method, _, compressor = method.partition(":")
@@ -260,14 +260,11 @@ class Bench:
   """One method's compiled training step, ready to be timed step by step."""
 
   def __init__(self, method, model, workers, batch, args):
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    import jax
+    import numpy as np
 
-    import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
-    from experiments.cifar import (
-      input_pipeline,  # pylint: disable=g-import-not-at-top
-      train,  # pylint: disable=g-import-not-at-top
-    )
+    import jax_aldsgd as ald
+    from experiments.cifar import input_pipeline, train
 
     self.method, self.model, self.workers, self.batch = method, model, workers, batch
     config = make_config(method, model, workers, batch, args.dataset)
@@ -303,7 +300,7 @@ class Bench:
     self.loss = None
 
   def step(self, record: bool) -> None:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
 
     started = time.perf_counter()
     self.state, metrics = self.compiled(self.state, self.batch_arrays)
@@ -314,9 +311,9 @@ class Bench:
     self.steps_run += 1
 
   def row(self, first_timed_step: int) -> dict:
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    import numpy as np
 
-    import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+    import jax_aldsgd as ald
 
     if not np.isfinite(np.asarray(ald.gather_workers(self.loss))).all():
       raise FloatingPointError(f"{self.method}: the loss became non-finite")
@@ -375,7 +372,7 @@ def add_ratios(rows):
   percentile; ``overhead_vs_allreduce``: median of (t_method - t_local) over
   median of (t_allreduce - t_local).
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
   local = next((r for r in rows if r["method"] == "local"), None)
   allreduce = next((r for r in rows if r["method"] == "allreduce"), None)
@@ -449,7 +446,7 @@ def reference_table(rows):
 
 
 def machine() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   cpu = platform.processor() or platform.machine()
   try:
@@ -511,7 +508,7 @@ def trivial_shapes(size: int) -> list[tuple[int, ...]]:
 
 
 def size_schedule(kind: str):
-  import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+  import jax_aldsgd as ald
 
   s, t = ald.schedules, ald.topologies
   g0, g1 = t.paper_graph(0), t.paper_graph(1)
@@ -544,11 +541,11 @@ class SizeBench:
   """
 
   def __init__(self, method, size, schedule, active=(), share=None):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import optax  # pylint: disable=g-import-not-at-top
+    import jax
+    import jax.numpy as jnp
+    import optax
 
-    import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+    import jax_aldsgd as ald
 
     n = schedule.num_workers
     mesh = ald.worker_mesh(n)
@@ -580,7 +577,7 @@ class SizeBench:
       updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
       params = optax.apply_updates(params, updates)
       if pairs and method == "packed":
-        flat, unpack = ald._exchange.pack(params)  # pylint: disable=protected-access
+        flat, unpack = ald._exchange.pack(params)
         received = sum(jax.lax.ppermute(flat, "workers", p) for p in pairs)
         added, _ = unpack(1e-3 * received)
         params = jax.tree.map(jnp.add, params, added)
@@ -610,7 +607,7 @@ class SizeBench:
     self.times = []
 
   def step(self, record: bool) -> None:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
 
     started = time.perf_counter()
     params, opt_state, loss = self.compiled(*self.state, self.data)
@@ -630,11 +627,11 @@ def run_size(size: int, kind: str, args) -> dict:
   round: ``dsgd - local``, ``aldsgd - local`` (the 48-leaf model) and ``bare -
   local_flat`` (the flat one: the cost of the ppermutes alone).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
 
-  import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+  import jax_aldsgd as ald
 
   schedule = size_schedule(kind)
   label = f"{kind} x {size}"
@@ -764,11 +761,11 @@ def run_sizes(args) -> list[dict]:
 
 def main(argv=None) -> int:
   args = _parse(argv)
-  import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+  import jax_aldsgd as ald
 
   most = max([args.workers] + args.scaling)
   ald.emulate_cpu_devices(most)
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   if jax.default_backend() != "cpu" and args.workers > jax.device_count():
     raise SystemExit(

@@ -175,10 +175,10 @@ def markdown_table(rows: list[dict], target: float) -> str:
 
 
 def plot(runs: list[dict], out: pathlib.Path, networks=()) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   rows = 1 + (len(networks) + 1) // 2
   fig, axes = plt.subplots(rows, 2, figsize=(12, 4.5 * rows), squeeze=False)
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if not 0.0 < args.target <= 1.0:
     parser.error(f"--target must be a fraction in (0, 1], got {args.target}.")
-  import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+  import jax_aldsgd as ald
 
   try:
     networks = [

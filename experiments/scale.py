@@ -126,11 +126,11 @@ def measure_compute_ms(model: str, batch: int = 16) -> float:
 
   The trainer's step (experiments.cifar.train) without its exchange: one worker.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax
+  import optax
+  from flax import nnx
 
-  from experiments.cifar import models  # pylint: disable=g-import-not-at-top
+  from experiments.cifar import models
 
   net = models.create_model(
     model, num_classes=10, in_channels=3, rngs=nnx.Rngs(params=jax.random.key(0))
@@ -274,7 +274,7 @@ class Sweep:
 
 
 def _shape(num_params):
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   return jax.ShapeDtypeStruct((num_params,), np.float32)
 
@@ -481,7 +481,7 @@ PANELS = (("resnet50", 1.0, 50.0), ("resnet50", 100.0, 5.0), ("100m", 10.0, 50.0
 
 
 def _ticks(ax, workers):
-  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker
 
   ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
   ax.set_xticks(workers, [str(n) for n in workers])
@@ -489,10 +489,10 @@ def _ticks(ax, workers):
 
 
 def plot(rows, gaps, workers, path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
   styles = {

@@ -33,12 +33,12 @@ def main(argv=None) -> int:
   if args.steps < 1 or args.workers < 2 or args.timeout <= 0:
     parser.error("--steps must be >= 1, --workers >= 2 and --timeout > 0.")
 
-  import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+  import jax_aldsgd as ald
 
   ald.emulate_cpu_devices(args.workers, collective_timeout_seconds=60)
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import optax
 
   n = args.workers
   graphs = [ald.topologies.exponential(n), ald.topologies.ring(n)]

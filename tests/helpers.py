@@ -18,7 +18,7 @@ from tests import reference
 
 def tiny_config(method=None, **overrides):
   """experiments.cifar's default config, shrunk to run in seconds on mock data."""
-  from experiments.cifar.configs import default  # pylint: disable=g-import-not-at-top
+  from experiments.cifar.configs import default
 
   config = default.get_config(method)
   config.update(

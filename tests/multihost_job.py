@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
 
-import jax_aldsgd as ald  # pylint: disable=g-import-not-at-top
+import jax_aldsgd as ald
 
 STEPS = 7
 
@@ -21,13 +21,10 @@ def run(process_id: int, num_processes: int, port: int, out: str) -> None:
   ald.emulate_cpu_devices(8 // num_processes, collective_timeout_seconds=60)
   if num_processes > 1:
     ald.initialize_multihost(f"127.0.0.1:{port}", num_processes, process_id)
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
 
-  from tests import (
-    helpers,  # pylint: disable=g-import-not-at-top
-    reference,  # pylint: disable=g-import-not-at-top
-  )
+  from tests import helpers, reference
 
   assert jax.device_count() == 8, jax.device_count()
   results = {}
@@ -49,9 +46,9 @@ def run(process_id: int, num_processes: int, port: int, out: str) -> None:
 
 def run_steps(tx, x0, problem, mesh):
   """helpers.run, with process-safe placement and gathering."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
-  from tests import helpers  # pylint: disable=g-import-not-at-top
+  from tests import helpers
 
   step = helpers.make_step(tx, mesh)
   params = ald.shard_workers(helpers.unflatten(x0, helpers.SHAPES), mesh)

@@ -132,7 +132,7 @@ def test_overlap_takes_the_longer_of_compute_and_communication():
 
 def test_scale_sweep_against_closed_forms():
   """experiments.scale's rows are the model's formulas, written out here."""
-  from experiments import scale  # pylint: disable=g-import-not-at-top
+  from experiments import scale
 
   params = scale.MODELS["resnet50"]
   assert scale.compressed_bytes("none", params, 174) == 4 * params
