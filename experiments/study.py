@@ -16,17 +16,20 @@ each cell's final accuracy (mean over workers), worst worker, averaged model,
 epochs and simulated time to the target accuracy (a fixed compute time per step,
 ``--compute-ms``, plus the simulated communication of the run's schedule on 1
 and 10 Gbit/s links with 50 us latency, overlap-aware), the simulated time of
-the whole run at 1 Gbit/s, and bytes per worker, each as
-the mean over seeds with a 95% confidence interval (Student's t, ``n - 1``
-degrees of freedom), plus a figure of mean test accuracy against epoch (the
-seeds' mean and range). A grid's ``pairs`` get a table of paired differences
-(each seed's run of a cell minus the same seed's run of its baseline: the mean
-difference and its 95% interval, and whether that interval excludes 0). The
-grid ``low_degree`` also gets a per-worker table and the gap between the other
-workers and workers 0 and 4. A cell with ``shared_with`` reads (and trains) its
-runs in that grid's workdirs, so one configuration is trained once for both.
-A failed run does not stop ``run``: it goes on and lists the failures at the
-end (exit status 1); unfinished runs are left out of ``report``.
+the whole run at 1 Gbit/s, and bytes per worker, each as the mean over seeds
+with a 95% confidence interval (Student's t, ``n - 1`` degrees of freedom), plus
+a figure of mean test accuracy against epoch (the seeds' mean and range), and
+the same numbers as JSON (null where a number does not exist: a target never
+reached, the interval of a single seed). A grid's ``pairs`` get a table of
+paired differences (each seed's run of a cell minus the same seed's run of its
+baseline: the mean difference and its 95% interval, and whether that interval
+excludes 0). The grid ``low_degree`` also gets a per-worker table and the gap
+between the other workers and workers 0 and 4. A grid with MATCHA cells gets a
+note that their intervals leave out the activation draw (one ``matcha_seed`` for
+every seed). A cell with ``shared_with`` reads (and trains) its runs in that
+grid's workdirs, so one configuration is trained once for both. A failed run
+does not stop ``run``: it goes on and lists the failures at the end (exit status
+1); unfinished runs are left out of ``report``.
 
 A cell is a set of config overrides on top of the offline Fashion-MNIST config
 (`BASE_CONFIG`), so every run here uses Debian's Fashion-MNIST and the small CNN
@@ -284,10 +287,15 @@ def _interval(values) -> tuple[float, float]:
   return float(values.mean()), float(half)
 
 
+def _missing(value) -> bool:
+  """Whether a mean or half-width is absent: nan in memory, null in the JSON."""
+  return value is None or math.isnan(value)
+
+
 def _fmt(mean, half, scale=1.0, digits=2, unit="") -> str:
-  if math.isnan(mean):
+  if _missing(mean):
     return "not reached"
-  if math.isnan(half):
+  if _missing(half):
     return f"{mean * scale:.{digits}f}{unit}"
   return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}{unit}"
 
@@ -448,7 +456,7 @@ def differences_table(differences, keys=PAIRED) -> str:
       continue
     mean, half = d["final_mean"]
     verdict = (
-      "n/a (one seed)" if math.isnan(half) else ("yes" if abs(mean) > half else "no")
+      "n/a (one seed)" if _missing(half) else ("yes" if abs(mean) > half else "no")
     )
     values = " | ".join(_fmt(*d[k], 100) for k in keys)
     lines.append(f"| {cell} - {base} | {d['seeds']} | {values} | {verdict} |")
@@ -466,6 +474,47 @@ def low_degree_table(runs_by_cell) -> str:
       gap = _interval([_final(r)["low_degree_gap"] for r in runs])
       lines.append(f"| {name} | {len(runs)} | {_fmt(*gap, 100)} |")
   return "\n".join(lines)
+
+
+def matcha_note(grid: str) -> str | None:
+  """What a grid's MATCHA intervals leave out, or None without MATCHA cells.
+
+  The trainer draws MATCHA's activation flags from ``config.matcha_seed``, not
+  from ``config.seed``, so every seed of a cell shares one draw.
+  """
+  cells = [
+    cell
+    for cell in GRIDS[grid].cells
+    if "matcha" in str(dict(cell.overrides).get("method", ""))
+  ]
+  if not cells:
+    return None
+  from experiments.cifar.configs import fashion_mnist
+
+  default = fashion_mnist.get_config().matcha_seed
+  seeds = sorted({dict(cell.overrides).get("matcha_seed", default) for cell in cells})
+  names = ", ".join(f"`{cell.name}`" for cell in cells)
+  which = f"`matcha_seed` {seeds[0]}" if len(seeds) == 1 else f"`matcha_seed`s {seeds}"
+  return (
+    f"MATCHA's activation draw is not varied: every run of {names} uses "
+    f"{which}, whatever its seed, so the seeds share one draw of the "
+    "activation flags. These cells' intervals and paired differences cover the "
+    "initializations, the data split and the batch order, not the activation "
+    "draw."
+  )
+
+
+def _json_safe(value):
+  """``value`` with every nan or infinite float as None (JSON's null)."""
+  if isinstance(value, dict):
+    return {key: _json_safe(v) for key, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  if isinstance(value, np.integer):
+    return int(value)
+  return value
 
 
 def plot_grid(grid, runs_by_cell, out: pathlib.Path) -> None:
@@ -533,6 +582,9 @@ def report(args) -> int:
         "of the same seed; mean and 95% t-interval over seeds):\n\n"
         + differences_table(differences, keys)
       )
+    note = matcha_note(grid)
+    if note:
+      sections.append(note)
     figure = out.parent / (
       f"{out.name}.png" if len(args.grids) == 1 else f"{out.name}_{grid}.png"
     )
@@ -549,7 +601,11 @@ def report(args) -> int:
   print(text)
   out.parent.mkdir(parents=True, exist_ok=True)
   (out.parent / f"{out.name}.md").write_text(text)
-  (out.parent / f"{out.name}.json").write_text(json.dumps(raw, indent=1))
+  # Means that do not exist (a target not reached, one seed's interval) are
+  # null: JSON has no NaN.
+  (out.parent / f"{out.name}.json").write_text(
+    json.dumps(_json_safe(raw), indent=1, allow_nan=False)
+  )
   return 0
 
 

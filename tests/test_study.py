@@ -203,3 +203,59 @@ def test_paired_differences_match_seeds_and_the_low_degree_gap(tmp_path):
   assert study._final(runs["a"][0])["low_degree_gap"] == pytest.approx(
     acc[rest].mean() - (acc[0] + acc[4]) / 2
   )
+
+
+def _strict_json(text):
+  """``json.loads`` that raises on NaN, Infinity and -Infinity (not JSON)."""
+
+  def refuse(token):
+    raise ValueError(f"not JSON: {token}")
+
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_report_json_writes_null_for_numbers_that_do_not_exist(tmp_path):
+  # One seed that never reaches the target: no epochs to it, no time to it,
+  # and no interval for anything (one value).
+  _fake_run(
+    tmp_path / "paper" / "allreduce" / "seed1", [[0.5] * 8, [0.6] * 8], [0.5, 0.6], 2
+  )
+  out = tmp_path / "out" / "study"
+  assert (
+    study.main(["report", "paper", "--root", str(tmp_path), "--out", str(out)]) == 0
+  )
+  text = out.with_suffix(".json").read_text()
+  for token in ("NaN", "Infinity"):
+    assert token not in text
+  raw = _strict_json(text)["paper"]
+  cell = raw["allreduce"]
+  assert cell["epochs_to_target"] == [None, None]
+  assert cell["time_1"] == [None, None]
+  assert cell["final_mean"] == [pytest.approx(0.6), None]
+  assert cell["not_reached"] == 1
+  assert raw["differences"]["dpsgd - allreduce"]["final_mean"] == [None, None]
+  # What was read back formats as what was written from memory.
+  assert study._fmt(*cell["epochs_to_target"]) == "not reached"
+  assert study._fmt(*cell["final_mean"], 100) == "60.00"
+  table = out.with_suffix(".md").read_text()
+  assert "| allreduce | 1 | 60.00 | 60.00 | 60.00 | not reached (1 not reached) |" in (
+    table
+  )
+
+
+def test_the_committed_study_json_is_strict_json():
+  import pathlib
+
+  results = pathlib.Path(__file__).parents[1] / "experiments" / "results"
+  for name in ("study.json", "compression.json", "overlap.json"):
+    _strict_json((results / name).read_text())
+
+
+def test_matcha_grids_say_their_intervals_leave_out_the_activation_draw():
+  note = study.matcha_note("paper")
+  assert "`matcha`, `aldsgd_matcha`" in note
+  assert "`matcha_seed` 0" in note
+  assert "not the activation draw" in note
+  assert "`matcha_0.1`" in study.matcha_note("budgets16")
+  assert study.matcha_note("low_degree") is None
+  assert study.matcha_note("non_iid") is None
