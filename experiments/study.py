@@ -496,8 +496,8 @@ def matcha_note(grid: str) -> str | None:
   names = ", ".join(f"`{cell.name}`" for cell in cells)
   which = f"`matcha_seed` {seeds[0]}" if len(seeds) == 1 else f"`matcha_seed`s {seeds}"
   return (
-    f"MATCHA's activation draw is not varied: every run of {names} uses "
-    f"{which}, whatever its seed, so the seeds share one draw of the "
+    "MATCHA's activation draw is not varied: every run of the cells "
+    f"{names} uses {which}, whatever its seed, so the seeds share one draw of the "
     "activation flags. These cells' intervals and paired differences cover the "
     "initializations, the data split and the batch order, not the activation "
     "draw."
