@@ -24,7 +24,7 @@ message per matching round. For each number of workers ``n``, network and model
   one after the other, as the transforms run them (``B = M``);
 * MATCHA on the exponential graph at budget 0.5: the same per active matching,
   ``sum_m p_m`` rounds on average (simulated over `MATCHA_STEPS` random steps);
-* CHOCO-compressed gossip (ALGORITHM.md section 9) on the same graphs: ``B`` is
+* CHOCO-compressed gossip (docs/algorithm.md section 9) on the same graphs: ``B`` is
   the compressor's wire format (`compressed_bytes`);
 * overlapped gossip (section 10, adapt-while-combine): ``max(compute, comm)``.
 
@@ -47,7 +47,7 @@ import jax_aldsgd as ald
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 
-# The paper's CIFAR ResNet-50 (ALGORITHM.md section 8) and a 100M-parameter model.
+# The paper's CIFAR ResNet-50 (docs/algorithm.md section 8) and a 100M-parameter model.
 MODELS = {"resnet50": 545_930, "100m": 100_000_000}
 # Parameter leaves (each carries a per-leaf norm or scale in some wire formats):
 # the CIFAR ResNet-50 has 174 (13 bottlenecks x 12, 3 projections x 4, stem 4,
@@ -791,12 +791,12 @@ parameters: ResNet-50 of the paper (545,930 parameters, 2.18 MB) and a
 * **MATCHA** on the exponential graph at budget {budget}: each matching active
   with its solved probability ``p_m``; the mean over {steps} simulated steps of
   ``(active matchings) * (L + B / b)`` (overlapped: the mean of the per-step max).
-* **CHOCO-compressed gossip** (ALGORITHM.md section 9) on the same graphs and
+* **CHOCO-compressed gossip** (docs/algorithm.md section 9) on the same graphs and
   schedules, with message bytes from the wire format the CHOCO issue specifies
   (`experiments.scale.compressed_bytes`): top-k 10% = ``0.1 P`` float32 values +
   ``0.1 P`` int32 indices (``0.8 P`` bytes); scaled sign = ``P / 8 + 4`` per leaf;
   QSGD 16 levels = ``P + 4`` per leaf. The time to compress is not counted.
-* **overlap** (ALGORITHM.md section 10, adapt-while-combine): step =
+* **overlap** (docs/algorithm.md section 10, adapt-while-combine): step =
   ``max(compute, communication)`` (`NetworkModel(overlap=True).step_time`);
   otherwise ``compute + communication``. All-reduce is *not* overlapped here;
   DDP-style bucketed all-reduce hides part of itself behind the backward pass,

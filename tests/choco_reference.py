@@ -1,4 +1,4 @@
-"""A plain NumPy reference of CHOCO-SGD (ALGORITHM.md section 9), on stacked arrays.
+"""NumPy reference of CHOCO-SGD (docs/algorithm.md section 9) on stacked arrays.
 
 Written from the equations, not from the library: compressors on one vector,
 public copies as whole ``(n, d)`` arrays (one per slot for time-varying
@@ -107,7 +107,7 @@ class PerSlot:
         best = candidates[int(np.argmin([losses[j] for j in candidates]))]
         top = candidates[int(np.argmax([degrees[j] for j in candidates]))]
         c1, c2, p1, p2 = (leader[k] for k in ("c1", "c2", "p1", "p2"))
-        # ALGORITHM.md section 2, step 6, in differences to x_half_i.
+        # docs/algorithm.md section 2, step 6, in differences to x_half_i.
         y = (1 - c1 - c2) * move + c1 * diff[best] + c2 * diff[top]
         move = y - p1 * (y - diff[best]) - p2 * (y - diff[top])
       x[i] = x_half[i] + gamma * move

@@ -1,4 +1,4 @@
-"""A plain NumPy reference of ALGORITHM.md, on stacked ``(n, d)`` arrays.
+"""A plain NumPy reference of docs/algorithm.md, on stacked ``(n, d)`` arrays.
 
 Written from the spec, not from the library: dense mixing matrices, explicit
 neighbor lists, ``np.argmin``/``np.argmax`` (first index on ties), and the
@@ -133,7 +133,7 @@ def sgd_step(x, grad, lr, weight_decay):
   return x - lr * (grad + weight_decay * x)
 
 
-# ALGORITHM.md section 10: overlap, local steps, bounded staleness.
+# docs/algorithm.md section 10: overlap, local steps, bounded staleness.
 
 
 def mix(x, losses, matchings, active, weights, leader=None, pull=True):

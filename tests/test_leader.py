@@ -14,7 +14,7 @@ from tests import helpers, reference
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
 
 
-# ALGORITHM.md section 7.
+# docs/algorithm.md section 7.
 X_HAT = np.arange(8.0)[:, None]
 LOSSES = [0.9, 0.5, 0.7, 0.2, 0.8, 0.6, 0.3, 0.4]
 

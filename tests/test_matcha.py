@@ -10,7 +10,7 @@ from jax_aldsgd import _matcha
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 
-# budget: (reference p, alpha, rho), ALGORITHM.md section 6, graph 0.
+# budget: (reference p, alpha, rho), docs/algorithm.md section 6, graph 0.
 GRAPH0 = {
   0.1: ([0.197, 0, 0.152, 0.152, 0], 0.562, 0.937),
   0.3: ([0.59, 0, 0.455, 0.455, 0], 0.515, 0.777),

@@ -1,7 +1,7 @@
 """Tests for experiments/cifar/models.py: shapes, parameter counts, BatchNorm state.
 
 Parameter counts are checked against arithmetic written here from the
-architecture descriptions (ALGORITHM.md section 8 and the papers), not against
+architecture descriptions (docs/algorithm.md section 8 and the papers), not against
 the model code. WRN-28-10 (36.5M parameters) is only ever built abstractly.
 """
 
