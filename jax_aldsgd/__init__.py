@@ -5,30 +5,27 @@ transforms that run inside ``jax.shard_map`` over a ``"workers"`` mesh axis.
 """
 
 from jax_aldsgd import compressors as compressors
+from jax_aldsgd import exchange as exchange
 from jax_aldsgd import schedules as schedules
 from jax_aldsgd import topologies as topologies
+from jax_aldsgd._aldsgd import AdjacentLeaderState as AdjacentLeaderState
+from jax_aldsgd._aldsgd import (
+  adjacent_leader_message_bytes as adjacent_leader_message_bytes,
+)
+from jax_aldsgd._aldsgd import (
+  adjacent_leader_message_parts as adjacent_leader_message_parts,
+)
 from jax_aldsgd._alias import aldsgd as aldsgd
 from jax_aldsgd._alias import dsgd as dsgd
 from jax_aldsgd._alias import local_sgd as local_sgd
 from jax_aldsgd._choco import ChocoSlotState as ChocoSlotState
 from jax_aldsgd._choco import ChocoState as ChocoState
-from jax_aldsgd._choco import ConsensusTuning as ConsensusTuning
 from jax_aldsgd._choco import choco_message_bytes as choco_message_bytes
-from jax_aldsgd._choco import tune_consensus_lr as tune_consensus_lr
-from jax_aldsgd._exchange import all_finite as all_finite
+from jax_aldsgd._compat import check_options as check_options
+from jax_aldsgd._compat import compatibility_table as compatibility_table
 from jax_aldsgd._gossip import GossipState as GossipState
-from jax_aldsgd._gossip import allreduce as allreduce
 from jax_aldsgd._gossip import allreduce_bytes as allreduce_bytes
-from jax_aldsgd._gossip import gossip as gossip
 from jax_aldsgd._gossip import gossip_message_bytes as gossip_message_bytes
-from jax_aldsgd._leader import AdjacentLeaderState as AdjacentLeaderState
-from jax_aldsgd._leader import adjacent_leader as adjacent_leader
-from jax_aldsgd._leader import (
-  adjacent_leader_message_bytes as adjacent_leader_message_bytes,
-)
-from jax_aldsgd._leader import (
-  adjacent_leader_message_parts as adjacent_leader_message_parts,
-)
 from jax_aldsgd._mesh import emulate_cpu_devices as emulate_cpu_devices
 from jax_aldsgd._mesh import gather_workers as gather_workers
 from jax_aldsgd._mesh import initialize_multihost as initialize_multihost
@@ -39,8 +36,18 @@ from jax_aldsgd._mesh import unstack_workers as unstack_workers
 from jax_aldsgd._mesh import worker_map as worker_map
 from jax_aldsgd._mesh import worker_mesh as worker_mesh
 from jax_aldsgd._network import NetworkModel as NetworkModel
+from jax_aldsgd._packing import all_finite as all_finite
 from jax_aldsgd._schedules import Schedule as Schedule
 from jax_aldsgd._topology import Topology as Topology
+from jax_aldsgd._traffic import Traffic as Traffic
+from jax_aldsgd._traffic import traffic as traffic
+from jax_aldsgd._transforms import adjacent_leader as adjacent_leader
+from jax_aldsgd._transforms import allreduce as allreduce
+from jax_aldsgd._transforms import gossip as gossip
+from jax_aldsgd._tuning import ConsensusTuning as ConsensusTuning
+from jax_aldsgd._tuning import tune_consensus_lr as tune_consensus_lr
+from jax_aldsgd._wrappers import adapt_while_combine as adapt_while_combine
+from jax_aldsgd._wrappers import every_steps as every_steps
 
 __version__ = "0.1.0"
 
@@ -53,6 +60,8 @@ __all__ = [
   "NetworkModel",
   "Schedule",
   "Topology",
+  "Traffic",
+  "adapt_while_combine",
   "adjacent_leader",
   "adjacent_leader_message_bytes",
   "adjacent_leader_message_parts",
@@ -60,21 +69,25 @@ __all__ = [
   "all_finite",
   "allreduce",
   "allreduce_bytes",
+  "check_options",
   "choco_message_bytes",
+  "compatibility_table",
   "compressors",
   "dsgd",
   "emulate_cpu_devices",
+  "every_steps",
+  "exchange",
   "gather_workers",
   "gossip",
   "gossip_message_bytes",
   "initialize_multihost",
   "local_sgd",
-  "optax",
   "replicate_workers",
   "schedules",
   "shard_workers",
   "stack_workers",
   "topologies",
+  "traffic",
   "tune_consensus_lr",
   "unstack_workers",
   "worker_map",

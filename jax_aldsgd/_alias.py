@@ -5,10 +5,9 @@ from __future__ import annotations
 import jax
 import optax
 
-from jax_aldsgd import _checks
-from jax_aldsgd._gossip import gossip
-from jax_aldsgd._leader import adjacent_leader
+from jax_aldsgd import _checks, _traffic
 from jax_aldsgd._schedules import Schedule
+from jax_aldsgd._transforms import adjacent_leader, gossip
 
 
 def local_sgd(
@@ -58,10 +57,11 @@ def local_sgd(
   # state); an array (e.g. from optax.inject_hyperparams) always builds one, so
   # init and update agree on the state's structure.
   no_momentum = not isinstance(momentum, jax.Array) and momentum == 0
-  return optax.chain(
+  tx = optax.chain(
     optax.add_decayed_weights(weight_decay),
     optax.sgd(learning_rate, momentum=None if no_momentum else momentum),
   )
+  return _traffic.transformation(tx.init, tx.update, None)  # sends nothing
 
 
 def dsgd(
@@ -117,19 +117,18 @@ def dsgd(
     >>> round(float(w.mean()), 3), bool(w.std(0).max() < 1.0)
     (7.5, True)
   """
-  return optax.chain(
-    local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
-    gossip(
-      schedule,
-      axis_name,
-      skip_nonfinite=skip_nonfinite,
-      overlap=overlap,
-      every=every,
-      delay=delay,
-      compressor=compressor,
-      consensus_lr=consensus_lr,
-    ),
+  exchange = gossip(
+    schedule,
+    axis_name,
+    skip_nonfinite=skip_nonfinite,
+    overlap=overlap,
+    every=every,
+    delay=delay,
+    compressor=compressor,
+    consensus_lr=consensus_lr,
   )
+  local = local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay)
+  return _traffic.carry_traffic(optax.chain(local, exchange), exchange)
 
 
 def aldsgd(
@@ -194,21 +193,20 @@ def aldsgd(
     >>> bool(w.std(0).max() < 1.0)
     True
   """
-  return optax.chain(
-    local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay),
-    adjacent_leader(
-      schedule,
-      axis_name,
-      c1=c1,
-      c2=c2,
-      p1=p1,
-      p2=p2,
-      pull_every=pull_every,
-      skip_nonfinite=skip_nonfinite,
-      overlap=overlap,
-      every=every,
-      pull_restart_every=pull_restart_every,
-      compressor=compressor,
-      consensus_lr=consensus_lr,
-    ),
+  exchange = adjacent_leader(
+    schedule,
+    axis_name,
+    c1=c1,
+    c2=c2,
+    p1=p1,
+    p2=p2,
+    pull_every=pull_every,
+    skip_nonfinite=skip_nonfinite,
+    overlap=overlap,
+    every=every,
+    pull_restart_every=pull_restart_every,
+    compressor=compressor,
+    consensus_lr=consensus_lr,
   )
+  local = local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay)
+  return _traffic.carry_traffic(optax.chain(local, exchange), exchange)

@@ -10,6 +10,7 @@ import math
 import numbers
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -70,3 +71,68 @@ def check_real(
     )
     raise ValueError(f"{name} must be in {interval}, got {number}.{hint}")
   return value
+
+
+def check_every(every):
+  """Validates ``every`` (an integer >= 1); a tracer (inject_hyperparams) passes."""
+  if is_traced(every):
+    return every
+  value = concrete_scalar("every", every)
+  if isinstance(value, float) and value.is_integer():
+    value = int(value)
+  return check_integer("every", value, 1)
+
+
+def check_float_leaves(tree, what: str) -> None:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise TypeError(
+        f"{what} leaf {jax.tree_util.keystr(path)} has dtype "
+        f"{jnp.result_type(leaf)}; only floating-point parameters can be "
+        "averaged. Keep integer state out of the optimized parameters (e.g. in "
+        "a separate collection)."
+      )
+
+
+def check_params(params, name: str):
+  """Raises unless ``params`` (needed by transform ``name``) is a float pytree."""
+  if params is None:
+    raise ValueError(
+      f"{name} needs the current parameters: call "
+      "update(updates, state, params, ...). It moves x_hat = params + updates "
+      "toward the neighbors' x_hat."
+    )
+  check_float_leaves(params, "params")
+
+
+def check_loss(loss, value=None) -> jax.Array:
+  """The loss from ``loss=``, else from optax's ``value=`` (reduce_on_plateau)."""
+  loss = value if loss is None else loss
+  if loss is None:
+    raise ValueError(
+      "adjacent_leader needs this worker's scalar mini-batch loss to rank "
+      "neighbors: call update(updates, state, params, loss=loss) (or "
+      "value=loss, optax's name), with the loss of the current parameters on "
+      "this worker's batch."
+    )
+  loss = jnp.asarray(loss)
+  if loss.shape != ():
+    raise ValueError(
+      f"loss must be this worker's scalar loss, got shape "
+      f"{loss.shape}; reduce it (e.g. mean over the batch) and, "
+      "under jax.shard_map, squeeze the worker axis."
+    )
+  if not jnp.issubdtype(loss.dtype, jnp.floating):
+    raise TypeError(f"loss must be a floating-point scalar, got dtype {loss.dtype}.")
+  return loss
+
+
+def check_fraction(name: str, value, meaning: str) -> float:
+  """A real in (0, 1]; the message says what ``name`` means (``meaning``)."""
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Real)
+    or not (0.0 < value <= 1.0)
+  ):
+    raise ValueError(f"{name} must be in (0, 1] ({meaning}), got {value!r}.")
+  return float(value)

@@ -42,18 +42,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jax_aldsgd import _checks
+
 
 def _check_fraction(fraction) -> float:
-  if (
-    isinstance(fraction, bool)
-    or not isinstance(fraction, numbers.Real)
-    or not (0.0 < fraction <= 1.0)
-  ):
-    raise ValueError(
-      f"fraction must be in (0, 1] (the share of each leaf's "
-      f"entries that travel), got {fraction!r}; e.g. 0.1 for 10%."
-    )
-  return float(fraction)
+  return _checks.check_fraction(
+    "fraction",
+    fraction,
+    "the share of each leaf's entries that travel; e.g. 0.1 for 10%",
+  )
 
 
 def _check_seed(seed) -> int:

@@ -1,7 +1,7 @@
 """MATCHA's activation probabilities and neighbor weight (host side, NumPy/SciPy).
 
 Wang et al., "MATCHA: Speeding Up Decentralized SGD via Matching Decomposition
-Sampling" (arXiv 1905.09435); ALGORITHM.md section 6.
+Sampling" (arXiv 1905.09435); docs/algorithm.md section 6.
 
 With matching Laplacians ``L_m`` and activation probabilities ``p_m``:
 

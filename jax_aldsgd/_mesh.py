@@ -14,7 +14,7 @@ from jax._src import xla_bridge
 from jax.experimental import multihost_utils
 
 from jax_aldsgd import _checks
-from jax_aldsgd._exchange import LOCAL_AXIS
+from jax_aldsgd._workers import LOCAL_AXIS
 
 # Importing JAX does not start a backend (the first device query does), so
 # emulate_cpu_devices still works after `import jax_aldsgd`.
@@ -284,7 +284,7 @@ def worker_map(
 
   With ``workers_per_device = k > 1``, worker ``d * k + b`` is the b-th of k
   workers on device d: ``fn`` is vmapped over them (axis name
-  ``jax_aldsgd._exchange.LOCAL_AXIS``), and the transforms exchange with partners
+  ``jax_aldsgd._workers.LOCAL_AXIS``), and the transforms exchange with partners
   on the same device by indexing and with others by ``ppermute``. The results
   equal the one-worker-per-device layout's.
 

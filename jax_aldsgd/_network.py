@@ -66,7 +66,7 @@ class NetworkModel:
       (see the module docstring); the default, False, models the transforms'
       one-matching-after-another exchanges.
     overlap: if True, the exchange runs during the forward/backward pass
-      (adapt-while-combine, ALGORITHM.md section 10), so a step costs
+      (adapt-while-combine, docs/algorithm.md section 10), so a step costs
       ``max(compute, communication)`` instead of their sum (`step_time`).
 
   Example:
@@ -131,6 +131,24 @@ class NetworkModel:
     if self.node_bandwidth is not None:
       per_byte = max(per_byte, busiest / self.node_bandwidth)
     return self.latency_s + message_bytes * per_byte
+
+  def traffic_time(self, traffic, step: int) -> float:
+    """Seconds of what ``traffic`` (`jax_aldsgd.traffic`) sends at ``step``.
+
+    The all-reduce's `allreduce_time`; for exchanges along slots,
+    `gossip_time` of the communication step, with one latency per
+    ``ppermute`` the message is sent in (``traffic.parts``), and nothing on
+    the steps that do not communicate.
+    """
+    if not traffic.communicates(step):
+      return 0.0
+    if traffic.allreduce:
+      return self.allreduce_time(traffic.num_workers, traffic.message_bytes)
+    k = step // traffic.every
+    extra = max(len(traffic.parts) - 1, 0) * self.latency_s
+    rounds = int(traffic.schedule.active(k).sum()) if not self.concurrent else 1
+    seconds = self.gossip_time(traffic.schedule, k, traffic.message_bytes)
+    return seconds + (extra * rounds if seconds else 0.0)
 
   def gossip_times(
     self, schedule: Schedule, num_steps: int, message_bytes: float

@@ -1,7 +1,7 @@
 """Gossip with bounded staleness: push-sum with messages delayed by ``delay`` steps.
 
 A simulator of asynchrony (Assran et al., 2019, "Stochastic Gradient Push",
-overlap SGP; ALGORITHM.md section 10). Each worker i holds ``z_i`` and a
+overlap SGP; docs/algorithm.md section 10). Each worker i holds ``z_i`` and a
 push-sum weight ``psi_i`` (1 at the start), with parameters ``x_i = z_i / psi_i``.
 At step t, with ``u_i`` the local optimizer's update (from the gradient at
 ``x_i``) and ``W`` the step's (symmetric, doubly stochastic) mixing matrix:
@@ -24,9 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jax_aldsgd import _exchange
+from jax_aldsgd import _checks, _fold, _packing, _plan, _traffic, _workers
 from jax_aldsgd._schedules import Schedule
 
 
@@ -80,7 +79,7 @@ class DelayedGossipState(NamedTuple):
 
 def delayed_gossip(
   schedule: Schedule, axis_name: str, delay: int
-) -> optax.GradientTransformationExtraArgs:
+) -> _traffic.Transformation:
   """Push-sum gossip whose neighbor shares arrive ``delay`` steps after sending.
 
   ``delay = 0`` is plain gossip computed in the push-sum form (``psi`` stays 1
@@ -105,27 +104,27 @@ def delayed_gossip(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _exchange.check_params(params, "gossip")
-    me = _exchange.worker_index(axis_name, schedule)
-    x, unpack = _exchange.pack(params)
-    u, _ = _exchange.pack(updates)
+    _checks.check_params(params, "gossip")
+    me = _workers.worker_index(axis_name, schedule)
+    x, unpack = _packing.pack(params)
+    u, _ = _packing.pack(updates)
     psi = state.weight.astype(x.dtype)
     z_hat = jnp.concatenate([psi * x + u, psi[None]])  # (L,): z_hat, then psi
-    near = _exchange.neighborhood(schedule, state.count, me, x.dtype)
+    near = _plan.neighborhood(schedule, state.count, me, x.dtype)
 
     def combine(total, received, present, common):
       del common
       return total + jnp.where(present, received, 0)
 
-    incoming = near.weight * _exchange.fold(
+    incoming = near.weight * _fold.fold(
       z_hat,
-      schedule,
-      state.count,
-      axis_name,
-      combine,
-      jnp.zeros_like,
-      near.present,
-      z_hat,
+      schedule=schedule,
+      step=state.count,
+      axis_name=axis_name,
+      combine=combine,
+      start=jnp.zeros_like,
+      per_slot=near.present,
+      common=z_hat,
     )
     if delay:
       arrived = state.in_flight[0]
@@ -143,4 +142,8 @@ def delayed_gossip(
       count=state.count + 1, weight=new_psi.astype(jnp.float32), in_flight=in_flight
     )
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  def traffic_of(params):
+    size = _packing.message_bytes(params, 1)  # z_hat and psi
+    return _traffic.Traffic(schedule.num_workers, size, (size,), schedule)
+
+  return _traffic.transformation(init_fn, update_fn, traffic_of)

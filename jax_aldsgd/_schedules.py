@@ -74,7 +74,12 @@ class Schedule(abc.ABC):
 
   To write your own schedule, subclass this and define `graphs`,
   `neighbor_weight` and `slot_flags` (and, optionally, `activation_patterns`
-  for a faster exchange). Make the subclass a frozen dataclass (or
+  for a faster exchange). A *directed* schedule (a slot is a permutation, such
+  as the shift ``i -> i + 2^k mod n``, rather than a matching) overrides
+  `slot_partners` and `slot_weight` instead of deriving them from `graphs`:
+  row s of `slot_partners` says whom each worker receives from in slot s, each
+  worker receiving from and sending to at most one other; `mixing_matrix` is
+  then not symmetric. Make the subclass a frozen dataclass (or
   otherwise hashable and compared by value): transforms cache per-schedule plans
   and the trainer fingerprints runs by it. Only ``slot_flags`` sees the step;
   everything else is static host data.
@@ -140,7 +145,7 @@ class Schedule(abc.ABC):
 
   @property
   def num_workers(self) -> int:
-    return self.graphs[0].num_workers
+    return int(self.slot_partners.shape[1])
 
   @functools.cached_property
   def slots(self) -> tuple[tuple[int, int], ...]:
@@ -151,11 +156,15 @@ class Schedule(abc.ABC):
 
   @property
   def num_slots(self) -> int:
-    return len(self.slots)
+    return int(self.slot_partners.shape[0])
 
   @functools.cached_property
   def slot_partners(self) -> np.ndarray:
-    """``(num_slots, n)`` int array: each worker's partner in each slot, or -1."""
+    """``(num_slots, n)`` int: whom each worker receives from in each slot, or -1.
+
+    For a matching that is the worker's partner, who also receives from it;
+    a directed schedule's rows are permutations (see the class docstring).
+    """
     table = np.concatenate([graph.partners for graph in self.graphs], axis=0)
     table.setflags(write=False)
     return table
@@ -167,6 +176,13 @@ class Schedule(abc.ABC):
     weights.setflags(write=False)
     return weights
 
+  @functools.cached_property
+  def directed(self) -> bool:
+    """Whether some slot is not a matching (i receives from j, j not from i)."""
+    table = self.slot_partners
+    rows, workers = np.nonzero(table >= 0)
+    return bool(np.any(table[rows, table[rows, workers]] != workers))
+
   def active(self, step: int) -> np.ndarray:
     """Host-side ``(num_slots,)`` bool mask of the slots that exchange at ``step``."""
     return np.asarray(self.slot_flags(_check_step(step), np), dtype=bool)
@@ -177,7 +193,11 @@ class Schedule(abc.ABC):
     return 0
 
   def active_degrees(self, step: int) -> np.ndarray:
-    """``(n,)`` active degree ``d_i^k`` of every worker at ``step``."""
+    """``(n,)`` active degree ``d_i^k`` of every worker at ``step``.
+
+    The number of active slots in which the worker receives (for matchings,
+    also those in which it sends).
+    """
     return (self.active(step)[:, None] & (self.slot_partners >= 0)).sum(0)
 
   def sent_bytes(self, step: int, message_bytes: float) -> np.ndarray:
@@ -189,7 +209,13 @@ class Schedule(abc.ABC):
     return self.active_degrees(step) * message_bytes
 
   def mixing_matrix(self, step: int) -> np.ndarray:
-    """Dense gossip matrix ``W_k = I - sum_{active slots} alpha_s L_s`` at ``step``."""
+    """Dense mixing matrix ``W_k`` at ``step``; row i is what worker i receives.
+
+    ``W_k = I - sum_{active slots s} alpha_s (D_s - P_s)``, with ``P_s[i, j] = 1``
+    if i receives from j in slot s and ``D_s`` the diagonal of the receiving
+    workers: for matchings ``alpha_s L_s`` (symmetric), for a directed slot
+    not symmetric (a shift gives ``(I + P) / 2`` at ``alpha = 1/2``).
+    """
     n = self.num_workers
     w = np.eye(n)
     for s in np.flatnonzero(self.active(step)):
@@ -198,6 +224,17 @@ class Schedule(abc.ABC):
           w[i, i] -= self.slot_weight[s]
           w[i, j] += self.slot_weight[s]
     return w
+
+
+def check_schedule(schedule) -> Schedule:
+  """Raises unless ``schedule`` is a `Schedule`."""
+  if not isinstance(schedule, Schedule):
+    raise TypeError(
+      "schedule must be a jax_aldsgd schedule (see "
+      "jax_aldsgd.schedules: full, alternating, matcha, explicit, "
+      f"rotating), got {type(schedule).__name__}."
+    )
+  return schedule
 
 
 class _SingleGraph(Schedule):
@@ -459,7 +496,7 @@ def alternating(
 ) -> Alternating:
   """The reference code's fixed-graph "D-PSGD": only matching 1, then only matching 0, ...
 
-  ALGORITHM.md section 3: the reference's fixed processor activates flags
+  docs/algorithm.md section 3: the reference's fixed processor activates flags
   ``[0,1,0,...]`` at even steps and ``[1,0,0,...]`` at odd steps, with
   ``alpha = 2 / (lambda_2 + lambda_max)`` of the whole graph. Offered to reproduce
   the reference baseline; `full` is true D-PSGD.
@@ -482,7 +519,7 @@ def alternating(
 def matcha(topology: Topology, budget: float, seed: int = 0) -> Matcha:
   """MATCHA: each matching active independently with an optimised probability.
 
-  ALGORITHM.md section 6. ``p`` maximises ``lambda_2(sum_m p_m L_m)`` subject to
+  docs/algorithm.md section 6. ``p`` maximises ``lambda_2(sum_m p_m L_m)`` subject to
   ``sum_m p_m <= budget * R`` and ``alpha`` minimises MATCHA's ``rho``; the flags of
   step k are Bernoulli(p_m) draws from a hash of ``(seed, k, m)``, identical on every
   worker and every run.
@@ -500,15 +537,9 @@ def matcha(topology: Topology, budget: float, seed: int = 0) -> Matcha:
     0.396
   """
   topology = _check_topology(topology)
-  if (
-    isinstance(budget, bool)
-    or not isinstance(budget, numbers.Real)
-    or not (0.0 < budget <= 1.0)
-  ):
-    raise ValueError(
-      f"budget must be in (0, 1] (the fraction of matchings used "
-      f"per step; 1 is D-PSGD), got {budget!r}."
-    )
+  budget = _checks.check_fraction(
+    "budget", budget, "the fraction of matchings used per step; 1 is D-PSGD"
+  )
   if (
     isinstance(seed, bool)
     or not isinstance(seed, numbers.Integral)
@@ -601,7 +632,7 @@ def every(schedule: Schedule, every: int) -> Schedule:
 def rotating(
   schedules: Sequence[Schedule], *, restart_every: int | None = None
 ) -> Rotating:
-  """Dynamic graphs (ALGORITHM.md section 4): step k runs ``schedules[k % G]``.
+  """Dynamic graphs (docs/algorithm.md section 4): step k runs ``schedules[k % G]``.
 
   Each schedule keeps its own counter: the g-th schedule's t-th use reads its
   step-t flags (step ``k // G``). The reference alternates graphs g+1 (even steps)
@@ -613,7 +644,7 @@ def rotating(
       code does at each epoch (pass the steps per epoch): with an odd epoch
       length the first schedule then runs twice in a row at each epoch start.
       Each schedule's own step still counts all its uses. ``None`` (default):
-      the rotation runs on the global step (ALGORITHM.md section 4).
+      the rotation runs on the global step (docs/algorithm.md section 4).
 
   Example:
     >>> import jax_aldsgd as ald

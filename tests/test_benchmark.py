@@ -12,7 +12,7 @@ import pytest
 
 import jax_aldsgd as ald
 from experiments import benchmark
-from jax_aldsgd import _exchange
+from jax_aldsgd import _plan
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 
@@ -52,7 +52,7 @@ def test_bytes_from_the_schedule_equal_the_hlo(transform, parts):
     assert ald.adjacent_leader_message_bytes(one_worker) == message
   permutes = benchmark.hlo_permutes(hlo)
   # One permute per (activation pattern, active slot, part), of the part's size.
-  plan = _exchange.exchange_plan(schedule)
+  plan = _plan.exchange_plan(schedule)
   assert len(permutes) == len(parts) * sum(len(a) for g in plan for a in g.patterns)
   assert sorted({size for size, _ in permutes}) == sorted(parts)
   sent = benchmark.check_bytes_against_hlo(schedule, parts, hlo, range(20), 8)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jax_aldsgd as ald
-from jax_aldsgd import _exchange
+from jax_aldsgd import _packing, _plan
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 from jax_aldsgd._schedules import Alternating
@@ -58,11 +58,11 @@ def _branch(group, flags):
 @pytest.mark.parametrize("kind", sorted(SCHEDULES))
 def test_every_step_maps_to_the_branch_of_its_active_slots(kind):
   schedule = SCHEDULES[kind]()
-  plan = _exchange.exchange_plan(schedule)
+  plan = _plan.exchange_plan(schedule)
   # The groups cover the slots in order, each with a bounded number of branches.
   assert [s for g in plan for s in g.slots] == list(range(schedule.num_slots))
   for group in plan:
-    assert 1 <= len(group.patterns) <= _exchange.MAX_BRANCHES
+    assert 1 <= len(group.patterns) <= _plan.MAX_BRANCHES
     assert len(set(group.codes.tolist())) == len(group.patterns)
   for k in range(3000):
     flags = schedule.active(k)
@@ -89,18 +89,18 @@ def test_patterns_are_exact_for_deterministic_schedules():
 
 
 def test_groups_split_when_patterns_exceed_one_switch():
-  plan = _exchange.exchange_plan(SCHEDULES["rotating_matcha_16"]())
+  plan = _plan.exchange_plan(SCHEDULES["rotating_matcha_16"]())
   assert len(plan) > 1
   # full: one pattern, so no switch at all; alternating: one switch of two.
-  (full,) = _exchange.exchange_plan(SCHEDULES["full"]())
+  (full,) = _plan.exchange_plan(SCHEDULES["full"]())
   assert full.patterns == (tuple(range(_G0.num_matchings)),)
-  (alternating,) = _exchange.exchange_plan(SCHEDULES["alternating"]())
+  (alternating,) = _plan.exchange_plan(SCHEDULES["alternating"]())
   assert sorted(alternating.patterns) == [(0,), (1,)]
 
 
 def test_a_schedule_without_patterns_gets_one_two_way_switch_per_slot():
   schedule = _Opaque(_G0, 0.25)
-  plan = _exchange.exchange_plan(schedule)
+  plan = _plan.exchange_plan(schedule)
   assert [g.slots for g in plan] == [(s,) for s in range(_G0.num_matchings)]
   assert all(g.patterns == ((), (g.slots[0],)) for g in plan)
 
@@ -168,8 +168,8 @@ def test_packed_health_entry_is_whether_every_entry_is_finite(where):
 
   @jax.jit
   def packed(tree, extras):
-    buffer, unpack = _exchange.pack(tree, extras, health=True)
-    return buffer, _exchange.buffer_healthy(buffer), unpack(buffer)
+    buffer, unpack = _packing.pack(tree, extras, health=True)
+    return buffer, _packing.buffer_healthy(buffer), unpack(buffer)
 
   buffer, healthy, (back, back_extras) = packed(device_tree, extras)
   assert bool(healthy) == expected
@@ -188,7 +188,7 @@ def test_packed_health_entry_costs_no_copy_of_the_message():
   tree = [jnp.ones((size // 2,)), jnp.ones((size // 2,))]
 
   def send(tree, loss):
-    buffer, _ = _exchange.pack(tree, (loss,), health=True)
+    buffer, _ = _packing.pack(tree, (loss,), health=True)
     return buffer
 
   compiled = jax.jit(send).lower(tree, jnp.float32(1.0)).compile()

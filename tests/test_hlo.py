@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import jax_aldsgd as ald
-from jax_aldsgd import _exchange
+from jax_aldsgd import _plan
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 from tests import helpers
@@ -100,7 +100,7 @@ def test_one_switch_per_message_sending_exactly_the_active_matchings(kind, trans
   tx = getattr(ald, transform)(0.1, schedule)
   hlo = _compiled_step(tx, 8)
   bodies = _computations(hlo)
-  (group,) = _exchange.exchange_plan(schedule)  # these schedules need one switch
+  (group,) = _plan.exchange_plan(schedule)  # these schedules need one switch
   for forbidden in ("all-gather", "all-reduce", "all-to-all", "reduce-scatter"):
     assert forbidden not in hlo
   everything = [p for body in bodies.values() for p in _permutes(body)]
@@ -108,7 +108,7 @@ def test_one_switch_per_message_sending_exactly_the_active_matchings(kind, trans
   # on several active slots per step sends two per slot: its ranks, then the
   # parameters.
   times = (
-    2 if transform == "aldsgd" and not _exchange.one_slot_per_step(schedule) else 1
+    2 if transform == "aldsgd" and not _plan.one_slot_per_step(schedule) else 1
   )
   want = sorted(
     sorted(_slot_pairs(schedule, s))

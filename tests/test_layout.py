@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import jax_aldsgd as ald
-from jax_aldsgd import _exchange
+from jax_aldsgd import _plan
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 from tests import helpers, reference
@@ -97,7 +97,7 @@ def test_64_workers_on_8_devices_match_the_reference():
 def test_block_plan_rounds_are_permutations(per_device):
   schedule = S.rotating([S.full(T.exponential(64)), S.full(T.ring(64))])
   devices = 64 // per_device
-  plans = _exchange.block_plan(schedule, devices, per_device)
+  plans = _plan.block_plan(schedule, devices, per_device)
   for s, (local, rounds) in enumerate(plans):
     partners = schedule.slot_partners[s]
     delivered = np.where(local >= 0, local, -1).astype(int)
@@ -145,10 +145,10 @@ def test_hlo_rounds_sit_in_a_switch():
   # Two activation patterns (one per graph): a switch per message (the ranks:
   # loss and health, 2 entries per worker; then the parameters, 5), and each
   # slot's rounds in the branch of its graph only.
-  rounds = sum(len(r) for _, r in _exchange.block_plan(schedule, 8, 2))
+  rounds = sum(len(r) for _, r in _plan.block_plan(schedule, 8, 2))
   permutes = re.findall(r"= f32\[\d+,(\d+)\]\S* collective-permute\(", hlo)
   assert sorted(permutes) == ["2"] * rounds + ["5"] * rounds
-  (group,) = _exchange.exchange_plan(schedule)
+  (group,) = _plan.exchange_plan(schedule)
   assert len(group.patterns) == 2
   assert (
     len(re.findall(r"conditional\([^\n]*branch_computations=\{[^,}]*,[^,}]*\}", hlo))

@@ -1,8 +1,10 @@
-"""Variants of an exchange transform: adapt-while-combine, and local steps.
+"""Wrappers that apply to any exchange: adapt-while-combine, and local steps.
 
 Both wrap a transform that exchanges ``x_hat = params + updates`` (`gossip`,
-`adjacent_leader`), so every schedule, compressor and option of the wrapped
-transform carries over. ALGORITHM.md section 10.
+`adjacent_leader`, `allreduce`, or an exchange of your own), so every schedule,
+compressor and option of the wrapped transform carries over, and so does what
+it sends (`jax_aldsgd.traffic`). The factories' ``overlap=`` and ``every=``
+keywords are shorthands for them. docs/algorithm.md section 10.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_aldsgd import _checks, _exchange
+from jax_aldsgd import _checks, _traffic, _workers
 
 
 def adapt_while_combine(
@@ -26,6 +28,11 @@ def adapt_while_combine(
   AL-DSGD, the pre-step loss), not on the gradient; adding the real updates
   gives ``x+ = W x + u``, the form of Lian et al.'s D-PSGD. In a training step
   the exchange can then run while the backward pass computes ``u``.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> schedule = ald.schedules.full(ald.topologies.ring(8))
+    >>> tx = ald.adapt_while_combine(ald.gossip(schedule))  # gossip(overlap=True)
   """
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -34,7 +41,9 @@ def adapt_while_combine(
     new_updates = jax.tree.map(lambda u, d: (u + d).astype(u.dtype), updates, mixed)
     return new_updates, state
 
-  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+  return _traffic.carry_traffic(
+    optax.GradientTransformationExtraArgs(inner.init, update_fn), inner
+  )
 
 
 class LocalStepsState(NamedTuple):
@@ -52,8 +61,14 @@ def every_steps(
   On the steps in between no collective is issued (the exchange sits in the
   true branch of one ``lax.cond``) and ``inner``'s state is left as it is, so
   its own step counter, and with it the schedule and AL-DSGD's pull period,
-  advances only on communication steps.
+  advances only on communication steps. With the all-reduce this is local SGD
+  with periodic averaging.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> tx = ald.every_steps(ald.allreduce(), 4)  # average every 4 steps
   """
+  every = _checks.check_every(every)
   if not _checks.is_traced(every) and every == 1:
     return inner
 
@@ -66,7 +81,7 @@ def every_steps(
       updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
       return updates, inner_state, params, extra_args
 
-    updates, inner_state, _, _ = _exchange.shared_cond(
+    updates, inner_state, _, _ = _workers.shared_cond(
       state.count % every == 0,
       communicate,
       lambda operand: operand,
@@ -74,7 +89,9 @@ def every_steps(
     )
     return updates, LocalStepsState(state.count + 1, inner_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _traffic.carry_traffic(
+    optax.GradientTransformationExtraArgs(init_fn, update_fn), inner, every
+  )
 
 
 def apply(
@@ -84,13 +101,3 @@ def apply(
   if overlap:
     inner = adapt_while_combine(inner)
   return every_steps(inner, every)
-
-
-def check_every(every):
-  """Validates ``every`` (an integer >= 1); a tracer (inject_hyperparams) passes."""
-  if _checks.is_traced(every):
-    return every
-  value = _checks.concrete_scalar("every", every)
-  if isinstance(value, float) and value.is_integer():
-    value = int(value)
-  return _checks.check_integer("every", value, 1)
