@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import pathlib
 import re
 
 import jax
@@ -194,3 +195,8 @@ def test_compressed_init_inside_the_mapped_function(make):
 
   want = jax.jit(ald.worker_map(step, mesh))(x, state, jnp.arange(8.0))
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_the_docs_show_the_table():
+  algorithm = pathlib.Path(__file__).parent.parent / "docs" / "algorithm.md"
+  assert ald.compatibility_table() in algorithm.read_text()
