@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from jax_aldsgd import _checks, _matcha
-from jax_aldsgd._topology import Topology
+from jax_aldsgd._topology import Topology, _read_only
 
 
 def _check_weight(value, name: str = "neighbor_weight") -> float:
@@ -394,6 +394,14 @@ class Rotating(Schedule):
   def neighbor_weight(self):
     return tuple(w for s in self.schedules for w in s.neighbor_weight)
 
+  @functools.cached_property
+  def slot_partners(self) -> np.ndarray:
+    return _read_only(np.concatenate([s.slot_partners for s in self.schedules]))
+
+  @functools.cached_property
+  def slot_weight(self) -> np.ndarray:
+    return _read_only(np.concatenate([s.slot_weight for s in self.schedules]))
+
   def _uses_before(self, child: int, step):
     """How often ``schedules[child]`` ran before ``step`` (its own step there)."""
     count = len(self.schedules)
@@ -451,6 +459,14 @@ class Every(Schedule):
   def neighbor_weight(self):
     return self.schedule.neighbor_weight
 
+  @property
+  def slot_partners(self) -> np.ndarray:
+    return self.schedule.slot_partners
+
+  @property
+  def slot_weight(self) -> np.ndarray:
+    return self.schedule.slot_weight
+
   def slot_flags(self, step, xp):
     return (step % self.every == 0) & self.schedule.slot_flags(step // self.every, xp)
 
@@ -462,6 +478,53 @@ class Every(Schedule):
     if own is None or len(own) >= limit:
       return None
     return own | {(False,) * self.num_slots}
+
+
+@dataclasses.dataclass(frozen=True)
+class OnePeerExponential(Schedule):
+  """Directed, time-varying: at step k worker i receives from ``i - 2^(k mod tau)``.
+
+  ``tau = ceil(log2 n)`` slots, slot k the shift by ``2^k`` (i sends to
+  ``i + 2^k``), weight 1/2: ``W_k = (I + P_k) / 2``, one ``ppermute`` a step.
+  """
+
+  size: int
+
+  @property
+  def graphs(self):
+    return ()
+
+  @property
+  def neighbor_weight(self):
+    return ()
+
+  @functools.cached_property
+  def slot_partners(self) -> np.ndarray:
+    hops = max(int(np.ceil(np.log2(self.size))), 1)
+    workers = np.arange(self.size)
+    return _read_only(
+      np.stack([(workers - 2**k) % self.size for k in range(hops)]).astype(np.int64)
+    )
+
+  @functools.cached_property
+  def slot_weight(self) -> np.ndarray:
+    return _read_only(np.full(self.num_slots, 0.5))
+
+  def slot_flags(self, step, xp):
+    return xp.arange(self.num_slots) == step % self.num_slots
+
+  def activation_patterns(self, limit):
+    if self.num_slots > limit:
+      return None
+    slots = range(self.num_slots)
+    return frozenset(tuple(k == s for k in slots) for s in slots)
+
+  def graph_index(self, step: int) -> int:
+    del step
+    raise ValueError(
+      "a one-peer exponential schedule has no graphs (its slots are shifts); "
+      "use active(step) or mixing_matrix(step)."
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -685,3 +748,29 @@ def rotating(
   if restart_every is not None:
     restart_every = _checks.check_integer("restart_every", restart_every, 1)
   return Rotating(tuple(schedules), restart_every)
+
+
+def one_peer_exponential(num_workers: int) -> OnePeerExponential:
+  """The one-peer exponential graph (directed; Assran et al. SGP, Ying et al.).
+
+  With ``tau = ceil(log2 n)``, at step k worker i sends to ``(i + 2^(k mod
+  tau)) mod n`` and receives from ``(i - 2^(k mod tau)) mod n``: one message
+  per worker and step, ``W_k = (I + P_k) / 2`` (doubly stochastic, so gossip
+  keeps the mean; not symmetric). For n a power of two, ``tau`` consecutive
+  steps average exactly (the product of their ``W`` is ``11^T / n``).
+  `jax_aldsgd.gossip` on it is SGP's mixing; docs/algorithm.md section 11.
+
+  Args:
+    num_workers: ``n >= 2``.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> s = ald.schedules.one_peer_exponential(8)
+    >>> s.num_slots, s.directed, s.slot_partners[1, :4].tolist()
+    (3, True, [6, 7, 0, 1])
+    >>> import numpy as np
+    >>> w = s.mixing_matrix(2) @ s.mixing_matrix(1) @ s.mixing_matrix(0)
+    >>> bool(np.allclose(w, 1 / 8))
+    True
+  """
+  return OnePeerExponential(_checks.check_integer("num_workers", num_workers, 2))

@@ -11,6 +11,7 @@ from jax_aldsgd._schedules import every as every
 from jax_aldsgd._schedules import explicit as explicit
 from jax_aldsgd._schedules import full as full
 from jax_aldsgd._schedules import matcha as matcha
+from jax_aldsgd._schedules import one_peer_exponential as one_peer_exponential
 from jax_aldsgd._schedules import rotating as rotating
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
   "explicit",
   "full",
   "matcha",
+  "one_peer_exponential",
   "rotating",
 ]

@@ -172,3 +172,66 @@ def test_a_slot_must_be_a_permutation():
 
   with pytest.raises(ValueError, match="slot 0.*sends to more than one"):
     _plan.exchange_plan(TwoToOne())
+
+
+# ----------------------------------------------------------------------------
+# The one-peer exponential graph: the same contract, as a library schedule.
+
+
+@pytest.mark.parametrize("n", [2, 6, 8, 16])
+def test_one_peer_exponential(n):
+  schedule = S.one_peer_exponential(n)
+  hops = max(int(np.ceil(np.log2(n))), 1)
+  assert schedule.num_slots == hops and schedule.num_workers == n
+  assert schedule.directed == (n > 2)  # two workers: the shift is a matching
+  for step in range(2 * hops):
+    shift = 2 ** (step % hops)
+    want = np.eye(n) / 2
+    for i in range(n):
+      want[i, (i - shift) % n] += 0.5
+    np.testing.assert_array_equal(schedule.mixing_matrix(step), want)
+    np.testing.assert_array_equal(schedule.active(step), np.arange(hops) == step % hops)
+  product = np.eye(n)
+  for step in range(hops):
+    product = schedule.mixing_matrix(step) @ product
+  if n & (n - 1) == 0:  # a power of two: tau steps average exactly
+    np.testing.assert_allclose(product, np.full((n, n), 1 / n), atol=1e-15)
+  else:  # not exactly, but the mean is kept
+    assert not np.allclose(product, 1 / n)
+    np.testing.assert_allclose(product.sum(0), 1.0)
+
+
+def test_one_peer_exponential_is_the_hand_built_shifts():
+  np.testing.assert_array_equal(
+    S.one_peer_exponential(N).slot_partners, Shifts().slot_partners
+  )
+  with pytest.raises(ValueError, match="num_workers must be an integer >= 2"):
+    S.one_peer_exponential(1)
+
+
+def test_rotating_and_every_keep_a_directed_child():
+  """Composite schedules take their children's slots (not their graphs)."""
+  peer, ring = S.one_peer_exponential(N), S.full(T.ring(N))
+  rotation = S.rotating([peer, ring])
+  assert rotation.directed and rotation.num_slots == 3 + 2
+  np.testing.assert_array_equal(rotation.mixing_matrix(0), peer.mixing_matrix(0))
+  np.testing.assert_array_equal(rotation.mixing_matrix(1), ring.mixing_matrix(0))
+  np.testing.assert_array_equal(rotation.mixing_matrix(2), peer.mixing_matrix(1))
+  every = S.every(peer, 2)
+  np.testing.assert_array_equal(every.mixing_matrix(2), peer.mixing_matrix(1))
+  np.testing.assert_array_equal(every.mixing_matrix(1), np.eye(N))
+  tx = ald.gossip(rotation)
+  mesh = ald.worker_mesh(N)
+  x = jax.random.normal(jax.random.key(2), (N, 2))
+
+  def step_fn(x, state):
+    updates, state = tx.update(jnp.zeros_like(x), state, x)
+    return optax.apply_updates(x, updates), state
+
+  step = jax.jit(ald.worker_map(step_fn, mesh))
+  state = jax.jit(ald.worker_map(tx.init, mesh))(x)
+  want = np.asarray(x, np.float64)
+  for k in range(5):
+    x, state = step(x, state)
+    want = rotation.mixing_matrix(k) @ want
+  np.testing.assert_allclose(np.asarray(x), want, rtol=1e-5, atol=1e-6)
