@@ -398,8 +398,8 @@ def _slot_step(compressor, schedule, axis_name, state, flat, layout, near, me, w
     axis_name=axis_name,
     build=build,
     combine=combine,
-    carry=_workers.varying(jnp.zeros_like(flat), axis_name),
-    rows=_workers.varying((state.public, state.copies), axis_name),
+    carry=jnp.zeros_like(flat),
+    rows=(state.public, state.copies),
     inputs=inputs,
   )
   return ChocoSlotState(step + 1, public, copies), total

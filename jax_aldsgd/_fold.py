@@ -106,6 +106,9 @@ def fold_messages(
   Returns:
     ``(carry, rows)``.
   """
+  # Zeros made in the same shard_map (init next to update) are invariant
+  # across workers; a cond's branches must agree on that.
+  carry, rows = _workers.varying((carry, rows), axis_name)
   per_device = _workers.workers_per_device()
   if per_device > 1:
     return _block.block_fold_messages(schedule, axis_name, per_device, build, combine)(

@@ -125,7 +125,7 @@ def mean_exchange(axis_name: str) -> optax.GradientTransformationExtraArgs:
     return new_updates, state
 
   def traffic_of(params):
-    # The number of workers is the caller's (see `jax_aldsgd.traffic`).
-    return _traffic.Traffic(0, _packing.message_bytes(params), allreduce=True)
+    # No schedule says how many workers: `jax_aldsgd.traffic` asks the caller.
+    return _traffic.Traffic(None, _packing.message_bytes(params), allreduce=True)
 
   return _traffic.transformation(init_fn, update_fn, traffic_of)

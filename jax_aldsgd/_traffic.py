@@ -27,7 +27,8 @@ class Traffic:
   """What each step of a transform sends, per worker.
 
   Attributes:
-    num_workers: the number of workers ``n``.
+    num_workers: the number of workers ``n`` (None only inside an exchange
+      that does not know it; `traffic` fills it in).
     message_bytes: one message: what a worker sends along one active slot
       (gossip, AL-DSGD, CHOCO, push-sum), or the buffer it all-reduces; 0 when
       nothing is exchanged.
@@ -41,7 +42,7 @@ class Traffic:
       schedule counts communication steps only.
   """
 
-  num_workers: int
+  num_workers: int | None
   message_bytes: int = 0
   parts: tuple[int, ...] = ()
   schedule: Schedule | None = None
@@ -169,7 +170,7 @@ def traffic(
   if not leaves:
     raise ValueError("traffic() needs one worker's parameters, got an empty tree.")
   result = traffic_of(params)
-  if result.schedule is None and result.allreduce:
+  if result.num_workers is None:
     if num_workers is None:
       raise ValueError(
         "traffic() of the all-reduce needs num_workers= (how many workers "
