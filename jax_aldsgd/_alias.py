@@ -1,4 +1,8 @@
-"""Named optimizers: local SGD step followed by gossip or AL-DSGD (``optax.chain``)."""
+"""Named optimizers: a local step followed by an exchange (``optax.chain``).
+
+Gossip (`dsgd`), AL-DSGD (`aldsgd`), and the heterogeneous-data methods of
+docs/algorithm.md section 11 (`qg_dsgdm`, `d2`, `gradient_tracking`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import jax
 import optax
 
 from jax_aldsgd import _checks, _traffic
+from jax_aldsgd._d2 import d2_gossip
+from jax_aldsgd._quasi_global import quasi_global_momentum
 from jax_aldsgd._schedules import Schedule
+from jax_aldsgd._tracking import tracking_gossip
 from jax_aldsgd._transforms import adjacent_leader, gossip
 
 
@@ -210,3 +217,111 @@ def aldsgd(
   )
   local = local_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay)
   return _traffic.carry_traffic(optax.chain(local, exchange), exchange)
+
+
+def qg_dsgdm(
+  learning_rate: optax.ScalarOrSchedule,
+  schedule: Schedule,
+  *,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  weight_decay: float = 0.0,
+  axis_name: str = "workers",
+) -> optax.GradientTransformationExtraArgs:
+  """QG-DSGDm: decentralized SGD with quasi-global momentum (Lin et al., 2021).
+
+  ``g = grad + wd x``, then `jax_aldsgd.quasi_global_momentum` (the local step
+  with the quasi-global buffer, gossip, and the buffer's update from the
+  step's displacement; docs/algorithm.md section 11).
+
+  Args:
+    learning_rate: a positive float or an optax schedule of the step.
+    schedule: the gossip schedule (`jax_aldsgd.schedules`).
+    momentum: ``beta = mu`` in [0, 1) (the paper: 0.9).
+    nesterov: Nesterov's form (default) or heavy ball.
+    weight_decay: L2 coefficient added to the gradient.
+    axis_name: the workers' mesh axis.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> tx = ald.qg_dsgdm(0.1, ald.schedules.full(ald.topologies.ring(8)))
+  """
+  _checks.check_real("weight_decay", weight_decay, low=0.0)
+  exchange = quasi_global_momentum(
+    learning_rate, schedule, momentum=momentum, nesterov=nesterov, axis_name=axis_name
+  )
+  tx = optax.chain(optax.add_decayed_weights(weight_decay), exchange)
+  return _traffic.carry_traffic(tx, exchange)
+
+
+def d2(
+  learning_rate: optax.ScalarOrSchedule,
+  schedule: Schedule,
+  *,
+  weight_decay: float = 0.0,
+  axis_name: str = "workers",
+) -> optax.GradientTransformationExtraArgs:
+  """D² (Tang et al., 2018): a local SGD step, then `jax_aldsgd.d2_gossip`.
+
+  ``u = -lr (g + wd x)``; step 0 is D-PSGD, later steps mix ``x_half = 2 x -
+  x_prev - lr (g - g_prev)`` (docs/algorithm.md section 11). Warns when a
+  step's mixing matrix has ``lambda_min <= -1/3``.
+
+  Args:
+    learning_rate: a float or an optax schedule of the step.
+    schedule: the gossip schedule (`jax_aldsgd.schedules`).
+    weight_decay: L2 coefficient added to the gradient.
+    axis_name: the workers' mesh axis.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> ring = ald.topologies.ring(8)
+    >>> tx = ald.d2(0.1, ald.schedules.full(ring, neighbor_weight=0.3))
+  """
+  exchange = d2_gossip(schedule, axis_name)
+  local = local_sgd(learning_rate, weight_decay=weight_decay)
+  return _traffic.carry_traffic(optax.chain(local, exchange), exchange)
+
+
+def gradient_tracking(
+  learning_rate: optax.ScalarOrSchedule,
+  schedule: Schedule,
+  *,
+  momentum: float = 0.0,
+  nesterov: bool = False,
+  weight_decay: float = 0.0,
+  axis_name: str = "workers",
+) -> optax.GradientTransformationExtraArgs:
+  """Gradient tracking (DIGing, GT-DSGD): ``x+ = W x - lr y``, ``y`` tracking the mean gradient.
+
+  ``g = grad + wd x``, then `jax_aldsgd.tracking_gossip` (docs/algorithm.md
+  section 11); ``x`` and ``y`` travel in one message of twice the parameters'
+  size.
+
+  Args:
+    learning_rate: a float or an optax schedule of the step.
+    schedule: the gossip schedule (`jax_aldsgd.schedules`).
+    momentum: PyTorch-style SGD momentum on ``y`` (0: none).
+    nesterov: Nesterov's form of that momentum.
+    weight_decay: L2 coefficient added to the gradient.
+    axis_name: the workers' mesh axis.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Example:
+    >>> import jax_aldsgd as ald
+    >>> tx = ald.gradient_tracking(0.1, ald.schedules.full(ald.topologies.ring(8)))
+  """
+  _checks.check_real("weight_decay", weight_decay, low=0.0)
+  exchange = tracking_gossip(
+    learning_rate, schedule, momentum=momentum, nesterov=nesterov, axis_name=axis_name
+  )
+  tx = optax.chain(optax.add_decayed_weights(weight_decay), exchange)
+  return _traffic.carry_traffic(tx, exchange)

@@ -5,7 +5,9 @@ trainer ask `check_options` before building anything, so each refusal has one
 reason and one message wherever it is met. `compatibility_table` renders the
 table for the docs (``docs/algorithm.md`` section 10 explains the options).
 
-The features are the exchange (``gossip``, ``adjacent_leader``, ``allreduce``)
+The features are the exchange (``gossip``, ``adjacent_leader``, ``allreduce``,
+and the heterogeneous-data methods ``quasi_global_momentum``, ``d2_gossip``,
+``tracking_gossip``)
 and the options a caller sets: ``compressor`` (CHOCO-SGD), ``delay`` (push-sum
 with stale neighbors), ``overlap`` (adapt-while-combine), ``every`` (local
 steps), ``skip_nonfinite`` (leave diverging neighbors out) and ``directed`` (a
@@ -20,7 +22,14 @@ import itertools
 from jax_aldsgd import _checks
 from jax_aldsgd._schedules import Schedule
 
-EXCHANGES = ("gossip", "adjacent_leader", "allreduce")
+EXCHANGES = (
+  "gossip",
+  "adjacent_leader",
+  "allreduce",
+  "quasi_global_momentum",
+  "d2_gossip",
+  "tracking_gossip",
+)
 OPTIONS = ("compressor", "delay", "overlap", "every", "skip_nonfinite", "directed")
 
 # (feature, feature) -> (why they do not combine, what to do instead).
@@ -71,6 +80,80 @@ REFUSED: dict[frozenset[str], tuple[str, str]] = {
     "one out would lose its mass",
     "use delay=0 for skip_nonfinite, or drop skip_nonfinite",
   ),
+  # The heterogeneous-data methods (docs/algorithm.md section 11) keep state
+  # across consecutive exchanges and, for quasi_global_momentum and
+  # tracking_gossip, take the local step themselves.
+  frozenset({"quasi_global_momentum", "compressor"}): (
+    "QG-DSGDm's exchange sends the parameters; its compressed form is not implemented",
+    "use gossip(schedule, compressor=...) after optax.sgd(..., momentum=...)",
+  ),
+  frozenset({"quasi_global_momentum", "delay"}): (
+    "the quasi-global momentum is the displacement x - W x_half of this step; "
+    "with stale neighbors it has no push-sum form here",
+    "use gossip(schedule, delay=...) after a local optimizer",
+  ),
+  frozenset({"quasi_global_momentum", "overlap"}): (
+    "QG-DSGDm takes the local step itself and mixes its result x_half; "
+    "exchanging x alone is another method",
+    "drop overlap",
+  ),
+  frozenset({"quasi_global_momentum", "every"}): (
+    "QG-DSGDm takes the local step itself, so skipping the exchange would "
+    "skip the step, and its momentum is built from each exchange's displacement",
+    "drop every, or use every with gossip after optax.sgd(..., momentum=...)",
+  ),
+  frozenset({"quasi_global_momentum", "skip_nonfinite"}): (
+    "QG-DSGDm's exchange does not leave neighbors out",
+    "drop skip_nonfinite, or use gossip(schedule, skip_nonfinite=True)",
+  ),
+  frozenset({"d2_gossip", "compressor"}): (
+    "D² mixes the exact x_half; its compressed forms (DCD-, ECD-PSGD) are "
+    "other methods, not implemented",
+    "drop the compressor, or use gossip(schedule, compressor=...)",
+  ),
+  frozenset({"d2_gossip", "delay"}): (
+    "D²'s correction x - x_prev - u_prev assumes every neighbor's x_half of "
+    "this step; with stale ones it has no push-sum form",
+    "drop delay",
+  ),
+  frozenset({"d2_gossip", "overlap"}): (
+    "D² mixes x_half = x + u + (x - x_prev - u_prev); exchanging x alone is not D²",
+    "drop overlap",
+  ),
+  frozenset({"d2_gossip", "every"}): (
+    "D²'s correction uses the previous step's x and update; local steps in "
+    "between would make it span several steps",
+    "drop every",
+  ),
+  frozenset({"d2_gossip", "skip_nonfinite"}): (
+    "D²'s correction cancels the heterogeneity only with the same W at "
+    "consecutive steps; leaving a neighbor out changes W for one of them",
+    "drop skip_nonfinite",
+  ),
+  frozenset({"tracking_gossip", "compressor"}): (
+    "gradient tracking exchanges x and the tracker y exactly; its compressed "
+    "form is not implemented",
+    "drop the compressor",
+  ),
+  frozenset({"tracking_gossip", "delay"}): (
+    "the tracker y keeps the mean gradient only if every share of y is mixed "
+    "in the step it is sent",
+    "drop delay",
+  ),
+  frozenset({"tracking_gossip", "overlap"}): (
+    "gradient tracking already exchanges x (and y) while the local step uses "
+    "y: x+ = W x - lr y",
+    "drop overlap (it is the method's own form)",
+  ),
+  frozenset({"tracking_gossip", "every"}): (
+    "gradient tracking takes the local step itself, so skipping the exchange "
+    "would skip the step, and y must be mixed every step to track the mean gradient",
+    "drop every",
+  ),
+  frozenset({"tracking_gossip", "skip_nonfinite"}): (
+    "leaving a neighbor's y out loses its share of the tracked gradient sum",
+    "drop skip_nonfinite",
+  ),
 }
 
 
@@ -116,7 +199,9 @@ def check_options(
   callers that want to know before building (the trainer checks its config).
 
   Args:
-    exchange: ``"gossip"``, ``"adjacent_leader"`` or ``"allreduce"``.
+    exchange: one of `EXCHANGES` (``"gossip"``, ``"adjacent_leader"``,
+      ``"allreduce"``, ``"quasi_global_momentum"``, ``"d2_gossip"``,
+      ``"tracking_gossip"``).
     compressor, delay, overlap, every, skip_nonfinite: as given to the
       transform (defaults: off).
     schedule: the schedule, if any (a directed one is a feature of its own).

@@ -1,0 +1,143 @@
+"""Quasi-global momentum (QG-DSGDm): momentum built from the gossip's displacement.
+
+Lin, Karimireddy, Stich & Jaggi, ICML 2021 (docs/algorithm.md section 11). The
+local step uses the momentum buffer ``m`` without updating it; after the
+exchange, ``m`` follows the displacement the whole step made, ``(x - x+) / lr``,
+which includes the neighbors' pull, so on heterogeneous data it tracks a
+global direction rather than the worker's own gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_aldsgd import _checks, _compat, _fold, _packing, _plan, _traffic, _workers
+from jax_aldsgd._schedules import Schedule, check_schedule
+
+
+class QuasiGlobalMomentumState(NamedTuple):
+  """State of `quasi_global_momentum`.
+
+  Attributes:
+    count: the step counter that drives the schedule and the learning rate.
+    momentum: the quasi-global momentum buffer ``m`` (zeros at first).
+  """
+
+  count: jax.Array
+  momentum: Any
+
+
+def _learning_rate_at(learning_rate, count):
+  return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
+def quasi_global_momentum(
+  learning_rate: optax.ScalarOrSchedule,
+  schedule: Schedule,
+  *,
+  momentum: float = 0.9,
+  nesterov: bool = True,
+  axis_name: str = "workers",
+) -> optax.GradientTransformationExtraArgs:
+  """QG-DSGDm's local step and exchange, after any gradient transformation.
+
+  Runs inside ``jax.shard_map`` over ``axis_name``. The incoming updates are the
+  gradient ``g`` (after whatever precedes it: weight decay, clipping, a
+  preconditioner); with ``beta = momentum = mu`` and ``lr`` the learning rate of
+  the step, worker i computes (docs/algorithm.md section 11)
+
+    ``b = beta m_i + g_i``
+    ``x_half_i = x_i - lr (g_i + beta b)`` (Nesterov) or ``x_i - lr b``
+    ``x_i+ = sum_j W_k[i, j] x_half_j``
+    ``m_i <- mu m_i + (1 - mu) (x_i - x_i+) / lr``
+
+  and returns ``x_i+ - x_i``. One message of the parameters' size per active
+  slot, as gossip. At a step whose learning rate is 0, ``m`` is kept.
+
+  Args:
+    learning_rate: a positive float or an optax schedule of the step.
+    schedule: which slots are active per step and their neighbor weight
+      (`jax_aldsgd.schedules`, directed ones included).
+    momentum: ``beta = mu`` in [0, 1).
+    nesterov: Nesterov's form (default, as the paper) or heavy ball.
+    axis_name: the mesh axis the workers are mapped over.
+
+  The options of `gossip` (compressor, delay, overlap, every,
+  skip_nonfinite) do not apply (`check_options`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` (`jax_aldsgd.traffic` says
+    what a step sends); ``update`` needs ``params``.
+
+  Example:
+    >>> import optax, jax_aldsgd as ald
+    >>> schedule = ald.schedules.full(ald.topologies.ring(8))
+    >>> tx = optax.chain(
+    ...   optax.add_decayed_weights(5e-4), ald.quasi_global_momentum(0.1, schedule)
+    ... )
+
+  References:
+    Lin, Karimireddy, Stich & Jaggi, 2021, "Quasi-Global Momentum: Accelerating
+    Decentralized Deep Learning on Heterogeneous Data" (ICML).
+  """
+  schedule = check_schedule(schedule)
+  if not callable(learning_rate):
+    _checks.check_real("learning_rate", learning_rate, low=0.0, low_open=True)
+  _checks.check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  nesterov = bool(nesterov)
+  _compat.check_options("quasi_global_momentum", schedule=schedule)
+
+  def init_fn(params):
+    return QuasiGlobalMomentumState(
+      jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params)
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _checks.check_params(params, "quasi_global_momentum")
+    me = _workers.worker_index(axis_name, schedule)
+    lr = jnp.asarray(_learning_rate_at(learning_rate, state.count), jnp.float32)
+    beta = momentum
+
+    def local_step(g, m):  # x_half - x
+      b = beta * m + g
+      return (-lr * (g + beta * b) if nesterov else -lr * b).astype(m.dtype)
+
+    step = jax.tree.map(local_step, updates, state.momentum)
+    buffer, unpack = _packing.pack(jax.tree.map(jnp.add, params, step))
+    near = _plan.neighborhood(schedule, state.count, me, buffer.dtype)
+
+    # W x_half - x_half = alpha sum_{s present} (x_half_partner - x_half), as gossip.
+    def combine(total, received, present, own):
+      return total + jnp.where(present, received - own, 0)
+
+    delta = near.weight * _fold.fold(
+      buffer,
+      schedule=schedule,
+      step=state.count,
+      axis_name=axis_name,
+      combine=combine,
+      start=jnp.zeros_like,
+      per_slot=near.present,
+      common=buffer,
+    )
+    delta_tree, _ = unpack(delta)
+    new_updates = jax.tree.map(lambda v, d: (v + d).astype(v.dtype), step, delta_tree)
+
+    # m <- mu m + (1 - mu) (x - x+) / lr, with x+ - x the returned updates.
+    def new_momentum(m, u):
+      moved = beta * m - (1 - beta) * u / jnp.where(lr > 0, lr, 1)
+      return jnp.where(lr > 0, moved, m).astype(m.dtype)
+
+    momentum_buffer = jax.tree.map(new_momentum, state.momentum, new_updates)
+    return new_updates, QuasiGlobalMomentumState(state.count + 1, momentum_buffer)
+
+  def traffic_of(params):
+    size = _packing.message_bytes(params)
+    return _traffic.Traffic(schedule.num_workers, size, (size,), schedule)
+
+  return _traffic.transformation(init_fn, update_fn, traffic_of)
