@@ -149,12 +149,10 @@ def _parse(argv):
 def make_config(method: str, model: str, workers: int, batch: int, dataset: str):
   from experiments.cifar.configs import default
 
-  config = default.get_config()
   method, _, compressor = method.partition(":")
+  config = default.get_config(method)  # the preset sets the method's fields
   config.update(
-    dict(
-      method=method, model=model, num_workers=workers, batch_size=batch, dataset=dataset
-    )
+    dict(model=model, num_workers=workers, batch_size=batch, dataset=dataset)
   )
   if compressor:
     config.compressor, config.consensus_lr = compressor, "0.1"

@@ -28,10 +28,27 @@ def _clean_env():
   "overrides,message",
   [
     (
-      dict(method="gossip"),
-      "config.method='gossip' is not valid; choose one of "
-      "allreduce, dpsgd, dpsgd_reference, matcha, aldsgd_dpsgd, "
-      "aldsgd_dpsgd_reference, aldsgd_matcha",
+      dict(mixing="push_sum"),
+      "config.mixing='push_sum' is not valid; choose one of "
+      "allreduce, gossip, adjacent_leader, local",
+    ),
+    (dict(schedule="random"), "config.schedule='random' is not valid"),
+    # A preset's name means its fields: --config.method alone changes nothing.
+    (
+      dict(method="matcha"),
+      "config.method='matcha' names the preset .* but the config's method fields "
+      "are mixing='adjacent_leader', schedule='alternating', compressor='none'. "
+      "Choose a preset as the config's argument "
+      "\\(--config=experiments/cifar/configs/default.py:matcha\\)",
+    ),
+    (
+      dict(method="dpgsd"),
+      "config.method='dpgsd' is not a preset, but the config's method fields .* "
+      "are the preset 'aldsgd_dpsgd_reference'",
+    ),
+    (
+      dict(schedule="none"),
+      "config.schedule='none' does not fit config.mixing='adjacent_leader'",
     ),
     (
       dict(model="resnet18"),
@@ -59,8 +76,10 @@ def _clean_env():
   ],
 )
 def test_bad_config_fields(overrides, message):
+  config = tiny_config()
+  config.update(overrides)  # as --config.FIELD=VALUE does, after the preset
   with pytest.raises(ValueError, match=message):
-    train.validate_config(tiny_config(**overrides))
+    train.validate_config(config)
 
 
 @pytest.mark.parametrize(
@@ -87,6 +106,8 @@ def test_bad_fields_the_library_checks(method, overrides, message):
     ("local", dict(gossip_every=4), "config.gossip_every=4 applies to the gossip"),
     ("allreduce", dict(delay=1), "config.delay=1 applies to the gossip"),
     ("aldsgd_matcha", dict(delay=2), "config.delay=2 is not available for AL-DSGD"),
+    ("local", dict(schedule="full"), "config.schedule='full' does not"),
+    ("allreduce", dict(compressor="top_k"), "has no gossip to compress"),
     ("dpsgd", dict(partition="shards"), "config.partition='shards' is not valid"),
     ("choco", dict(compressor="top_k_plus"), "config.compressor='top_k_plus' is not"),
     ("choco", dict(consensus_lr="fast"), "config.consensus_lr='fast' must be 'auto'"),

@@ -4,13 +4,17 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import jax_aldsgd as ald
 from experiments import compare
 from experiments.cifar import checkpoint as checkpoint_lib
-from experiments.cifar import report, train
+from experiments.cifar import methods, report, train
 from experiments.cifar.configs import default
+from jax_aldsgd import schedules as S
+from jax_aldsgd import topologies as T
+from tests import helpers, reference
 from tests.helpers import tiny_config
 
 
@@ -56,21 +60,92 @@ def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
   )
 
 
-@pytest.mark.parametrize("method", ["matcha", "allreduce"])
-def test_other_methods_run(mock_cifar, tmp_path, method):
-  record = train.train_and_evaluate(tiny_config(method, num_epochs=1), str(tmp_path))
+def test_matcha_sends_what_its_schedule_activates(mock_cifar, tmp_path):
+  config = tiny_config("matcha", num_epochs=1)
+  record = train.train_and_evaluate(config, str(tmp_path))
   assert all(np.isfinite(record["train_loss"]))
-  if method == "allreduce":  # all workers hold the same model after a step
-    np.testing.assert_allclose(record["consensus_distance"], 0.0, atol=1e-5)
-    params = jax.tree.map(lambda a: a[0], train.final_params(tmp_path))
-    assert record["message_bytes"] == 4 * sum(a.size for a in jax.tree.leaves(params))
-    np.testing.assert_allclose(record["bytes_sent"], 3 * ald.allreduce_bytes(8, params))
+  params = jax.tree.map(lambda a: a[0], train.final_params(tmp_path))
+  message = 4 * sum(a.size for a in jax.tree.leaves(params))  # float32 parameters
+  assert record["message_bytes"] == message
+  # The paper pair (1, 0) under MATCHA (budget 0.5, seed 0), restarted each
+  # epoch of 3 steps, built here without the trainer.
+  schedule = S.rotating(
+    [S.matcha(T.paper_graph(g, allow_disconnected=True), 0.5, seed=0) for g in (1, 0)],
+    restart_every=3,
+  )
+  degrees = sum(schedule.active_degrees(k) for k in range(3))
+  full = S.rotating([S.full(g) for g in schedule.graphs], restart_every=3)
+  assert 0 < degrees.sum() < sum(full.active_degrees(k) for k in range(3)).sum()
+  np.testing.assert_array_equal(record["bytes_sent"], degrees * message)
 
 
-@pytest.mark.parametrize("method", ["allreduce", "matcha", "dpsgd_reference"])
-def test_config_argument_selects_the_method(method):
-  assert default.get_config(method).method == method
-  assert default.get_config().method == "aldsgd_dpsgd_reference"
+def test_allreduce_keeps_the_workers_equal(mock_cifar, tmp_path):
+  record = train.train_and_evaluate(
+    tiny_config("allreduce", num_epochs=1), str(tmp_path)
+  )
+  assert all(np.isfinite(record["train_loss"]))
+  np.testing.assert_allclose(record["consensus_distance"], 0.0, atol=1e-5)
+  params = jax.tree.map(lambda a: a[0], train.final_params(tmp_path))
+  assert record["message_bytes"] == 4 * sum(a.size for a in jax.tree.leaves(params))
+  np.testing.assert_allclose(record["bytes_sent"], 3 * ald.allreduce_bytes(8, params))
+
+
+def _by_hand(name, learning_rate, epoch):
+  """Preset ``name``'s schedule and optimizer, as the library's calls spelled out."""
+  common = dict(momentum=0.0, weight_decay=5e-4)
+  aldsgd = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2, pull_restart_every=epoch)
+  top_k = dict(compressor=ald.compressors.top_k(0.1), consensus_lr=0.1)
+  kind = {
+    "full": S.full,
+    "alternating": S.alternating,
+    "matcha": lambda g: S.matcha(g, 0.5, seed=0),
+  }
+  rotating = lambda k: S.rotating(
+    [kind[k](T.paper_graph(g, allow_disconnected=True)) for g in (1, 0)],
+    restart_every=epoch,
+  )
+  local = ald.local_sgd(learning_rate, **common)
+  table = {
+    "allreduce": (None, optax.chain(local, ald.allreduce())),
+    "local": (None, local),
+    "dpsgd": ("full", dict(common)),
+    "dpsgd_reference": ("alternating", dict(common)),
+    "matcha": ("matcha", dict(common)),
+    "choco": ("full", dict(common, **top_k)),
+    "aldsgd_dpsgd": ("full", dict(common, **aldsgd)),
+    "aldsgd_dpsgd_reference": ("alternating", dict(common, **aldsgd)),
+    "aldsgd_matcha": ("matcha", dict(common, **aldsgd)),
+    "aldsgd_choco": ("full", dict(common, **aldsgd, **top_k)),
+  }
+  schedule, arguments = table[name]
+  if schedule is None:
+    return None, arguments
+  schedule = rotating(schedule)
+  factory = ald.aldsgd if name.startswith("aldsgd") else ald.dsgd
+  return schedule, factory(learning_rate, schedule, **arguments)
+
+
+@pytest.mark.parametrize("name", train.METHODS)
+def test_presets_make_the_library_calls_they_name(name):
+  """Every preset builds the schedule and optimizer written out in `_by_hand`,
+  and they train a quadratic bit for bit alike."""
+  assert set(train.METHODS) == set(methods.PRESETS) and len(train.METHODS) == 10
+  config = tiny_config(name, consensus_lr="0.1")
+  assert config.method == name
+  train.validate_config(config)
+  schedule = train.build_schedule(config, steps_per_epoch=3)
+  choco_lr = train.consensus_lr(config, schedule)
+  tx = train.build_optimizer(config, schedule, 0.05, 3, choco_lr)
+  want_schedule, want_tx = _by_hand(name, 0.05, epoch=3)
+  assert schedule == want_schedule
+  rng = np.random.default_rng(0)
+  dim = helpers.flat_dim(helpers.SHAPES)
+  problem, x0 = reference.Quadratic(rng, 8, dim), rng.normal(size=(8, dim))
+  mesh = ald.worker_mesh(8)
+  got, _, _ = helpers.run(tx, x0, problem, 4, mesh)
+  want, _, _ = helpers.run(want_tx, x0, problem, 4, mesh)
+  np.testing.assert_array_equal(got, want)
+  assert not np.array_equal(got, x0)
 
 
 @pytest.mark.slow

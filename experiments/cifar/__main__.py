@@ -1,10 +1,11 @@
 r"""Runs the paper's experiments: ``python -m experiments.cifar --config=... --workdir=...``.
 
-The method is the config's argument and other fields are overridden on the
-command line, e.g. ``--config=experiments/cifar/configs/default.py:matcha
---config.num_epochs=3``. Rerunning the same command resumes from the workdir's
-latest checkpoint; SIGINT/SIGTERM save a checkpoint before exiting (with
-several processes, all of them at the same step).
+The config's argument is a method preset (configs/default.py lists them) and
+other fields are overridden on the command line, e.g.
+``--config=experiments/cifar/configs/default.py:matcha --config.num_epochs=3``.
+Rerunning the same command resumes from the workdir's latest checkpoint;
+SIGINT/SIGTERM save a checkpoint before exiting (with several processes, all of
+them at the same step).
 """
 
 import sys
@@ -54,7 +55,7 @@ def main(argv):
     jax_aldsgd.initialize_multihost(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-  from experiments.cifar import train  # pylint: disable=g-import-not-at-top
+  from experiments.cifar import train
 
   try:
     train.train_and_evaluate(config, FLAGS.workdir)

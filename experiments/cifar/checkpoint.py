@@ -32,6 +32,8 @@ from jax_aldsgd import _schedules
 # schedule, logging) may change between invocations, e.g. to extend a run.
 FINGERPRINT_FIELDS = (
   "method",
+  "mixing",
+  "schedule",
   "dataset",
   "model",
   "num_workers",
@@ -102,7 +104,7 @@ class CorruptCheckpointError(RuntimeError):
 
 def _mix32(x):
   # The library's 32-bit integer hash: one hash function in the project.
-  return _schedules._mix32(jnp, x)  # pylint: disable=protected-access
+  return _schedules._mix32(jnp, x)
 
 
 def _as_uint32(leaf):
@@ -184,14 +186,14 @@ class Checkpointer:
         meta = self._manager.restore(
           step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
         )["meta"]
-      except Exception as error:  # pylint: disable=broad-except
+      except Exception as error:
         self._set_aside(step, error, problems)
         continue
       if check_meta is not None:
         check_meta(meta)
       try:
         return self.restore(step, like)
-      except Exception as error:  # pylint: disable=broad-except
+      except Exception as error:
         self._set_aside(step, error, problems)
     if problems:
       raise CorruptCheckpointError(
@@ -239,7 +241,7 @@ class Checkpointer:
     if jax.process_index() == 0:
       shutil.move(str(self.directory / str(step)), destination)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      from jax.experimental import multihost_utils
 
       multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
     self._manager.reload()

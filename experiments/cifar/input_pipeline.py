@@ -4,8 +4,8 @@ Everything here is NumPy on the host. A split is loaded once into memory as uint
 ``(N, H, W, C)`` images and int32 labels (`load_split`), either from a prepared
 tensorflow-datasets directory (ArrayRecord, read without TensorFlow) or, for
 Fashion-MNIST, from Debian's IDX files. `WorkerBatches` then splits the train set
-into one fixed shard per worker (ALGORITHM.md section 8: each worker trains on its
-own IID shard) and serves ``batch(epoch, step)``: a pure function of
+into one fixed shard per worker (docs/algorithm.md section 8: each worker trains
+on its own IID shard) and serves ``batch(epoch, step)``: a pure function of
 ``(seed, epoch, step)``, so a resumed run asks for the same batch again and gets
 the same pixels. Images come out float32 NHWC, normalized per channel.
 """
@@ -40,7 +40,7 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-  # ALGORITHM.md section 8 (the constants of the reference code).
+  # docs/algorithm.md section 8 (the constants of the reference code).
   "cifar10": DatasetInfo(
     num_classes=10,
     image_shape=(32, 32, 3),
@@ -217,7 +217,7 @@ def _load_tfds(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]
       download=False,
       builder_kwargs={"file_format": "array_record"},
     )
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     # TFDS reports missing data as KeyError (no splits), unreadable data as
     # others; either way the user needs the same instructions.
     where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")

@@ -8,7 +8,7 @@ pool of the reference code. The CIFAR ResNets are one `ResNet` built from stage
 sizes and a block type; the paper's ResNet-50, ResNet-20 and WRN-28-10 are
 ``functools.partial`` variants of it (as in flax's ``examples/imagenet``).
 
-Conventions, chosen to match the reference PyTorch code (ALGORITHM.md section 8):
+Conventions, chosen to match the reference PyTorch code (docs/algorithm.md section 8):
 
 * BatchNorm is ``nnx.BatchNorm`` with PyTorch's defaults (PyTorch momentum 0.1,
   i.e. Flax momentum 0.9, epsilon 1e-5). Its running statistics are
@@ -523,6 +523,19 @@ def count_params(model: nnx.Module) -> int:
   )
 
 
+def apply_model(graphdef, params, batch_stats, images, *, train: bool):
+  """Logits and the updated BatchNorm statistics of one worker's model.
+
+  ``graphdef``, ``params`` and ``batch_stats`` are the parts of
+  ``nnx.split(model, nnx.Param, nnx.BatchStat)``; ``train`` picks batch (True)
+  or running (False) statistics.
+  """
+  model = nnx.merge(graphdef, params, batch_stats, copy=True)
+  model.train() if train else model.eval()
+  logits = model(images)
+  return logits, nnx.state(model, nnx.BatchStat)
+
+
 __all__ = [
   "MODELS",
   "VGG16_CONFIG",
@@ -535,6 +548,7 @@ __all__ = [
   "VGG16BN",
   "WideBasicBlock",
   "WideResNet28_10",
+  "apply_model",
   "count_params",
   "create_model",
 ]

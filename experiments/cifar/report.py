@@ -54,10 +54,10 @@ def plot_run(
   records: list[dict[str, Any]], directory: str | pathlib.Path, title: str = ""
 ) -> None:
   """Test accuracy per worker and of the averaged model, and consensus distance."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   if not records:
     return

@@ -1,15 +1,42 @@
-"""The paper's CIFAR-10 setup (ALGORITHM.md section 8), one config per method.
+"""The paper's CIFAR-10 setup (docs/algorithm.md section 8), one preset per method.
 
 8 workers on the reference graph pair (0, 1), rotated every step; ResNet-50
 (CIFAR variant, 545,930 parameters), batch 16 per worker, lr 0.4 divided by 10 at
 epochs 100 and 150 of 200, weight decay 5e-4, no momentum, seed 1234, a different
 random initialization on every worker.
 
-The method is the config's argument (big_vision style); without one it is what
-the reference code ran as the paper's AL-DSGD: AL-DSGD on the reference's
-alternating "D-PSGD" flags over the rotating pair, with the rotation and the
-pull period restarted each epoch (ALGORITHM.md section 8.1). Every method, from the
-repository root:
+A method is three fields: ``mixing`` (allreduce | gossip | adjacent_leader |
+local), ``schedule`` (full | alternating | matcha; none for allreduce and local)
+and ``compressor`` (none | top_k | random_k | scaled_sign | qsgd). The config's
+argument (big_vision style) is a preset that sets them and names the run in
+``config.method`` (``experiments/cifar/methods.py``):
+
+    preset                  mixing           schedule     compressor
+    allreduce               allreduce        none         none
+    dpsgd                   gossip           full         none
+    dpsgd_reference         gossip           alternating  none
+    matcha                  gossip           matcha       none
+    aldsgd_dpsgd            adjacent_leader  full         none
+    aldsgd_dpsgd_reference  adjacent_leader  alternating  none
+    aldsgd_matcha           adjacent_leader  matcha       none
+    choco                   gossip           full         top_k
+    aldsgd_choco            adjacent_leader  full         top_k
+    local                   local            none         none
+
+``dpsgd`` is D-PSGD (every matching at every step, alpha = 2 / (lambda_2 +
+lambda_max)); ``*_reference`` is the reference code's alternating "D-PSGD"
+(docs/algorithm.md section 3); ``matcha`` has budget 0.5; ``aldsgd_*`` is AL-DSGD
+on top of those; ``choco`` and ``aldsgd_choco`` compress (CHOCO-SGD,
+docs/algorithm.md section 9) with any compressor (``--config.compressor``).
+Without an argument the preset is what the reference code ran as the paper's
+AL-DSGD: ``aldsgd_dpsgd_reference`` (on the rotating pair, with the rotation and
+the pull period restarted each epoch, docs/algorithm.md section 8.1). Other
+combinations are set field by field and named in ``config.method``, e.g.
+``--config.schedule=matcha --config.compressor=top_k`` with
+``--config.method=aldsgd_matcha_top_k``. ``config.method`` only names the
+method: the name of a preset means exactly that preset's fields, so
+``--config.method=matcha`` alone is refused (choose ``default.py:matcha``).
+Every preset, from the repository root:
 
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py --workdir=workdirs/cifar10_aldsgd_dpsgd_reference
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_dpsgd --workdir=workdirs/cifar10_aldsgd_dpsgd
@@ -18,12 +45,11 @@ repository root:
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:dpsgd_reference --workdir=workdirs/cifar10_dpsgd_reference
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:matcha --workdir=workdirs/cifar10_matcha
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:allreduce --workdir=workdirs/cifar10_allreduce
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:choco --config.compressor=scaled_sign --workdir=workdirs/cifar10_choco_scaled_sign
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_choco --workdir=workdirs/cifar10_aldsgd_choco
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:local --workdir=workdirs/cifar10_local
 
-Methods: ``allreduce`` (centralized baseline), ``dpsgd`` (every matching at every
-step, alpha = 2 / (lambda_2 + lambda_max)), ``dpsgd_reference`` (the reference
-code's alternating "D-PSGD", ALGORITHM.md section 3), ``matcha`` (budget 0.5),
-``aldsgd_dpsgd``, ``aldsgd_dpsgd_reference`` and ``aldsgd_matcha`` (AL-DSGD on
-top of those), ``local`` (no communication). The other config files take the same argument.
+The other config files take the same argument.
 
 Hardware: meant for 8 accelerators (one worker per device). On CPU the workers run
 on emulated devices: ~0.9 s per iteration of all 8 workers on a 2-core machine,
@@ -34,20 +60,17 @@ worker for AL-DSGD on this setup; not yet run here.
 
 import ml_collections
 
-DEFAULT_METHOD = "aldsgd_dpsgd_reference"
+from experiments.cifar import methods
 
 
-def get_config(method: str | None = None) -> ml_collections.ConfigDict:
-  """The paper's setup for ``method`` (default: AL-DSGD on D-PSGD)."""
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  """The paper's setup with the method ``preset`` (default: the paper's AL-DSGD)."""
   config = ml_collections.ConfigDict()
 
-  # allreduce | dpsgd | dpsgd_reference | matcha | aldsgd_dpsgd |
-  # aldsgd_dpsgd_reference | aldsgd_matcha | choco | aldsgd_choco | local (no
-  # communication at all).
-  # *_reference: the reference code's alternating flags (one matching per step,
-  # ALGORITHM.md section 3), which is what its "D-PSGD" and its AL-DSGD "on
-  # D-PSGD" ran; dpsgd / aldsgd_dpsgd: true D-PSGD (every matching, every step).
-  config.method = method or DEFAULT_METHOD
+  # The method: config.mixing, config.schedule and config.compressor, set by
+  # the preset (the table above), and config.method, the name the run is
+  # recorded under.
+  methods.apply_preset(config, preset or methods.DEFAULT_PRESET)
 
   # Data.
   config.dataset = "cifar10"  # cifar10 | cifar100 | fashion_mnist
@@ -84,7 +107,7 @@ def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   # such guard; it costs one finiteness check of the parameters per step.
   config.skip_nonfinite = False
 
-  # Communication variants (ALGORITHM.md section 10; not in the reference).
+  # Communication variants (docs/algorithm.md section 10; not in the reference).
   # overlap: exchange x instead of x + u (adapt-while-combine), so the exchange
   # does not wait for the gradient. gossip_every: communicate every that many
   # steps (local steps). delay: gossip mixes neighbors' shares that many steps
@@ -93,12 +116,10 @@ def get_config(method: str | None = None) -> ml_collections.ConfigDict:
   config.gossip_every = 1
   config.delay = 0
 
-  # Compressed gossip (CHOCO-SGD, ALGORITHM.md section 9), used by the methods
-  # choco (D-PSGD's schedule) and aldsgd_choco (AL-DSGD on it): the compressor
-  # top_k | random_k | scaled_sign | qsgd; the fraction of entries top_k and
-  # random_k send; qsgd's levels; the consensus step gamma in (0, 1], or "auto"
-  # to tune it once at the start (jax_aldsgd.tune_consensus_lr; the run logs it).
-  config.compressor = "top_k"
+  # Compressed gossip (CHOCO-SGD, docs/algorithm.md section 9), with any
+  # config.compressor but none: the fraction of entries top_k and random_k send;
+  # qsgd's levels; the consensus step gamma in (0, 1], or "auto" to tune it once
+  # at the start (jax_aldsgd.tune_consensus_lr; the run logs it).
   config.compress_fraction = 0.1
   config.qsgd_levels = 16
   config.consensus_lr = "auto"

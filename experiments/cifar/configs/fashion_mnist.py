@@ -3,10 +3,10 @@
 The paper's protocol (8 workers, graph pair (0, 1) rotated, batch 16 per worker,
 different initializations, weight decay 5e-4, no momentum) on the real data that
 installs offline (Debian's dataset-fashion-mnist IDX files), with a small CNN and
-a few epochs so that it finishes in minutes on a 2-core CPU. The method is the
-config's argument, as in default.py (default: the paper's setup, AL-DSGD on the
-reference's alternating flags with its epoch phase). From the
-repository root:
+a few epochs so that it finishes in minutes on a 2-core CPU. The config's
+argument is a method preset, as in default.py (which lists them; default:
+aldsgd_dpsgd_reference, the paper's setup: AL-DSGD on the reference's alternating
+flags with its epoch phase). From the repository root:
 
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py --workdir=workdirs/fmnist_aldsgd
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/fashion_mnist.py:matcha --workdir=workdirs/fmnist_matcha
@@ -19,8 +19,8 @@ accuracy 87.87% (worst worker 87.83%, averaged model 88.08%).
 from experiments.cifar.configs import default
 
 
-def get_config(method: str | None = None):
-  config = default.get_config(method)
+def get_config(preset: str | None = None):
+  config = default.get_config(preset)
   config.dataset = "fashion_mnist"
   config.data_source = "idx"
   config.model = "small_cnn"

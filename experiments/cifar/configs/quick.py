@@ -1,7 +1,7 @@
 """A quick CIFAR-10 sanity run: ResNet-20, 8 workers, 5 epochs.
 
-The method is the config's argument, as in default.py (default: AL-DSGD on
-D-PSGD). From the repository root:
+The config's argument is a method preset, as in default.py (which lists them;
+default: aldsgd_dpsgd_reference, the paper's AL-DSGD). From the repository root:
 
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/quick.py:aldsgd_dpsgd --workdir=workdirs/cifar10_quick
 
@@ -13,8 +13,8 @@ here (no CIFAR-10 on the development machine).
 from experiments.cifar.configs import default
 
 
-def get_config(method: str | None = None):
-  config = default.get_config(method)
+def get_config(preset: str | None = None):
+  config = default.get_config(preset)
   config.model = "resnet20"
   config.learning_rate = 0.1
   config.num_epochs = 5

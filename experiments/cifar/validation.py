@@ -1,0 +1,161 @@
+"""The config checks the library does not make; each message names field and fix."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from experiments.cifar import input_pipeline, methods, models
+
+TOPOLOGIES = ("paper", "ring", "torus", "exponential", "complete")
+
+
+def _choice(config, name, valid):
+  value = config[name]
+  if value not in valid:
+    raise ValueError(
+      f"config.{name}={value!r} is not valid; choose one of "
+      f"{', '.join(map(str, valid))} (e.g. --config.{name}="
+      f"{next(iter(valid))})."
+    )
+
+
+def _integer(config, name, minimum):
+  value = config[name]
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, np.integer))
+    or (value < minimum)
+  ):
+    raise ValueError(f"config.{name}={value!r} must be an integer >= {minimum}.")
+
+
+def _real(config, name, low, high=None, low_open=False):
+  value = config[name]
+  ok = (
+    not isinstance(value, bool)
+    and isinstance(value, (int, float))
+    and np.isfinite(value)
+    and (value > low if low_open else value >= low)
+    and (high is None or value <= high)
+  )
+  if not ok:
+    interval = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}]"
+    raise ValueError(f"config.{name}={value!r} must be a finite number in {interval}.")
+
+
+def _check_method(config) -> None:
+  """The method fields: valid, named by config.method, and fitting together."""
+  _choice(config, "mixing", methods.MIXINGS)
+  _choice(config, "schedule", methods.SCHEDULES)
+  _choice(config, "compressor", methods.COMPRESSORS)
+  scheduled = config.mixing in methods.SCHEDULED
+  if scheduled == (config.schedule == "none"):
+    raise ValueError(
+      f"config.schedule={config.schedule!r} does not fit "
+      f"config.mixing={config.mixing!r}: gossip and adjacent_leader need a "
+      "schedule (full, alternating or matcha), allreduce and local take 'none'."
+    )
+  if not scheduled and config.compressor != "none":
+    raise ValueError(
+      f"config.compressor={config.compressor!r} compresses gossip; "
+      f"config.mixing={config.mixing!r} has no gossip to compress: leave "
+      "config.compressor at 'none'."
+    )
+  methods.check(config)
+  for name, default in (("overlap", False), ("gossip_every", 1), ("delay", 0)):
+    if not scheduled and config[name] != default:
+      raise ValueError(
+        f"config.{name}={config[name]!r} applies to the gossip methods only, not "
+        f"to config.mixing={config.mixing!r}; leave it at {default!r}."
+      )
+  if config.delay and config.compressor != "none":
+    raise ValueError(
+      f"config.delay={config.delay!r} is not available for "
+      f"config.compressor={config.compressor!r}: compressed gossip keeps public "
+      "copies, not push-sum weights; use delay without compression."
+    )
+  if config.delay and config.mixing == "adjacent_leader":
+    raise ValueError(
+      f"config.delay={config.delay!r} is not available for AL-DSGD "
+      "(config.mixing='adjacent_leader'): its pull is not mass-conserving, so "
+      "there is no push-sum form to delay; use delay with config.mixing='gossip'."
+    )
+
+
+def validate_config(config) -> None:
+  """Checks the fields the trainer reads itself; messages name field and fix.
+
+  The fields passed on to the library (momentum, weight decay, AL-DSGD
+  coefficients, MATCHA budget and seed, workers per device) are checked by its
+  factories when the run builds them.
+  """
+  _check_method(config)
+  _choice(config, "dataset", tuple(input_pipeline.DATASETS))
+  _choice(config, "data_source", input_pipeline.SOURCES)
+  _choice(config, "model", tuple(models.MODELS))
+  _choice(config, "topology", TOPOLOGIES)
+  _choice(config, "graph_variant", ("pairs", "triples"))
+  _choice(config, "partition", input_pipeline.PARTITIONS)
+  if config.consensus_lr != "auto":
+    try:
+      gamma = float(config.consensus_lr)
+    except (TypeError, ValueError):
+      gamma = None
+    if gamma is None or not 0.0 < gamma <= 1.0:
+      raise ValueError(
+        f"config.consensus_lr={config.consensus_lr!r} must be "
+        "'auto' or a number in (0, 1], e.g. "
+        "--config.consensus_lr=0.3."
+      )
+  graph_ids = config.graph_ids
+  if (
+    not isinstance(graph_ids, (tuple, list))
+    or not graph_ids
+    or not all(isinstance(g, int) and not isinstance(g, bool) for g in graph_ids)
+  ):
+    raise ValueError(
+      f"config.graph_ids={config.graph_ids!r} must be a non-empty "
+      "tuple of paper graph ids in step order, e.g. (1, 0)."
+    )
+  for name, minimum in (
+    ("num_workers", 2),
+    ("batch_size", 1),
+    ("eval_batch_size", 1),
+    ("num_epochs", 1),
+    ("seed", 0),
+    ("max_steps_per_epoch", 0),
+    ("max_eval_examples", 0),
+    ("stop_after_steps", 0),
+    ("classes_per_worker", 1),
+  ):
+    _integer(config, name, minimum)
+  _real(config, "learning_rate", 0.0, low_open=True)
+  _real(config, "lr_decay_factor", 0.0, 1.0, low_open=True)
+  _real(config, "dirichlet_alpha", 0.0, low_open=True)
+  decay = config.lr_decay_epochs
+  if (
+    not isinstance(decay, (tuple, list))
+    or not all(
+      isinstance(e, (int, float)) and not isinstance(e, bool) and e >= 0 for e in decay
+    )
+    or list(decay) != sorted(decay)
+  ):
+    raise ValueError(
+      f"config.lr_decay_epochs={decay!r} must be an increasing tuple "
+      "of epochs, e.g. (100, 150); () for a constant rate."
+    )
+  for name in (
+    "same_init",
+    "skip_nonfinite",
+    "progress_bar",
+    "plots",
+    "reference_epoch_phase",
+    "overlap",
+  ):
+    if not isinstance(config[name], bool):
+      raise ValueError(f"config.{name}={config[name]!r} must be True or False.")
+  if config.data_source == "idx" and config.dataset != "fashion_mnist":
+    raise ValueError(
+      f"config.data_source='idx' reads Debian's Fashion-MNIST files, "
+      f"but config.dataset={config.dataset!r}; use data_source='tfds'."
+    )
