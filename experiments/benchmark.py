@@ -12,10 +12,10 @@ reduce / gossip / AL-DSGD) on the same model and data shapes, one worker per
 * step time: median and spread (10th-90th percentile) over ``--steps`` steps after
   warm-up, each blocked on its result, and the ratio to local SGD;
 * compile time of the step;
-* bytes each worker sends per step, computed from the schedule (active degree x
-  message size, averaged over the timed steps) and checked against the operand
-  sizes and source-target pairs of the collective-permutes in the compiled HLO
-  (a disagreement raises);
+* bytes each worker sends per step, as `jax_aldsgd.traffic` of the step's
+  optimizer says (active degree x message size, averaged over the timed steps),
+  checked against the operand sizes and source-target pairs of the
+  collective-permutes in the compiled HLO (a disagreement raises);
 * peak memory per device from the compiled executable's memory analysis, and its
   excess over local SGD in copies of the parameters;
 * images per second for the whole system.
@@ -185,53 +185,88 @@ def hlo_permutes(hlo: str):
   return found
 
 
-def check_bytes_against_hlo(schedule, parts, hlo, steps, num_workers):
-  """Per-step bytes per worker: from the schedule vs from the HLO's permutes.
+def check_traffic_against_hlo(traffic, hlo, steps):
+  """Per-step bytes per worker: what ``traffic`` says vs the HLO's permutes.
 
-  ``parts`` are the sizes of the collective-permutes one active matching's
-  message is sent in (one for gossip; AL-DSGD on several matchings per step
-  sends its loss and health flag first: see
-  ``jax_aldsgd.adjacent_leader_message_parts``). Every collective-permute in
-  the HLO must carry one of ``parts`` over the pairs of one of the schedule's
-  slots, and every slot active at one of ``steps`` must have every part (a
-  slot's permute appears once per switch branch in which it is active, see
-  jax_aldsgd._exchange.exchange_plan).
+  ``traffic`` is `jax_aldsgd.traffic` of the compiled step's exchange: its
+  ``parts`` are the sizes of the collective-permutes one active slot's message
+  is sent in (one for gossip; AL-DSGD on several matchings per step sends its
+  loss and health flag first). Every collective-permute in the HLO must carry
+  one of ``parts`` over the pairs of one of the schedule's slots (``(source,
+  receiver)``, as ``jax_aldsgd._plan.pairs`` makes them from the slot's
+  receive-from row), and every slot active at one of ``steps`` must have every
+  part (a slot's permute appears once per switch branch in which it is active,
+  see jax_aldsgd._plan.exchange_plan); each source of an active slot's pairs
+  sends ``traffic.message_bytes``, which must be ``traffic.sent_bytes(step)``.
 
   Returns:
     The mean bytes a worker sends per step over ``steps``.
   """
-  message_bytes = sum(parts)
+  from jax_aldsgd import _plan
+
+  schedule, parts = traffic.schedule, tuple(traffic.parts)
   permutes = hlo_permutes(hlo)
-  slot_pairs = [
-    frozenset((i, int(j)) for i, j in enumerate(partners) if j >= 0)
-    for partners in schedule.slot_partners
-  ]
+  slot_pairs = [frozenset(_plan.pairs(partners)) for partners in schedule.slot_partners]
   for size, pairs in permutes:
     if pairs not in slot_pairs or size not in parts:
       raise AssertionError(
         f"the HLO permutes {size} bytes over pairs "
-        f"{sorted(pairs)}; the schedule expects one of {tuple(parts)} "
+        f"{sorted(pairs)}; the schedule expects one of {parts} "
         "bytes over one slot's pairs"
       )
   in_hlo = set(permutes)
-  from_schedule = []
+  from_traffic = []
   for k in steps:
-    from_schedule.append(schedule.active_degrees(k) * message_bytes)
-    from_hlo = [0] * num_workers
-    for s in map(int, schedule.active(k).nonzero()[0]):
+    from_traffic.append(traffic.sent_bytes(k))
+    from_hlo = [0] * traffic.num_workers
+    active = ()  # the slots of the schedule's step k // every, if k communicates
+    if traffic.communicates(k):
+      active = map(int, schedule.active(k // traffic.every).nonzero()[0])
+    for s in active:
       for size in parts:
         if (size, slot_pairs[s]) not in in_hlo:
           raise AssertionError(
             f"step {k}: slot {s} is active but no collective-permute "
             f"of {size} bytes in the HLO has its pairs"
           )
-      for i, _ in slot_pairs[s]:
-        from_hlo[i] += message_bytes
-    if list(from_schedule[-1]) != from_hlo:
+      for source, _ in slot_pairs[s]:
+        from_hlo[source] += traffic.message_bytes
+    if list(from_traffic[-1]) != from_hlo:
       raise AssertionError(
-        f"step {k}: schedule says {from_schedule[-1]}, HLO {from_hlo}"
+        f"step {k}: the traffic says {from_traffic[-1]}, HLO {from_hlo}"
       )
-  return float(sum(b.mean() for b in from_schedule) / len(from_schedule))
+  return float(sum(b.mean() for b in from_traffic) / len(from_traffic))
+
+
+def check_bytes_against_hlo(schedule, parts, hlo, steps, num_workers):
+  """`check_traffic_against_hlo` of ``parts`` (one message) per active slot.
+
+  The traffic of an exchange that sends, along every active slot of
+  ``schedule``, one message in ``ppermute`` s of ``parts`` bytes.
+  """
+  import jax_aldsgd as ald
+
+  message = sum(parts)
+  traffic = ald.Traffic(num_workers, message, tuple(parts), schedule)
+  return check_traffic_against_hlo(traffic, hlo, steps)
+
+
+def step_traffic(config, tx, params):
+  """`jax_aldsgd.traffic` of the trainer's optimizer ``tx`` on stacked ``params``.
+
+  The trainer's all-reduce is ``optax.chain(local SGD, ald.allreduce())``, and
+  a chain does not say what it sends: what it sends is ``ald.allreduce()``'s.
+  """
+  import jax
+
+  import jax_aldsgd as ald
+
+  one_worker = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params
+  )
+  if config.mixing == "allreduce" and not hasattr(tx, "traffic_of"):
+    tx = ald.allreduce()
+  return ald.traffic(tx, one_worker, num_workers=config.num_workers)
 
 
 def compile_step(jitted, *args):
@@ -268,18 +303,18 @@ class Bench:
     config = make_config(method, model, workers, batch, args.dataset)
     info = input_pipeline.DATASETS[args.dataset]
     mesh = ald.worker_mesh(workers)
-    self.schedule = train.build_schedule(config)
+    schedule = train.build_schedule(config)
     tx = train.build_optimizer(
       config,
-      self.schedule,
+      schedule,
       config.learning_rate,
-      choco_lr=train.consensus_lr(config, self.schedule),
+      choco_lr=train.consensus_lr(config, schedule),
     )
     self.state = train.create_train_state(config, info, mesh, tx)
     self.num_params = sum(
       int(np.prod(a.shape[1:])) for a in jax.tree.leaves(self.state.params)
     )
-    self.traffic = train.Traffic.of(config, self.schedule, self.state.params)
+    self.traffic = step_traffic(config, tx, self.state.params)
     rng = np.random.default_rng(0)
     self.batch_arrays = dict(
       image=ald.shard_workers(
@@ -316,14 +351,12 @@ class Bench:
     if not np.isfinite(np.asarray(ald.gather_workers(self.loss))).all():
       raise FloatingPointError(f"{self.method}: the loss became non-finite")
     timed = range(first_timed_step, self.steps_run)
-    if self.schedule is not None:
-      sent = check_bytes_against_hlo(
-        self.schedule, self.traffic.parts, self.hlo, timed, self.workers
-      )
-    elif self.method == "allreduce":
+    if self.traffic.schedule is not None:
+      sent = check_traffic_against_hlo(self.traffic, self.hlo, timed)
+    elif self.traffic.allreduce:
       if "all-reduce" not in self.hlo:
         raise AssertionError("allreduce step has no all-reduce in its HLO")
-      sent = float(self.traffic.sent(0).mean())
+      sent = float(np.mean([self.traffic.sent_bytes(k).mean() for k in timed]))
     else:
       if "collective-permute" in self.hlo or "all-reduce" in self.hlo:
         raise AssertionError("local SGD step communicates")
@@ -530,7 +563,7 @@ class SizeBench:
   parameters, as many bytes as the gossip message, added to the parameters: the
   bytes the transforms move, with nothing else). ``packed`` is ``bare`` on the
   48-leaf model: its parameters packed into one buffer as the transforms pack
-  them (``jax_aldsgd._exchange.pack``), ppermuted, and added back leaf by
+  them (``jax_aldsgd.exchange.pack``), ppermuted, and added back leaf by
   leaf: what any exchange that sends one message per matching must do for a
   model of many leaves. ``share`` is another bench of the same shapes whose
   state this one uses and updates (every bare program and ``local_flat``
@@ -544,6 +577,7 @@ class SizeBench:
     import optax
 
     import jax_aldsgd as ald
+    from jax_aldsgd import _plan
 
     n = schedule.num_workers
     mesh = ald.worker_mesh(n)
@@ -562,10 +596,7 @@ class SizeBench:
         ),
         "aldsgd": lambda: ald.aldsgd(lr, schedule, weight_decay=wd),
       }[method]()
-    pairs = [
-      tuple((i, int(j)) for i, j in enumerate(schedule.slot_partners[s]) if j >= 0)
-      for s in active
-    ]
+    pairs = [_plan.pairs(schedule.slot_partners[s]) for s in active]
 
     def step(params, opt_state, data):
       def loss_fn(p):  # a reduction per leaf: compute-trivial
@@ -575,7 +606,7 @@ class SizeBench:
       updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
       params = optax.apply_updates(params, updates)
       if pairs and method == "packed":
-        flat, unpack = ald._exchange.pack(params)
+        flat, unpack = ald.exchange.pack(params)
         received = sum(jax.lax.ppermute(flat, "workers", p) for p in pairs)
         added, _ = unpack(1e-3 * received)
         params = jax.tree.map(jnp.add, params, added)
@@ -585,7 +616,7 @@ class SizeBench:
         params = [flat + 1e-3 * received]
       return params, opt_state, loss
 
-    self.method, self.size, self.active = method, size, active
+    self.method, self.size, self.active, self.tx = method, size, active, tx
     if share is not None:
       self.state, self.data = share.state, share.data
       params, opt_state = self.state
@@ -648,15 +679,10 @@ def run_size(size: int, kind: str, args) -> dict:
     for pattern in sorted(set(active))
   }
   one_worker = [jax.ShapeDtypeStruct(s, jnp.float32) for s in trivial_shapes(size)]
-  message = ald.gossip_message_bytes(one_worker)
-  for name, parts in (
-    ("dsgd", (message,)),
-    ("aldsgd", ald.adjacent_leader_message_parts(one_worker, schedule)),
-    ("dsgd_health", (ald.gossip_message_bytes(one_worker, skip_nonfinite=True),)),
-  ):
-    check_bytes_against_hlo(
-      schedule, parts, benches[name].hlo, steps, schedule.num_workers
-    )
+  for name in ("dsgd", "aldsgd", "dsgd_health"):
+    traffic = ald.traffic(benches[name].tx, one_worker)
+    check_traffic_against_hlo(traffic, benches[name].hlo, steps)
+  message = ald.traffic(benches["dsgd"].tx, one_worker).message_bytes
   for bench in [*bare.values(), *packed.values()]:  # first runs are not timed
     bench.step(record=False)
   bare_times, packed_times = [], []

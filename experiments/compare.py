@@ -12,9 +12,10 @@ accuracy, the epochs to reach the target mean accuracy and the bytes sent.
 
 With ``--gbit``, each run's wall-clock is also simulated on networks of those link
 speeds (`jax_aldsgd.NetworkModel`): the measured training time plus the simulated
-communication time of every step (gossip: one round per active matching; all-
-reduce: a ring). The PNG gets one panel of accuracy against simulated time per
-speed, and a second table gives the simulated time to the target and in total.
+communication time of every step (`NetworkModel.traffic_time` of what the run
+sent, `run_traffic`: gossip, one round per active matching; all-reduce, a ring).
+The PNG gets one panel of accuracy against simulated time per speed, and a second
+table gives the simulated time to the target and in total.
 """
 
 from __future__ import annotations
@@ -62,14 +63,19 @@ def summarize(run: dict, target: float) -> dict:
   )
 
 
-def _communication(run: dict):
-  """(schedule or None, message bytes) of a run, as the trainer recorded them.
+def run_traffic(run: dict):
+  """What each step of a run sent: a `jax_aldsgd.Traffic`, from its metrics and config.
 
-  ``message_bytes`` is the buffer a worker sends along one active matching
-  (gossip, AL-DSGD) or all-reduces (allreduce); 0 for local SGD.
+  The message is the run's recorded ``message_bytes``: what
+  `jax_aldsgd.traffic` of its optimizer said when it trained (the buffer a
+  worker sends along one active slot, or all-reduces; 0 for local SGD). The
+  schedule (rebuilt from the config, as the trainer builds it), or the
+  all-reduce, runs every ``config.gossip_every`` steps. The metrics do not keep the ``ppermute`` parts,
+  so each active slot's message counts as one ``ppermute``.
   """
   import ml_collections
 
+  import jax_aldsgd as ald
   from experiments.cifar import train
 
   config = ml_collections.ConfigDict(run["config"])
@@ -79,12 +85,16 @@ def _communication(run: dict):
       f"{run['name']}: its metrics have no message_bytes (written "
       "by an older experiments.cifar); rerun it to simulate time."
     )
-  if config.method in ("allreduce", "local"):
-    return None, message
+  n, every = config.num_workers, config.get("gossip_every", 1)
+  mixing = config.get("mixing", config.get("method"))
+  if mixing == "allreduce":
+    return ald.Traffic(n, message, allreduce=True, every=every)
+  if mixing == "local":
+    return ald.Traffic(n)
   first = run["records"][0]
   steps_per_epoch = first["step"] // (first["epoch"] + 1)
   schedule = train.build_schedule(config, steps_per_epoch)
-  return train.exchanged_schedule(config, schedule), message
+  return ald.Traffic(n, message, (message,), schedule, every=every)
 
 
 def simulated_seconds(
@@ -92,42 +102,28 @@ def simulated_seconds(
 ) -> np.ndarray:
   """Compute time + simulated communication, at each record's end.
 
-  Compute is the run's measured training time, or ``compute_s_per_step`` for
-  every step when given (to compare runs measured under different loads on a
-  common footing). A run whose config sets ``overlap`` exchanges during the
-  computation, so each step costs ``max(compute, communication)``
-  (`NetworkModel.step_time`), with the compute of each record's interval spread
-  evenly over its steps.
+  Communication is `NetworkModel.traffic_time` of the run's traffic
+  (`run_traffic`) at every step. Compute is the run's measured training time,
+  or ``compute_s_per_step`` for every step when given (to compare runs measured
+  under different loads on a common footing). A run whose config sets
+  ``overlap`` exchanges during the computation, so each step costs ``max(compute,
+  communication)`` (`NetworkModel.step_time`), with the compute of each record's
+  interval spread evenly over its steps.
   """
-  schedule, size = _communication(run)
+  traffic = run_traffic(run)
   ends = [r["step"] for r in run["records"]]
   measured = np.array([r["time_train_s"] for r in run["records"]])
   if compute_s_per_step is not None:
     measured = np.array(ends, float) * compute_s_per_step
+  per_step = np.array([network.traffic_time(traffic, k) for k in range(ends[-1])])
   if run["config"].get("overlap", False):
-    if schedule is not None:
-      per_step = network.gossip_times(schedule, ends[-1], size)
-    elif size:
-      per_step = np.full(
-        ends[-1], network.allreduce_time(run["config"]["num_workers"], size)
-      )
-    else:
-      per_step = np.zeros(ends[-1])
     compute = np.zeros(ends[-1])
     for start, end, spent in zip([0] + ends[:-1], ends, np.diff(measured, prepend=0.0)):
       compute[start:end] = spent / max(end - start, 1)
     overlapped = dataclasses.replace(network, overlap=True)
     steps = overlapped.step_time(compute, per_step)
     return np.concatenate([[0.0], np.cumsum(steps)])[ends]
-  if schedule is not None:
-    per_step = network.gossip_times(schedule, ends[-1], size)
-    comm = np.concatenate([[0.0], np.cumsum(per_step)])[ends]
-  elif size:
-    n = run["config"]["num_workers"]
-    comm = np.array(ends) * network.allreduce_time(n, size)
-  else:
-    comm = np.zeros(len(ends))
-  return measured + comm
+  return measured + np.concatenate([[0.0], np.cumsum(per_step)])[ends]
 
 
 def time_table(runs: list[dict], networks: list, target: float) -> str:

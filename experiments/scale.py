@@ -11,8 +11,10 @@ Writes ``OUT.md`` (tables) and ``OUT.png`` (figure) in under two minutes on the
 Everything here is `jax_aldsgd.NetworkModel` arithmetic, no training: per
 message latency ``L``, per-worker link bandwidth ``b`` (each direction), one
 message per matching round. For each number of workers ``n``, network and model
-(``P`` float32 parameters, ``M = 4 P`` bytes) the time of one step is
-``compute + communication`` (or ``max`` of the two when overlapped) with:
+(``P`` float32 parameters, ``M = 4 P`` bytes: what `jax_aldsgd.traffic` says
+`jax_aldsgd.gossip` sends per matching and `jax_aldsgd.allreduce` averages) the
+time of one step is ``compute + communication`` (or ``max`` of the two when
+overlapped) with:
 
 * ring all-reduce: ``2 (n - 1) L + 2 (n - 1) / n * M / b``;
 * two-level all-reduce (`NetworkModel.hierarchical_allreduce_time`),
@@ -191,13 +193,15 @@ class Sweep:
   def gaps(self) -> dict:
     return {key: mixing_gap(s) for key, s in self.schedules.items()}
 
-  def allreduce_s(self, net, n, model_bytes) -> dict:
+  def allreduce_s(self, net, traffic) -> dict:
+    """Seconds of one all-reduce of ``traffic`` (`jax_aldsgd.allreduce`'s)."""
+    n = traffic.num_workers
     g = min(WORKERS_PER_HOST, n)
     return {
-      "ring all-reduce": net.allreduce_time(n, model_bytes),
+      "ring all-reduce": net.traffic_time(traffic, 0),
       "2-level all-reduce": net.hierarchical_allreduce_time(
         n,
-        model_bytes,
+        traffic.message_bytes,
         workers_per_host=g,
         intra_host_bandwidth=self.intra_bandwidth,
         intra_host_latency_s=self.intra_latency_s,
@@ -216,9 +220,12 @@ class Sweep:
     out = []
     for model, params in MODELS.items():
       compute = self.compute_ms[model] * 1e-3
-      dense = float(
-        ald.gossip_message_bytes(_shape(params))
-      )  # the transforms' message: packed float32 parameters
+      # What the transforms send for this model (jax_aldsgd.traffic): gossip's
+      # message per active matching, and the buffer the all-reduce averages.
+      gossip = {
+        key: ald.traffic(ald.gossip(schedule), _shape(params))
+        for key, schedule in self.schedules.items()
+      }
       for net in self.networks:
         serial = net
         overlapped = ald.NetworkModel(
@@ -236,7 +243,8 @@ class Sweep:
             "n": n,
             "compute_s": compute,
           }
-          for method, comm in self.allreduce_s(serial, n, dense).items():
+          allreduce = ald.traffic(ald.allreduce(), _shape(params), num_workers=n)
+          for method, comm in self.allreduce_s(serial, allreduce).items():
             out.append(
               dict(
                 base,
@@ -253,7 +261,7 @@ class Sweep:
               continue
             for compressor in ("none", "topk10", "sign", "qsgd16"):
               size = (
-                dense
+                float(gossip[key].message_bytes)
                 if compressor == "none"
                 else compressed_bytes(compressor, params, LEAVES[model])
               )
