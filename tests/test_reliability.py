@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import jax_aldsgd as ald
 from experiments.cifar import checkpoint as checkpoint_lib
 from experiments.cifar import input_pipeline, report, train
 from tests import helpers
@@ -102,17 +103,18 @@ def test_bad_fields_the_library_checks(method, overrides, message):
 @pytest.mark.parametrize(
   "method,overrides,message",
   [
-    ("allreduce", dict(overlap=True), "config.overlap=True applies to the gossip"),
-    ("local", dict(gossip_every=4), "config.gossip_every=4 applies to the gossip"),
-    ("allreduce", dict(delay=1), "config.delay=1 applies to the gossip"),
-    ("aldsgd_matcha", dict(delay=2), "config.delay=2 is not available for AL-DSGD"),
+    ("local", dict(gossip_every=4), "config.gossip_every=4 is an option of the"),
+    ("local", dict(skip_nonfinite=True), "and config.mixing='local' does not"),
     ("local", dict(schedule="full"), "config.schedule='full' does not"),
-    ("allreduce", dict(compressor="top_k"), "has no gossip to compress"),
+    # The library's table (jax_aldsgd.check_options), in its words.
+    ("allreduce", dict(delay=1), "allreduce cannot be combined with delay=1"),
+    ("allreduce", dict(compressor="top_k"), "allreduce cannot be combined with"),
+    ("aldsgd_matcha", dict(delay=2), "adjacent_leader cannot be combined with delay"),
+    ("choco", dict(delay=1), "compressor='top_k' cannot be combined with delay=1"),
     ("dpsgd", dict(partition="shards"), "config.partition='shards' is not valid"),
     ("choco", dict(compressor="top_k_plus"), "config.compressor='top_k_plus' is not"),
     ("choco", dict(consensus_lr="fast"), "config.consensus_lr='fast' must be 'auto'"),
     ("choco", dict(consensus_lr="1.5"), "config.consensus_lr='1.5' must be 'auto'"),
-    ("choco", dict(delay=1), "config.delay=1 is not available for"),
     ("dpsgd", dict(dirichlet_alpha=0.0), "config.dirichlet_alpha=0.0 must be"),
     ("dpsgd", dict(classes_per_worker=0), "config.classes_per_worker=0 must be"),
   ],
@@ -120,6 +122,29 @@ def test_bad_fields_the_library_checks(method, overrides, message):
 def test_bad_communication_and_partition_fields(method, overrides, message):
   with pytest.raises(ValueError, match=message):
     train.validate_config(tiny_config(method, **overrides))
+
+
+@pytest.mark.parametrize(
+  "method,overrides,exchange,options",
+  [
+    ("aldsgd_dpsgd", dict(delay=1), "adjacent_leader", dict(delay=1)),
+    ("choco", dict(delay=2), "gossip", dict(compressor="top_k", delay=2)),
+    ("dpsgd", dict(delay=1, overlap=True), "gossip", dict(delay=1, overlap=True)),
+    ("allreduce", dict(skip_nonfinite=True), "allreduce", dict(skip_nonfinite=True)),
+  ],
+)
+def test_refuses_what_the_library_refuses_in_its_words(
+  method, overrides, exchange, options
+):
+  with pytest.raises(ValueError) as library:
+    ald.check_options(exchange, **options)
+  with pytest.raises(ValueError) as trainer:
+    train.validate_config(tiny_config(method, **overrides))
+  assert str(trainer.value) == str(library.value)
+
+
+def test_allreduce_takes_local_steps_and_overlap():
+  train.validate_config(tiny_config("allreduce", gossip_every=4, overlap=True))
 
 
 def test_bad_runtime_combinations(mock_cifar, tmp_path):

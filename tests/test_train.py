@@ -79,15 +79,19 @@ def test_matcha_sends_what_its_schedule_activates(mock_cifar, tmp_path):
   np.testing.assert_array_equal(record["bytes_sent"], degrees * message)
 
 
-def test_allreduce_keeps_the_workers_equal(mock_cifar, tmp_path):
-  record = train.train_and_evaluate(
-    tiny_config("allreduce", num_epochs=1), str(tmp_path)
-  )
+@pytest.mark.parametrize("every", [1, 2])
+def test_allreduce_averages_every_so_many_steps(mock_cifar, tmp_path, every):
+  config = tiny_config("allreduce", num_epochs=1, gossip_every=every)
+  record = train.train_and_evaluate(config, str(tmp_path))
   assert all(np.isfinite(record["train_loss"]))
+  # Steps 0, 1, 2 (every=1) or 0, 2 (every=2) average; the last one does.
   np.testing.assert_allclose(record["consensus_distance"], 0.0, atol=1e-5)
   params = jax.tree.map(lambda a: a[0], train.final_params(tmp_path))
   assert record["message_bytes"] == 4 * sum(a.size for a in jax.tree.leaves(params))
-  np.testing.assert_allclose(record["bytes_sent"], 3 * ald.allreduce_bytes(8, params))
+  averages = len(range(0, 3, every))
+  np.testing.assert_allclose(
+    record["bytes_sent"], averages * ald.allreduce_bytes(8, params)
+  )
 
 
 def _by_hand(name, learning_rate, epoch):

@@ -1,4 +1,4 @@
-"""Config -> library objects: graphs, schedule, compressor, consensus step, optimizer.
+"""Config -> library objects: graphs, schedule, compressor, optimizer, traffic.
 
 Each builder reads the method fields (``config.mixing``, ``config.schedule``,
 ``config.compressor``; see ``methods.py``) and their settings, and makes the
@@ -7,9 +7,6 @@ they receive, and their errors name the field.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -42,13 +39,6 @@ def _graphs(config) -> list[ald.Topology]:
       rows -= 1
     return [ald.topologies.torus(rows, n // rows)]
   return [getattr(ald.topologies, config.topology)(n)]
-
-
-def exchanged_schedule(config, schedule):
-  """What the run exchanges step by step: ``schedule`` every gossip_every steps."""
-  if schedule is None:
-    return None
-  return ald.schedules.every(schedule, config.get("gossip_every", 1))
 
 
 def build_schedule(
@@ -177,53 +167,23 @@ def build_optimizer(
     )
   local = ald.local_sgd(learning_rate, **common)
   if config.mixing == "allreduce":
-    return optax.chain(local, ald.allreduce())
+    return optax.chain(local, _allreduce(config))
   return local
 
 
-@dataclasses.dataclass(frozen=True)
-class Traffic:
-  """What each step sends, as the library's message layout says.
+def _allreduce(config) -> optax.GradientTransformationExtraArgs:
+  return ald.allreduce(overlap=config.overlap, every=config.gossip_every)
 
-  Attributes:
-    message_bytes: one message: the buffer a worker sends along one active
-      matching (gossip, AL-DSGD) or all-reduces (allreduce); 0 for local.
-    sent: ``sent(step)`` is the ``(n,)`` bytes each worker sends at ``step``.
-    parts: the ``ppermute`` sizes one active matching's message is sent in
-      (they add up to ``message_bytes``; AL-DSGD on several matchings per
-      step sends its loss and health flag first); empty where nothing is
-      ppermuted (allreduce, local).
+
+def traffic(config, tx, params) -> ald.Traffic:
+  """What one step of ``tx`` (`build_optimizer`'s) sends, on stacked ``params``.
+
+  ``jax_aldsgd.traffic`` of the optimizer; for allreduce, of its all-reduce,
+  since the chain of local SGD and all-reduce does not say what it sends.
   """
-
-  message_bytes: int
-  sent: Callable[[int], np.ndarray]
-  parts: tuple[int, ...] = ()
-
-  @classmethod
-  def of(cls, config, schedule, params) -> Traffic:
-    """The traffic of the config's method on stacked ``params``."""
-    one_worker = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params
-    )
-    n = config.num_workers
-    schedule = exchanged_schedule(config, schedule)
-    compressor = build_compressor(config)
-    leader = config.mixing == "adjacent_leader"
-    parts = None  # one ppermute of the whole message per matching
-    if compressor is not None:
-      message = ald.choco_message_bytes(one_worker, compressor, with_loss=leader)
-    elif leader:
-      message = ald.adjacent_leader_message_bytes(one_worker)
-      parts = ald.adjacent_leader_message_parts(one_worker, schedule)
-    elif config.mixing == "gossip":
-      message = ald.gossip_message_bytes(
-        one_worker, skip_nonfinite=config.skip_nonfinite, delay=config.delay
-      )
-    elif config.mixing == "allreduce":
-      every_step = np.full(n, ald.allreduce_bytes(n, one_worker))
-      return cls(ald.gossip_message_bytes(one_worker), lambda step: every_step)
-    else:
-      return cls(0, lambda step: np.zeros(n))
-    return cls(
-      message, lambda step: schedule.sent_bytes(step, message), parts or (message,)
-    )
+  one_worker = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params
+  )
+  if config.mixing == "allreduce":
+    tx = _allreduce(config)
+  return ald.traffic(tx, one_worker, num_workers=config.num_workers)

@@ -183,7 +183,7 @@ def train_epoch(
   for step_in_epoch in range(progress.step - epoch * steps_per_epoch, steps_per_epoch):
     state, metrics = p_train_step(state, feed(epoch, step_in_epoch))
     progress.bytes_sent = (
-      np.asarray(progress.bytes_sent) + traffic.sent(progress.step)
+      np.asarray(progress.bytes_sent) + traffic.sent_bytes(progress.step)
     ).tolist()
     progress.step += 1
     if bar is not None:

@@ -37,12 +37,11 @@ from experiments.cifar import (
 from experiments.cifar import checkpoint as checkpoint_lib
 
 # Names other code imports from here.
-from experiments.cifar.builders import Traffic as Traffic
 from experiments.cifar.builders import build_compressor as build_compressor
 from experiments.cifar.builders import build_optimizer as build_optimizer
 from experiments.cifar.builders import build_schedule as build_schedule
 from experiments.cifar.builders import consensus_lr as consensus_lr
-from experiments.cifar.builders import exchanged_schedule as exchanged_schedule
+from experiments.cifar.builders import traffic as traffic
 from experiments.cifar.loop import TrainingInterrupted as TrainingInterrupted
 from experiments.cifar.validation import validate_config as validate_config
 
@@ -226,7 +225,7 @@ def train_and_evaluate(
     )
   tx = builders.build_optimizer(config, schedule, lr_fn, steps_per_epoch, choco_lr)
   state = create_train_state(config, info, mesh, tx)
-  traffic = builders.Traffic.of(config, schedule, state.params)
+  traffic = builders.traffic(config, tx, state.params)
   p_train_step = jax.jit(
     ald.worker_map(train_step, mesh, workers_per_device=config.workers_per_device),
     donate_argnums=0,

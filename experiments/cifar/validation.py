@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import jax_aldsgd as ald
 from experiments.cifar import input_pipeline, methods, models
 
 TOPOLOGIES = ("paper", "ring", "torus", "exponential", "complete")
@@ -44,48 +45,49 @@ def _real(config, name, low, high=None, low_open=False):
 
 
 def _check_method(config) -> None:
-  """The method fields: valid, named by config.method, and fitting together."""
+  """The method fields: valid, fitting together and with the options (the
+  library's table, `jax_aldsgd.check_options`), and named by config.method."""
   _choice(config, "mixing", methods.MIXINGS)
   _choice(config, "schedule", methods.SCHEDULES)
   _choice(config, "compressor", methods.COMPRESSORS)
-  scheduled = config.mixing in methods.SCHEDULED
-  if scheduled == (config.schedule == "none"):
+  if (config.mixing in methods.SCHEDULED) == (config.schedule == "none"):
     raise ValueError(
       f"config.schedule={config.schedule!r} does not fit "
       f"config.mixing={config.mixing!r}: gossip and adjacent_leader need a "
       "schedule (full, alternating or matcha), allreduce and local take 'none'."
     )
-  if not scheduled and config.compressor != "none":
-    raise ValueError(
-      f"config.compressor={config.compressor!r} compresses gossip; "
-      f"config.mixing={config.mixing!r} has no gossip to compress: leave "
-      "config.compressor at 'none'."
+  if config.mixing == "local":  # no communication, so none of its options
+    for name, default in (
+      ("compressor", "none"),
+      ("delay", 0),
+      ("overlap", False),
+      ("gossip_every", 1),
+      ("skip_nonfinite", False),
+    ):
+      if config[name] != default:
+        raise ValueError(
+          f"config.{name}={config[name]!r} is an option of the communication, "
+          f"and config.mixing='local' does not communicate; leave it at "
+          f"{default!r}."
+        )
+  else:
+    ald.check_options(
+      config.mixing,
+      compressor=None if config.compressor == "none" else config.compressor,
+      delay=config.delay,
+      overlap=config.overlap,
+      every=config.gossip_every,
+      skip_nonfinite=config.skip_nonfinite,
     )
   methods.check(config)
-  for name, default in (("overlap", False), ("gossip_every", 1), ("delay", 0)):
-    if not scheduled and config[name] != default:
-      raise ValueError(
-        f"config.{name}={config[name]!r} applies to the gossip methods only, not "
-        f"to config.mixing={config.mixing!r}; leave it at {default!r}."
-      )
-  if config.delay and config.compressor != "none":
-    raise ValueError(
-      f"config.delay={config.delay!r} is not available for "
-      f"config.compressor={config.compressor!r}: compressed gossip keeps public "
-      "copies, not push-sum weights; use delay without compression."
-    )
-  if config.delay and config.mixing == "adjacent_leader":
-    raise ValueError(
-      f"config.delay={config.delay!r} is not available for AL-DSGD "
-      "(config.mixing='adjacent_leader'): its pull is not mass-conserving, so "
-      "there is no push-sum form to delay; use delay with config.mixing='gossip'."
-    )
 
 
 def validate_config(config) -> None:
   """Checks the fields the trainer reads itself; messages name field and fix.
 
-  The fields passed on to the library (momentum, weight decay, AL-DSGD
+  Which communication options combine is the library's table
+  (`jax_aldsgd.check_options`, asked here before any data loads); the other
+  fields passed on to the library (momentum, weight decay, AL-DSGD
   coefficients, MATCHA budget and seed, workers per device) are checked by its
   factories when the run builds them.
   """
