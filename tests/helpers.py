@@ -1,11 +1,14 @@
 """Shared helpers: a tiny pytree model zoo, runners for jitted worker steps, tiny
-experiment configs and fake data."""
+experiment configs, fake data, compiled HLO, and processes run side by side."""
 
 from __future__ import annotations
 
 import gzip
+import os
 import pathlib
 import re
+import socket
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -238,3 +241,55 @@ def compiled_train_step_hlo(tx, n=8) -> str:
   return (
     jax.jit(ald.worker_map(step, mesh)).lower(params, state, a, b).compile().as_text()
   )
+
+
+# --- Processes run side by side ------------------------------------------------
+
+ROOT = pathlib.Path(__file__).parents[1]
+PROCESS_TIMEOUT = 300
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def fresh_env() -> dict[str, str]:
+  """This environment without the emulated-devices settings of conftest.py."""
+  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
+
+
+def start_processes(commands) -> list[subprocess.Popen]:
+  """Starts every command at once, in the repository root."""
+  return [
+    subprocess.Popen(
+      c,
+      cwd=ROOT,
+      env=fresh_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for c in commands
+  ]
+
+
+def wait_processes(processes, returncode=0) -> list[str]:
+  """Waits for every process; fails with their output unless all return
+  ``returncode``."""
+  outputs = []
+  try:
+    for p in processes:
+      outputs.append(p.communicate(timeout=PROCESS_TIMEOUT)[0])
+  finally:
+    for p in processes:
+      p.kill()
+  for p, out in zip(processes, outputs):
+    assert p.returncode == returncode, out[-3000:]
+  return outputs
+
+
+def run_together(commands) -> list[str]:
+  """Starts all commands at once; waits for all; fails with their output."""
+  return wait_processes(start_processes(commands))

@@ -1,10 +1,7 @@
-"""Multi-process runs (JAX's multi-controller runtime, CPU collectives on loopback)."""
+"""The experiment runner across processes (JAX's multi-controller runtime, CPU
+collectives on loopback)."""
 
-import os
-import pathlib
 import signal
-import socket
-import subprocess
 import sys
 import time
 
@@ -12,72 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+from experiments.cifar import report, train
 from tests import helpers
-
-ROOT = pathlib.Path(__file__).parents[1]
-TIMEOUT = 300
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _env():
-  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
-
-
-def _start(commands):
-  return [
-    subprocess.Popen(
-      c,
-      cwd=ROOT,
-      env=_env(),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for c in commands
-  ]
-
-
-def _wait(processes, returncode=0):
-  """Waits for every process; fails with their output unless all return
-  ``returncode``."""
-  outputs = []
-  try:
-    for p in processes:
-      outputs.append(p.communicate(timeout=TIMEOUT)[0])
-  finally:
-    for p in processes:
-      p.kill()
-  for p, out in zip(processes, outputs):
-    assert p.returncode == returncode, out[-3000:]
-  return outputs
-
-
-def _run_together(commands):
-  """Starts all commands at once; waits for all; fails with their output."""
-  return _wait(_start(commands))
-
-
-@pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
-  """2 processes x 4 devices give the same parameters as 1 process x 8."""
-  job = str(ROOT / "tests" / "multihost_job.py")
-  port = _free_port()
-  _run_together(
-    [
-      [sys.executable, job, str(i), "2", str(port), str(tmp_path / "two")]
-      for i in range(2)
-    ]
-  )
-  _run_together([[sys.executable, job, "0", "1", "0", str(tmp_path / "one")]])
-  two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
-  for method in ("dsgd", "aldsgd"):
-    assert np.isfinite(one[method]).all()
-    np.testing.assert_array_equal(two[method], one[method])
 
 
 @pytest.mark.slow
@@ -93,8 +26,6 @@ def test_experiment_runner_across_two_processes(tmp_path, method):
   both at the same step (it becomes a SIGTERM, which JAX's preemption service
   turns into a sync point); rerun, the run equals the one-process run, per
   worker bit for bit. Only process 0 writes metrics."""
-  from experiments.cifar import report, train  # the trainer's test only
-
   data = helpers.fake_fashion_mnist(tmp_path / "data")
   common = [
     "-m",
@@ -119,20 +50,20 @@ def test_experiment_runner_across_two_processes(tmp_path, method):
     ]
     for i in range(2)
   ]
-  processes = _start(two_processes(_free_port()))
+  processes = helpers.start_processes(two_processes(helpers.free_port()))
   log = report.MetricsLog(tmp_path / "two" / "metrics.jsonl")
   while not log.read():  # the first epoch is done; 3 to go
-    assert all(p.poll() is None for p in processes), _wait(processes)
+    assert all(p.poll() is None for p in processes), helpers.wait_processes(processes)
     time.sleep(0.05)
   processes[1].send_signal(signal.SIGINT)
-  outputs = _wait(processes, returncode=128 + signal.SIGTERM)
+  outputs = helpers.wait_processes(processes, returncode=128 + signal.SIGTERM)
   stopped = [
     int(out.split("training stopped at step ")[1].split()[0]) for out in outputs
   ]
   assert stopped[0] == stopped[1], outputs
   assert 16 <= stopped[0] < 64, stopped  # 16 steps per epoch
-  _run_together(two_processes(_free_port()))
-  _run_together([[sys.executable, *common, f"--workdir={tmp_path / 'one'}"]])
+  helpers.run_together(two_processes(helpers.free_port()))
+  helpers.run_together([[sys.executable, *common, f"--workdir={tmp_path / 'one'}"]])
   one = report.MetricsLog(tmp_path / "one" / "metrics.jsonl").read()
   two = report.MetricsLog(tmp_path / "two" / "metrics.jsonl").read()
   assert len(one) == len(two) == 4

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-README = pathlib.Path(__file__).parents[1] / "README.md"
+README = pathlib.Path(__file__).parents[2] / "README.md"
 
 
 def test_quick_example_runs_as_written():

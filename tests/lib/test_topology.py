@@ -10,7 +10,7 @@ import pytest
 import jax_aldsgd as ald
 from jax_aldsgd import topologies as T
 
-PAPER_GRAPHS = pathlib.Path(__file__).parents[1] / "jax_aldsgd" / "paper_graphs.json"
+PAPER_GRAPHS = pathlib.Path(__file__).parents[2] / "jax_aldsgd" / "paper_graphs.json"
 
 
 def _is_matching(matching):

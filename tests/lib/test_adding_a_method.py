@@ -16,7 +16,7 @@ from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 from tests import helpers
 
-GUIDE = pathlib.Path(__file__).parent.parent / "docs" / "adding_a_method.md"
+GUIDE = pathlib.Path(__file__).parents[2] / "docs" / "adding_a_method.md"
 
 
 def _guide_namespace():

@@ -18,7 +18,7 @@ from jax_aldsgd import _compat
 from jax_aldsgd import compressors as C
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
-from tests.test_directed import Shifts
+from tests.lib.test_directed import Shifts
 
 
 def test_star_import_works():
@@ -198,5 +198,5 @@ def test_compressed_init_inside_the_mapped_function(make):
 
 
 def test_the_docs_show_the_table():
-  algorithm = pathlib.Path(__file__).parent.parent / "docs" / "algorithm.md"
+  algorithm = pathlib.Path(__file__).parents[2] / "docs" / "algorithm.md"
   assert ald.compatibility_table() in algorithm.read_text()

@@ -1,7 +1,6 @@
 """The benchmark's byte accounting against the compiled HLO, and its quick mode."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ from experiments import benchmark
 from jax_aldsgd import _plan
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
+from tests import helpers
 
 
 def _compiled_gossip_hlo(schedule, transform, size=37):
@@ -92,11 +92,10 @@ def test_one_matching_per_step_sends_adjacent_leaders_message_whole():
 
 def _run_benchmark(out, *flags):
   """``python -m experiments.benchmark FLAGS --json OUT`` in a fresh process."""
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
   result = subprocess.run(
     [sys.executable, "-m", "experiments.benchmark", *flags, "--json", str(out)],
-    cwd=os.path.dirname(os.path.dirname(__file__)),
-    env=env,
+    cwd=helpers.ROOT,
+    env=helpers.fresh_env(),
     capture_output=True,
     text=True,
     timeout=600,

@@ -107,9 +107,7 @@ def test_one_switch_per_message_sending_exactly_the_active_matchings(kind, trans
   # One permute per (pattern, active slot): nothing else communicates. AL-DSGD
   # on several active slots per step sends two per slot: its ranks, then the
   # parameters.
-  times = (
-    2 if transform == "aldsgd" and not _plan.one_slot_per_step(schedule) else 1
-  )
+  times = 2 if transform == "aldsgd" and not _plan.one_slot_per_step(schedule) else 1
   want = sorted(
     sorted(_slot_pairs(schedule, s))
     for active in group.patterns

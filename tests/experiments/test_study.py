@@ -246,7 +246,7 @@ def test_report_json_writes_null_for_numbers_that_do_not_exist(tmp_path):
 def test_the_committed_study_json_is_strict_json():
   import pathlib
 
-  results = pathlib.Path(__file__).parents[1] / "experiments" / "results"
+  results = pathlib.Path(__file__).parents[2] / "experiments" / "results"
   for name in ("study.json", "compression.json", "overlap.json"):
     _strict_json((results / name).read_text())
 
