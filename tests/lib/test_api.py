@@ -50,6 +50,13 @@ _FACTORIES = dict(
   gossip=lambda **o: ald.gossip(o.pop("schedule", _SCHEDULE), **o),
   adjacent_leader=lambda **o: ald.adjacent_leader(o.pop("schedule", _SCHEDULE), **o),
   allreduce=lambda **o: ald.allreduce(**o),
+  quasi_global_momentum=lambda **o: ald.quasi_global_momentum(
+    0.1, o.pop("schedule", _SCHEDULE), **o
+  ),
+  d2_gossip=lambda **o: ald.d2_gossip(o.pop("schedule", _SCHEDULE), **o),
+  tracking_gossip=lambda **o: ald.tracking_gossip(
+    0.1, o.pop("schedule", _SCHEDULE), **o
+  ),
 )
 
 
