@@ -16,6 +16,8 @@ import numpy as np
 import optax
 
 import jax_aldsgd as ald
+from jax_aldsgd import schedules as S
+from jax_aldsgd import topologies as T
 from tests import reference
 
 
@@ -56,6 +58,42 @@ def mix_once(transform, x_hat, losses, step, mesh):
   return jax.jit(ald.worker_map(f, mesh))(
     x_hat, jnp.asarray(losses, jnp.float32), jnp.full((n,), step, jnp.int32)
   )
+
+
+def random_topology(rng, n):
+  """A random graph on ``n`` workers (maybe disconnected) with >= 2 matchings."""
+  while True:
+    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < 0.45]
+    if edges:
+      topology = T.from_edges(n, edges, allow_disconnected=True)
+      if topology.num_matchings >= 2:
+        return topology
+
+
+def random_schedule(rng, topology, kind):
+  """A schedule of ``kind`` (full, alternating, matcha, explicit) with random
+  parameters on ``topology``."""
+  if kind == "full":
+    return S.full(topology)
+  if kind == "alternating":
+    return S.alternating(topology)
+  if kind == "matcha":
+    return S.matcha(
+      topology, budget=float(rng.uniform(0.2, 0.9)), seed=int(rng.integers(1000))
+    )
+  if kind == "explicit":
+    pattern = [
+      set(np.flatnonzero(rng.random(topology.num_matchings) < 0.5).tolist())
+      for _ in range(3)
+    ]
+    return S.explicit(topology, pattern, neighbor_weight=float(rng.uniform(0.1, 0.4)))
+  raise ValueError(kind)
+
+
+def rotation(seed):
+  """Rotating paper graphs 1 and 0 with a MATCHA, a full and an alternating child."""
+  g0, g1 = T.paper_graph(0), T.paper_graph(1)
+  return S.rotating([S.matcha(g1, 0.5, seed=seed), S.full(g0), S.alternating(g1)])
 
 
 def flat_dim(shapes):

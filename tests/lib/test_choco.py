@@ -58,15 +58,6 @@ def _mixer(tx, mesh):
   return jax.jit(ald.worker_map(f, mesh))
 
 
-def _random_topology(rng, n):
-  while True:
-    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < 0.45]
-    if edges:
-      topology = T.from_edges(n, edges, allow_disconnected=True)
-      if topology.num_matchings >= 2:
-        return topology
-
-
 def _schedule(rng, kind):
   if kind == "rotating":
     return S.rotating(
@@ -76,7 +67,7 @@ def _schedule(rng, kind):
         S.alternating(HEX),
       ]
     )
-  topology = _random_topology(rng, int(rng.integers(5, 8)))
+  topology = helpers.random_topology(rng, int(rng.integers(5, 8)))
   if kind == "full":
     return S.full(topology)
   if kind == "alternating":

@@ -1,9 +1,8 @@
-"""adjacent_leader and gossip against the NumPy reference, test vectors, invariants."""
+"""adjacent_leader (AL-DSGD) against the NumPy reference, test vectors, invariants."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import jax_aldsgd as ald
@@ -30,12 +29,6 @@ def test_vectors_case_a():
     [1.931429, 1.411429, 2.482857, 2.897143, 3.588571, 3.068571, 6.102857, 6.517143],
     atol=1e-5,
   )
-  got = helpers.mix_once(ald.gossip(schedule), X_HAT, LOSSES, 0, mesh)
-  np.testing.assert_allclose(
-    np.ravel(got),
-    [1.142857, 2.142857, 2.285714, 2.714286, 2.857143, 3.857143, 6.285714, 6.714286],
-    atol=1e-5,
-  )
 
 
 def test_vectors_case_b():
@@ -52,33 +45,6 @@ def test_vectors_case_b():
   )
 
 
-def _random_schedule(rng, topology, kind):
-  if kind == "full":
-    return S.full(topology)
-  if kind == "alternating":
-    return S.alternating(topology)
-  if kind == "matcha":
-    return S.matcha(
-      topology, budget=float(rng.uniform(0.2, 0.9)), seed=int(rng.integers(1000))
-    )
-  if kind == "explicit":
-    pattern = [
-      set(np.flatnonzero(rng.random(topology.num_matchings) < 0.5).tolist())
-      for _ in range(3)
-    ]
-    return S.explicit(topology, pattern, neighbor_weight=float(rng.uniform(0.1, 0.4)))
-  raise ValueError(kind)
-
-
-def _random_topology(rng, n):
-  while True:
-    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if rng.random() < 0.45]
-    if edges:
-      topology = T.from_edges(n, edges, allow_disconnected=True)
-      if topology.num_matchings >= 2:
-        return topology
-
-
 @pytest.mark.parametrize(
   "seed,kind", [(0, "full"), (1, "alternating"), (2, "matcha"), (3, "explicit")]
 )
@@ -87,11 +53,9 @@ def test_single_step_matches_reference_on_random_graphs(seed, kind):
   rng = np.random.default_rng(seed)
   n = int(rng.integers(5, 11))
   mesh = ald.worker_mesh(n)
-  topology = _random_topology(rng, n)
-  schedule = _random_schedule(rng, topology, kind)
+  schedule = helpers.random_schedule(rng, helpers.random_topology(rng, n), kind)
   coefficients = dict(c1=0.25, c2=0.15, p1=0.3, p2=0.1)
   leader = ald.adjacent_leader(schedule, **coefficients)
-  plain = ald.gossip(schedule)
   dim = helpers.flat_dim(helpers.SHAPES)
   for step in rng.integers(0, 50, size=4):
     x_hat = rng.normal(size=(n, dim))
@@ -105,16 +69,6 @@ def test_single_step_matches_reference_on_random_graphs(seed, kind):
       x_hat, losses, matchings, active, weights, **coefficients
     )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    got = helpers.flatten(
-      helpers.mix_once(plain, tree, losses, int(step), mesh), helpers.SHAPES
-    )
-    want = reference.gossip(x_hat, matchings, active, weights)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-def _rotation(seed):
-  g0, g1 = T.paper_graph(0), T.paper_graph(1)
-  return S.rotating([S.matcha(g1, 0.5, seed=seed), S.full(g0), S.alternating(g1)])
 
 
 @pytest.mark.parametrize("pull_every", [1, 2])
@@ -124,7 +78,7 @@ def test_aldsgd_rotating_multistep_matches_reference(pull_every):
   n, dim = 8, helpers.flat_dim(helpers.SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
-  schedule = _rotation(seed=pull_every)
+  schedule = helpers.rotation(seed=pull_every)
   tx = ald.aldsgd(
     0.1, schedule, weight_decay=5e-4, pull_every=pull_every, **COEFFICIENTS
   )
@@ -141,24 +95,11 @@ def test_aldsgd_rotating_multistep_matches_reference(pull_every):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_dsgd_rotating_multistep_matches_reference():
-  rng = np.random.default_rng(7)
-  n, dim = 8, helpers.flat_dim(helpers.SHAPES)
-  problem = reference.Quadratic(rng, n, dim)
-  x0 = rng.normal(size=(n, dim))
-  schedule = _rotation(seed=11)
-  got, _, _ = helpers.run(
-    ald.dsgd(0.1, schedule, weight_decay=5e-4), x0, problem, 9, ald.worker_mesh(n)
-  )
-  want = helpers.reference_run(x0, problem, 9, schedule, lr=0.1, weight_decay=5e-4)
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-
-
 def test_steps_do_not_recompile():
   rng = np.random.default_rng(0)
   n, dim = 8, helpers.flat_dim(helpers.SHAPES)
   problem = reference.Quadratic(rng, n, dim)
-  tx = ald.aldsgd(0.05, _rotation(seed=3))
+  tx = ald.aldsgd(0.05, helpers.rotation(seed=3))
   _, _, step = helpers.run(
     tx, rng.normal(size=(n, dim)), problem, 7, ald.worker_mesh(n)
   )
@@ -169,45 +110,19 @@ def test_steps_do_not_recompile():
 # Invariants.
 
 
-def test_gossip_preserves_mean_and_aldsgd_does_not():
+def test_aldsgd_does_not_preserve_mean():
+  """Unlike gossip (test_gossip.py), the pull toward the leaders moves the mean."""
   rng = np.random.default_rng(1)
-  topology = _random_topology(rng, 8)
-  schedule = S.full(topology)
+  schedule = S.full(helpers.random_topology(rng, 8))
   x_hat = rng.normal(size=(8, helpers.flat_dim(helpers.SHAPES)))
   tree = helpers.unflatten(x_hat, helpers.SHAPES)
-  losses = rng.random(8)
-  mesh = ald.worker_mesh(8)
-  mixed = helpers.flatten(
-    helpers.mix_once(ald.gossip(schedule), tree, losses, 0, mesh), helpers.SHAPES
-  )
-  np.testing.assert_allclose(mixed.mean(0), x_hat.mean(0), atol=1e-5)
-  assert np.abs(mixed - x_hat).max() > 1e-2  # it did mix
   pulled = helpers.flatten(
-    helpers.mix_once(ald.adjacent_leader(schedule), tree, losses, 0, mesh),
+    helpers.mix_once(
+      ald.adjacent_leader(schedule), tree, rng.random(8), 0, ald.worker_mesh(8)
+    ),
     helpers.SHAPES,
   )
   assert np.abs(pulled.mean(0) - x_hat.mean(0)).max() > 1e-3
-
-
-def test_complete_graph_with_uniform_weight_equals_allreduce():
-  n = 6
-  rng = np.random.default_rng(2)
-  x_hat = rng.normal(size=(n, helpers.flat_dim(helpers.SHAPES)))
-  tree = helpers.unflatten(x_hat, helpers.SHAPES)
-  mesh = ald.worker_mesh(n)
-  schedule = S.full(T.complete(n), neighbor_weight=1 / n)
-  mixed = helpers.mix_once(ald.gossip(schedule), tree, np.zeros(n), 0, mesh)
-  averaged = helpers.mix_once(ald.allreduce(), tree, np.zeros(n), 0, mesh)
-  np.testing.assert_allclose(
-    helpers.flatten(mixed, helpers.SHAPES),
-    helpers.flatten(averaged, helpers.SHAPES),
-    atol=1e-6,
-  )
-  np.testing.assert_allclose(
-    helpers.flatten(averaged, helpers.SHAPES),
-    np.broadcast_to(x_hat.mean(0), x_hat.shape),
-    atol=1e-6,
-  )
 
 
 def test_zero_coefficients_equal_gossip():
@@ -215,7 +130,7 @@ def test_zero_coefficients_equal_gossip():
   n, dim = 8, helpers.flat_dim(helpers.SHAPES)
   problem = reference.Quadratic(rng, n, dim)
   x0 = rng.normal(size=(n, dim))
-  schedule = _rotation(seed=5)
+  schedule = helpers.rotation(seed=5)
   mesh = ald.worker_mesh(n)
   zero = dict(c1=0.0, c2=0.0, p1=0.0, p2=0.0)
   got, _, _ = helpers.run(ald.aldsgd(0.1, schedule, **zero), x0, problem, 5, mesh)
@@ -248,37 +163,11 @@ def test_empty_active_set_leaves_x_hat_unchanged():
   tree = helpers.unflatten(x_hat, helpers.SHAPES)
   schedule = S.explicit(T.paper_graph(0), [set()])
   mesh = ald.worker_mesh(8)
-  for transform in (ald.gossip(schedule), ald.adjacent_leader(schedule)):
-    got = helpers.flatten(
-      helpers.mix_once(transform, tree, rng.random(8), 0, mesh), helpers.SHAPES
-    )
-    np.testing.assert_array_equal(got, np.asarray(x_hat, np.float32))
-
-
-def test_ring_consensus_rate_matches_spectral_gap():
-  """||x_k - mean|| shrinks by max_j |1 - alpha lambda_j| per step on a ring."""
-  n, steps = 10, 30
-  schedule = S.full(T.ring(n))
-  alpha = schedule.neighbor_weight[0]
-  eigenvalues = 2 - 2 * np.cos(2 * np.pi * np.arange(1, n) / n)  # ring Laplacian
-  rate = np.max(np.abs(1 - alpha * eigenvalues))
-  tx = ald.gossip(schedule)
-  mesh = ald.worker_mesh(n)
-  x = {"w": jnp.asarray(np.random.default_rng(6).normal(size=(n, 4)), jnp.float32)}
-
-  def step(params, state):
-    updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
-    return optax.apply_updates(params, updates), state
-
-  step = jax.jit(ald.worker_map(step, mesh))
-  state = jax.jit(ald.worker_map(tx.init, mesh))(x)
-  distances = []
-  for _ in range(steps):
-    w = np.asarray(x["w"], np.float64)
-    distances.append(np.linalg.norm(w - w.mean(0)))
-    x, state = step(x, state)
-  observed = (distances[-1] / distances[10]) ** (1 / (steps - 11))
-  assert abs(observed - rate) < 0.01, (observed, rate)
+  got = helpers.flatten(
+    helpers.mix_once(ald.adjacent_leader(schedule), tree, rng.random(8), 0, mesh),
+    helpers.SHAPES,
+  )
+  np.testing.assert_array_equal(got, np.asarray(x_hat, np.float32))
 
 
 def test_value_is_an_alias_of_loss():
