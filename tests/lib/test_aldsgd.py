@@ -95,17 +95,6 @@ def test_aldsgd_rotating_multistep_matches_reference(pull_every):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_steps_do_not_recompile():
-  rng = np.random.default_rng(0)
-  n, dim = 8, helpers.flat_dim(helpers.SHAPES)
-  problem = reference.Quadratic(rng, n, dim)
-  tx = ald.aldsgd(0.05, helpers.rotation(seed=3))
-  _, _, step = helpers.run(
-    tx, rng.normal(size=(n, dim)), problem, 7, ald.worker_mesh(n)
-  )
-  assert step._cache_size() == 1
-
-
 # ----------------------------------------------------------------------------
 # Invariants.
 

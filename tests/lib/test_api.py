@@ -7,7 +7,6 @@ import itertools
 import pathlib
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -172,36 +171,6 @@ def test_traffic_of_every_and_allreduce():
     network.traffic_time(leader, 0),
     network.gossip_time(_SCHEDULE, 0, 184) + 2 * 1e-3,
   )
-
-
-@pytest.mark.parametrize(
-  "make",
-  [
-    lambda: ald.adjacent_leader(ALTERNATING, compressor=C.identity()),
-    lambda: ald.gossip(ALTERNATING, compressor=C.top_k(0.5), consensus_lr=0.5),
-    lambda: ald.adjacent_leader(_SCHEDULE, compressor=C.top_k(0.5)),
-  ],
-)
-def test_compressed_init_inside_the_mapped_function(make):
-  """``init`` in the same ``shard_map`` as ``update`` (it failed on non-full)."""
-  tx = optax.chain(optax.sgd(0.1), make())
-  mesh = ald.worker_mesh(8)
-
-  def init_and_step(x, loss):
-    state = tx.init(x)
-    updates, _ = tx.update(x, state, x, loss=loss)
-    return optax.apply_updates(x, updates)
-
-  x = jax.random.normal(jax.random.key(0), (8, 5))
-  got = jax.jit(ald.worker_map(init_and_step, mesh))(x, jnp.arange(8.0))
-  state = jax.jit(ald.worker_map(tx.init, mesh))(x)
-
-  def step(x, state, loss):
-    updates, _ = tx.update(x, state, x, loss=loss)
-    return optax.apply_updates(x, updates)
-
-  want = jax.jit(ald.worker_map(step, mesh))(x, state, jnp.arange(8.0))
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_the_docs_show_the_table():

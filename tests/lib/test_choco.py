@@ -328,42 +328,7 @@ def test_hlo_permutes_carry_the_compressed_message(compressor, expected):
 
 
 # ----------------------------------------------------------------------------
-# Layouts, tuning, bad input.
-
-
-def test_two_workers_per_device_equal_one():
-  """The two-buffer form (through `fold`) under 2 workers per device.
-
-  test_conformance's ``aldsgd_choco`` row checks the per-slot form
-  (`fold_messages`) under 2 and 4 workers per device.
-  """
-  rng = np.random.default_rng(3)
-  n, dim = 6, helpers.flat_dim(SHAPES)
-  problem = reference.Quadratic(rng, n, dim)
-  x0 = rng.normal(size=(n, dim))
-  tx = ald.dsgd(0.05, S.full(HEX), compressor=C.random_k(0.3, seed=2), consensus_lr=0.5)
-  loss_fn = helpers.quadratic_loss_fn(SHAPES)
-
-  def step(params, state, a, b):
-    loss, grads = jax.value_and_grad(loss_fn)(params, a, b)
-    updates, state = tx.update(grads, state, params, loss=loss)
-    return optax.apply_updates(params, updates), state
-
-  results = []
-  for per_device in (1, 2):
-    mesh = ald.worker_mesh(n, workers_per_device=per_device)
-    mapped = jax.jit(ald.worker_map(step, mesh, workers_per_device=per_device))
-    params = ald.shard_workers(helpers.unflatten(x0, SHAPES), mesh)
-    state = jax.jit(ald.worker_map(tx.init, mesh, workers_per_device=per_device))(
-      params
-    )
-    a = ald.shard_workers(jnp.asarray(problem.a, jnp.float32), mesh)
-    b = ald.shard_workers(jnp.asarray(problem.b, jnp.float32), mesh)
-    for _ in range(6):
-      params, state = mapped(params, state, a, b)
-    results.append(helpers.flatten(params, SHAPES))
-  # To float32 rounding: XLA may contract a multiply-add differently.
-  np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-6)
+# Tuning, bad input.
 
 
 def test_tune_consensus_lr():

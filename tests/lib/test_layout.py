@@ -1,4 +1,9 @@
-"""Several workers per device: the same results as one worker per device."""
+"""Several workers per device: 64 workers on 8 devices against the NumPy reference,
+the block plan's rounds and their HLO, and the layout errors.
+
+That every transform gives the same result under 2 and 4 workers per device
+as under one is a property of test_conformance.py's table.
+"""
 
 import re
 
@@ -15,17 +20,6 @@ from jax_aldsgd import topologies as T
 from tests import helpers, reference
 
 COEFFICIENTS = dict(c1=0.3, c2=0.1, p1=0.2, p2=0.2)
-
-
-def _paper16():
-  """The reference's 16-node graphs, rotated, with every schedule kind."""
-  return S.rotating(
-    [
-      S.matcha(T.paper_graph(11), 0.5, seed=2),
-      S.full(T.paper_graph(10)),
-      S.alternating(T.paper_graph(12)),
-    ]
-  )
 
 
 def _train(tx_factory, x0, problem, steps, per_device):
@@ -47,37 +41,6 @@ def _train(tx_factory, x0, problem, steps, per_device):
   for _ in range(steps):
     params, state, _ = step(params, state, a, b)
   return helpers.flatten(params, helpers.SHAPES)
-
-
-def _alternating16():
-  return S.rotating(
-    [S.alternating(T.paper_graph(11)), S.alternating(T.paper_graph(10))]
-  )
-
-
-@pytest.mark.parametrize(
-  "method,schedule",
-  [
-    ("dsgd", _paper16),
-    ("aldsgd", _alternating16),  # one active slot per step: no ranks message
-    ("aldsgd", _paper16),  # several: the ranks first, then the parameters
-  ],
-)
-def test_16_workers_on_8_devices_equal_16_on_16(method, schedule):
-  rng = np.random.default_rng(0)
-  n, dim = 16, helpers.flat_dim(helpers.SHAPES)
-  problem = reference.Quadratic(rng, n, dim)
-  x0 = rng.normal(size=(n, dim))
-  schedule = schedule()
-  if method == "aldsgd":
-    factory = lambda: ald.aldsgd(0.05, schedule, momentum=0.5, **COEFFICIENTS)
-  else:
-    factory = lambda: ald.dsgd(0.05, schedule, momentum=0.5)
-  on_16 = _train(factory, x0, problem, 9, per_device=1)
-  on_8 = _train(factory, x0, problem, 9, per_device=2)
-  on_4 = _train(factory, x0, problem, 9, per_device=4)
-  np.testing.assert_array_equal(on_8, on_16)  # bit for bit
-  np.testing.assert_array_equal(on_4, on_16)
 
 
 def test_64_workers_on_8_devices_match_the_reference():
