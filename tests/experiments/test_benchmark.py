@@ -6,6 +6,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -104,21 +105,111 @@ def _run_benchmark(out, *flags):
   return result
 
 
+def _one_worker_params(model, dataset):
+  """One worker's parameters (shapes and dtypes) of the benchmark's model."""
+  from flax import nnx
+
+  from experiments.cifar import input_pipeline, models
+
+  info = input_pipeline.DATASETS[dataset]
+  abstract = nnx.eval_shape(
+    lambda: models.create_model(
+      model,
+      num_classes=info.num_classes,
+      in_channels=info.image_shape[-1],
+      rngs=nnx.Rngs(0),
+    )
+  )
+  return jax.tree.leaves(nnx.state(abstract, nnx.Param))
+
+
+def _bytes_per_worker_step(method, args, params, steps):
+  """Mean bytes a worker sends per step: one message per active matching.
+
+  From the library's message sizes and the schedule's active degrees, not
+  from `jax_aldsgd.traffic` (which the benchmark reports and checks against
+  the HLO).
+  """
+  from experiments.cifar import train
+
+  config = benchmark.make_config(
+    method, args.model, args.workers, args.batch, args.dataset
+  )
+  if config.mixing == "local":
+    return 0.0
+  if config.mixing == "allreduce":
+    return ald.allreduce_bytes(args.workers, params)
+  compressor = train.build_compressor(config)
+  if compressor is not None:
+    message = ald.choco_message_bytes(
+      params, compressor, with_loss=config.mixing == "adjacent_leader"
+    )
+  elif config.mixing == "adjacent_leader":
+    message = ald.adjacent_leader_message_bytes(params)
+  else:
+    message = ald.gossip_message_bytes(
+      params, skip_nonfinite=config.skip_nonfinite, delay=config.delay
+    )
+  schedule = S.every(train.build_schedule(config), config.gossip_every)
+  return message * float(np.mean([schedule.active_degrees(k).mean() for k in steps]))
+
+
+def _check_timings(rows, steps):
+  """Each row's statistics are those of the step times it returns."""
+  local = next(r for r in rows if r["method"] == "local")
+  allreduce = next(r for r in rows if r["method"] == "allreduce")
+  base = np.array(local["times"])
+  for r in rows:
+    times = np.array(r["times"])
+    assert len(times) == steps and (times > 0).all() and r["compile_s"] > 0
+    assert r["step_s"] == np.median(times)
+    assert r["step_p10_s"] <= r["step_s"] <= r["step_p90_s"]
+    assert r["images_per_s"] == pytest.approx(r["workers"] * r["batch"] / r["step_s"])
+    # Paired per round with local SGD's steps, not a ratio of medians.
+    assert r["time_vs_local"] == pytest.approx(np.median(times / base))
+    assert 0 < r["time_vs_local_p10"] <= r["time_vs_local_p90"]
+    overhead = np.median(times - base)
+    assert r["overhead_s"] == pytest.approx(overhead)
+    allreduce_overhead = np.median(np.array(allreduce["times"]) - base)
+    if allreduce_overhead > 0:
+      assert r["overhead_vs_allreduce"] == pytest.approx(overhead / allreduce_overhead)
+    assert r["peak_bytes_per_device"] > 0
+    assert r["extra_memory_param_copies"] == pytest.approx(
+      (r["peak_bytes_per_device"] - local["peak_bytes_per_device"]) / (4 * r["params"])
+    )
+  assert local["time_vs_local"] == 1.0 and local["overhead_s"] == 0.0
+
+
 @pytest.mark.slow
 def test_quick_benchmark_runs(tmp_path):
+  """The quick run's numbers: its bytes are what the library's message sizes
+  and the schedules say, its ratios are those of the times it reports, and
+  its table prints them."""
   out = tmp_path / "bench.json"
   result = _run_benchmark(out, "--quick")
   report = json.loads(out.read_text())
+  args = benchmark._parse(["--quick"])
   methods = [r["method"] for r in report["main"]]
   assert methods == list(benchmark.METHODS) + [
     f"choco:{c}" for c in benchmark.COMPRESSORS
   ]
+  params = _one_worker_params(args.model, args.dataset)
+  num_params = sum(int(np.prod(p.shape)) for p in params)
+  timed = range(args.warmup, args.warmup + args.steps)
   for row in report["main"]:
-    assert row["step_s"] > 0 and row["compile_s"] > 0
-    assert row["peak_bytes_per_device"] > 0
-    assert (row["bytes_per_worker_step"] > 0) == (row["method"] != "local")
+    assert row["params"] == num_params
+    want = _bytes_per_worker_step(row["method"], args, params, timed)
+    assert row["bytes_per_worker_step"] == pytest.approx(want), row["method"]
+    assert (want > 0) == (row["method"] != "local")
+  _check_timings(report["main"], args.steps)
   assert [r[0]["workers"] for r in report["scaling"]] == [4, 8]
-  assert "| aldsgd_dpsgd |" in result.stdout
+  for rows in report["scaling"]:
+    assert [r["method"] for r in rows] == list(benchmark.METHODS)
+    _check_timings(rows, args.steps)
+  for row in report["main"]:  # the printed table shows the JSON's numbers
+    line = f"| {row['method']} | {row['step_s'] * 1e3:.1f} ms |"
+    assert line in result.stdout
+    assert f"{row['time_vs_local']:.3f}x" in result.stdout
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import jax_aldsgd as ald
@@ -127,33 +126,3 @@ def test_missing_params_and_loss():
     )(jnp.ones((4, 3), jnp.int32))
   with pytest.raises(TypeError, match="schedule must be a jax_aldsgd schedule"):
     ald.gossip(T.ring(4))
-
-
-def test_readme_style_training_loop():
-  """The README's quick example in miniature: loss goes down and workers agree."""
-  n = 8
-  mesh = ald.worker_mesh(n)
-  g0, g1 = T.paper_graph(0), T.paper_graph(1)
-  schedule = S.rotating([S.full(g1), S.full(g0)])
-  tx = ald.aldsgd(0.1, schedule)
-  keys = jax.random.split(jax.random.key(0), n)
-  params = jax.vmap(lambda k: {"w": jax.random.normal(k, (4,))})(keys)
-  target = jnp.arange(4.0)
-  data = jax.random.normal(jax.random.key(1), (n, 16, 4))
-
-  def train_step(params, opt_state, x):
-    def loss_fn(p):
-      return jnp.mean((x @ p["w"] - x @ target) ** 2)
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  step = jax.jit(ald.worker_map(train_step, mesh))
-  opt_state = jax.jit(ald.worker_map(tx.init, mesh))(params)
-  first = None
-  for _ in range(100):
-    params, opt_state, loss = step(params, opt_state, data)
-    first = loss if first is None else first
-  assert float(loss.max()) < 1e-3 * float(first.max())
-  np.testing.assert_allclose(params["w"], np.broadcast_to(target, (n, 4)), atol=1e-2)
