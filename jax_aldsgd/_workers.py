@@ -101,6 +101,9 @@ def shared_cond(predicate, true_fn: Callable, false_fn: Callable, operand):
   agree, so here the block's first predicate decides one real conditional whose
   branches run on the device's whole block (vmapped again over `LOCAL_AXIS`).
   """
+  # The branches must agree on which mesh axes each value varies over (state
+  # made next to this call may be invariant; a branch's output is not).
+  operand = varying(operand, _varying_axes(operand))
   if workers_per_device() == 1:
     return lax.cond(predicate, true_fn, false_fn, operand)
 
@@ -122,8 +125,17 @@ def shared_cond(predicate, true_fn: Callable, false_fn: Callable, operand):
   return conditional(predicate, operand)
 
 
-def varying(tree, axis_name: str):
-  """``tree`` with every leaf marked as varying over ``axis_name``.
+def _varying_axes(tree) -> tuple[str, ...]:
+  """The mesh axes some leaf of ``tree`` varies over."""
+  axes = set()
+  for leaf in jax.tree.leaves(tree):
+    manual = getattr(jax.typeof(leaf), "manual_axis_type", None)
+    axes |= set(manual.varying) if manual is not None else set()
+  return tuple(sorted(axes))
+
+
+def varying(tree, axis_name):
+  """``tree`` with every leaf marked as varying over ``axis_name`` (or names).
 
   Under ``jax.shard_map`` a value made inside the mapped function without
   reading per-worker data (an optimizer state's zeros, when ``init`` runs in
@@ -132,10 +144,13 @@ def varying(tree, axis_name: str):
   a per-worker value would then have branches of different types.
   """
 
+  axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+
   def cast(leaf):
     manual = getattr(jax.typeof(leaf), "manual_axis_type", None)
-    if manual is None or axis_name in manual.varying:
+    if manual is None:
       return leaf
-    return lax.pcast(leaf, axis_name, to="varying")
+    missing = tuple(a for a in axes if a not in manual.varying)
+    return lax.pcast(leaf, missing, to="varying") if missing else leaf
 
   return jax.tree.map(cast, tree)

@@ -453,29 +453,13 @@ def test_results_equal_under_several_workers_per_device(row, per_device):
     np.testing.assert_allclose(many, one, rtol=0, atol=row.tolerance)
 
 
-# A library bug: `every_steps`' cond returns the inner state unchanged on the
-# steps in between, but changed (varying over the workers) on communication
-# steps; when ``init`` made that state inside the mapped function (constants,
-# not varying), the two branches' types differ and tracing fails. Rows whose
-# state becomes varying: compressed exchanges with public copies per slot, and
-# push-sum.
-INIT_INSIDE_FAILS = {
-  "every_steps_adapt_while_combine_adjacent_leader_top_k",
-  "gossip_delay_2_every_2",
-}
+# `every_steps`' cond returns the inner state unchanged on the steps in
+# between and changed (varying over the workers) on communication steps; with
+# ``init`` inside the mapped function the state starts invariant, so the
+# compressed (per-slot) and push-sum rows under `every` check that the cond's
+# operand is made varying first (`_workers.shared_cond`).
 INIT_INSIDE = [
-  pytest.param(
-    row,
-    id=row.name,
-    marks=pytest.mark.xfail(
-      row.name in INIT_INSIDE_FAILS,
-      raises=TypeError,
-      strict=True,
-      reason="every_steps: cond branches' types differ (see INIT_INSIDE_FAILS)",
-    ),
-  )
-  for row in ROWS
-  if not row.schedule_variant
+  pytest.param(row, id=row.name) for row in ROWS if not row.schedule_variant
 ]
 
 
