@@ -68,8 +68,18 @@ class Cell:
   # another grid (the same config is then trained once for both).
   shared_with: str | None = None
 
+  @property
+  def preset(self) -> str | None:
+    """The trainer's named preset (the config argument), if the cell names one."""
+    return dict(self.overrides).get("method")
+
   def flags(self) -> list[str]:
-    return [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
+    """The overrides other than the preset, as trainer flags."""
+    return [
+      f"--config.{key}={_flag_value(value)}"
+      for key, value in self.overrides
+      if key != "method"
+    ]
 
 
 def _flag_value(value) -> str:
@@ -236,7 +246,7 @@ def command(grid: Grid, cell: Cell, seed: int, directory: pathlib.Path) -> list[
     sys.executable,
     "-m",
     "experiments.cifar",
-    f"--config={BASE_CONFIG}",
+    f"--config={BASE_CONFIG}" + (f":{cell.preset}" if cell.preset else ""),
     f"--workdir={directory}",
     f"--config.seed={seed}",
     *flags,

@@ -259,3 +259,20 @@ def test_matcha_grids_say_their_intervals_leave_out_the_activation_draw():
   assert "`matcha_0.1`" in study.matcha_note("budgets16")
   assert study.matcha_note("low_degree") is None
   assert study.matcha_note("non_iid") is None
+
+
+@pytest.mark.parametrize("grid", sorted(study.GRIDS))
+def test_every_cell_is_a_config_the_trainer_accepts(grid):
+  """The command's preset and overrides pass the trainer's checks."""
+  from experiments.cifar import train
+
+  for cell in study.GRIDS[grid].cells:
+    command = study.command(study.GRIDS[grid], cell, 1, study.pathlib.Path("/tmp/x"))
+    config_flag = next(a for a in command if a.startswith("--config="))
+    assert config_flag.endswith(f":{cell.preset}") if cell.preset else True
+    config = fashion_mnist.get_config(cell.preset)
+    overrides = dict(study.COMMON + study.GRIDS[grid].settings + cell.overrides)
+    overrides.pop("method", None)
+    config.update(overrides)
+    train.validate_config(config)
+    assert not any(a.startswith("--config.method=") for a in command)
