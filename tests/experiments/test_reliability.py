@@ -18,7 +18,7 @@ from experiments.cifar import input_pipeline, report, train
 from tests import helpers
 from tests.helpers import tiny_config
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 def _clean_env():

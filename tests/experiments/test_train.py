@@ -221,7 +221,7 @@ def test_compare_table_and_plot(tmp_path, capsys):
 def test_two_workers_per_device_matches_one(mock_cifar, tmp_path):
   """8 workers on 4 devices train like 8 workers on 8.
 
-  The exchange is bit-exact across layouts (tests/test_layout.py); a conv net's
+  The exchange is bit-exact across layouts (tests/lib/test_conformance.py); a conv net's
   forward pass under vmap is not, since XLA batches the convolutions of the
   workers that share a device differently (differences ~1e-7 after one epoch).
   """
