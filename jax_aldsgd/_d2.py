@@ -17,7 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jax_aldsgd import _checks, _compat, _fold, _packing, _plan, _traffic, _workers
+from jax_aldsgd import (
+  _checks,
+  _compat,
+  _gossip,
+  _packing,
+  _traffic,
+  _workers,
+)
 from jax_aldsgd._schedules import Schedule, check_schedule
 
 # D²'s analysis needs lambda_min(W) > -1/3 (Tang et al. 2018, assumption 1).
@@ -170,21 +177,9 @@ def d2_gossip(
     )
     x_half = jax.tree.map(jnp.add, params, step)
     buffer, unpack = _packing.pack(x_half)
-    near = _plan.neighborhood(schedule, state.count, me, buffer.dtype)
-
-    # W x_half - x_half = alpha sum_{s present} (x_half_partner - x_half), as gossip.
-    def combine(total, received, present, own):
-      return total + jnp.where(present, received - own, 0)
-
-    delta = near.weight * _fold.fold(
-      buffer,
-      schedule=schedule,
-      step=state.count,
-      axis_name=axis_name,
-      combine=combine,
-      start=jnp.zeros_like,
-      per_slot=near.present,
-      common=buffer,
+    # W b - b, b the packed message (the gossip rule, `_gossip.mix`).
+    delta, _ = _gossip.mix(
+      buffer, schedule=schedule, step=state.count, me=me, axis_name=axis_name
     )
     delta_tree, _ = unpack(delta)
     new_updates = jax.tree.map(lambda v, d: (v + d).astype(v.dtype), step, delta_tree)

@@ -56,6 +56,37 @@ def gossip_traffic(schedule: Schedule, message_bytes: int) -> _traffic.Traffic:
   )
 
 
+def mix(buffer, *, schedule, step, me, axis_name, skip_nonfinite=False):
+  """``(W_k b - b, neighborhood)`` for this worker's packed buffer ``b``.
+
+  The gossip rule, written once: ``alpha sum_{s present} (b_{j_s} - b)`` over
+  the step's active slots (every method that mixes with ``W_k`` calls it). The
+  fold only adds differences and alpha multiplies once: no multiply-add for XLA
+  to contract into an FMA in one device layout and not in another. With
+  ``skip_nonfinite`` the buffer carries a health flag (``pack(health=True)``)
+  and unhealthy neighbors are left out.
+  """
+  near = _plan.neighborhood(schedule, step, me, buffer.dtype)
+
+  def combine(total, received, present, own):
+    use = present
+    if skip_nonfinite:
+      use = use & _packing.buffer_healthy(received)
+    return total + jnp.where(use, received - own, 0)
+
+  total = _fold.fold(
+    buffer,
+    schedule=schedule,
+    step=step,
+    axis_name=axis_name,
+    combine=combine,
+    start=jnp.zeros_like,
+    per_slot=near.present,
+    common=buffer,
+  )
+  return near.weight * total, near
+
+
 def plain_gossip(
   schedule: Schedule, axis_name: str, skip_nonfinite: bool
 ) -> optax.GradientTransformationExtraArgs:
@@ -72,26 +103,13 @@ def plain_gossip(
     x_hat = jax.tree.map(jnp.add, params, updates)
     # With skip_nonfinite, a health flag travels with the parameters.
     buffer, unpack = _packing.pack(x_hat, health=skip_nonfinite)
-    near = _plan.neighborhood(schedule, state.count, me, buffer.dtype)
-
-    # v - x_hat = alpha sum_{s present} (x_hat_partner - x_hat). The fold only adds
-    # differences and alpha multiplies once: no multiply-add for XLA to contract
-    # into an FMA in one device layout and not in another.
-    def combine(total, received, present, own):
-      use = present
-      if skip_nonfinite:
-        use = use & _packing.buffer_healthy(received)
-      return total + jnp.where(use, received - own, 0)
-
-    delta = near.weight * _fold.fold(
+    delta, _ = mix(
       buffer,
       schedule=schedule,
       step=state.count,
+      me=me,
       axis_name=axis_name,
-      combine=combine,
-      start=jnp.zeros_like,
-      per_slot=near.present,
-      common=buffer,
+      skip_nonfinite=skip_nonfinite,
     )
     delta_tree, _ = unpack(delta)
     new_updates = jax.tree.map(

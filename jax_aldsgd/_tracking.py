@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_aldsgd import _checks, _compat, _fold, _packing, _plan, _traffic, _workers
+from jax_aldsgd import (
+  _checks,
+  _compat,
+  _gossip,
+  _packing,
+  _traffic,
+  _workers,
+)
 from jax_aldsgd._schedules import Schedule, check_schedule
 
 
@@ -132,20 +139,9 @@ def tracking_gossip(
 
     # One message carries both: W [x, y] - [x, y] = alpha sum_s (partner - own).
     message, unpack = _packing.pack((params, tracker))
-    near = _plan.neighborhood(schedule, state.count, me, message.dtype)
-
-    def combine(total, received, present, own):
-      return total + jnp.where(present, received - own, 0)
-
-    delta = near.weight * _fold.fold(
-      message,
-      schedule=schedule,
-      step=state.count,
-      axis_name=axis_name,
-      combine=combine,
-      start=jnp.zeros_like,
-      per_slot=near.present,
-      common=message,
+    # W b - b, b the packed message (the gossip rule, `_gossip.mix`).
+    delta, _ = _gossip.mix(
+      message, schedule=schedule, step=state.count, me=me, axis_name=axis_name
     )
     (x_delta, y_delta), _ = unpack(delta)
     new_updates = jax.tree.map(
