@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import math
 import numbers
 import warnings
 from collections.abc import Iterable, Sequence
@@ -82,7 +83,8 @@ class Schedule(abc.ABC):
   then not symmetric. Make the subclass a frozen dataclass (or
   otherwise hashable and compared by value): transforms cache per-schedule plans
   and the trainer fingerprints runs by it. Only ``slot_flags`` sees the step;
-  everything else is static host data.
+  everything else is static host data. If the flags repeat, say after how many
+  steps (`period`), so that `spectral_gap` needs no window.
 
   Example:
     >>> import dataclasses
@@ -216,14 +218,76 @@ class Schedule(abc.ABC):
     workers: for matchings ``alpha_s L_s`` (symmetric), for a directed slot
     not symmetric (a shift gives ``(I + P) / 2`` at ``alpha = 1/2``).
     """
-    n = self.num_workers
-    w = np.eye(n)
+    return self._mix(step, np.eye(self.num_workers))
+
+  def _mix(self, step: int, x: np.ndarray) -> np.ndarray:
+    """``W_k x`` for ``x`` of shape ``(n, ...)``, without forming ``W_k``."""
+    out = np.array(x, dtype=float)
     for s in np.flatnonzero(self.active(step)):
-      for i, j in enumerate(self.slot_partners[s]):
-        if j >= 0:
-          w[i, i] -= self.slot_weight[s]
-          w[i, j] += self.slot_weight[s]
-    return w
+      partners = self.slot_partners[s]
+      receiving = partners >= 0
+      out[receiving] += self.slot_weight[s] * (x[partners[receiving]] - x[receiving])
+    return out
+
+  @property
+  def period(self) -> int | None:
+    """Steps after which `slot_flags` repeat, or None (random, or not said).
+
+    The default window of `spectral_gap`. A schedule of your own may override
+    it; None (the default) when the flags never repeat (MATCHA's draws).
+    """
+    return None
+
+  def spectral_gap(self, steps: int | None = None) -> float:
+    """Consensus rate per step: ``1 - ||W_{T-1} ... W_1 W_0 - 11^T / n||_2^(1/T)``.
+
+    docs/algorithm.md section 5.2. ``T`` steps of gossip shrink the workers'
+    disagreement ``||x - xbar||`` by at least the norm (for doubly stochastic
+    ``W_k``, as every built-in schedule's: they keep ``xbar``); its ``T``-th
+    root is that factor per step, a geometric mean over the window. ``T``
+    defaults to `period`, one period of a time-varying or directed schedule.
+    For one fixed symmetric ``W`` (`full`) it is the usual ``1 - max_{i >= 2}
+    |lambda_i(W)|``. A product that averages exactly (within rounding) gives
+    1: the one-peer exponential graph for n a power of two, whose ``log2 n``
+    steps average exactly together, not each. `Matcha` overrides it with its
+    expected rate.
+
+    Args:
+      steps: ``T >= 1``, the window (from step 0); defaults to `period`.
+
+    Raises:
+      ValueError: if ``steps`` is None and the schedule has no `period`.
+
+    Example:
+      >>> import jax_aldsgd as ald
+      >>> round(ald.schedules.full(ald.topologies.ring(8)).spectral_gap(), 4)
+      0.2555
+      >>> ald.schedules.one_peer_exponential(8).spectral_gap()
+      1.0
+      >>> round(ald.schedules.one_peer_exponential(6).spectral_gap(), 4)
+      0.3995
+    """
+    if steps is None:
+      steps = self.period
+      if steps is None:
+        raise ValueError(
+          f"{type(self).__name__} has no period (its flags are random or it "
+          "does not say when they repeat); pass steps=T to take the product "
+          "of its first T mixing matrices."
+        )
+    steps = _checks.check_integer("steps", steps, 1)
+    n = self.num_workers
+    product = np.eye(n)
+    for k in range(steps):
+      product = self._mix(k, product)
+    disagreement = product - 1.0 / n
+    if np.array_equal(disagreement, disagreement.T):
+      norm = float(np.abs(np.linalg.eigvalsh(disagreement)).max())
+    else:
+      norm = float(np.linalg.norm(disagreement, 2))
+    if norm <= steps * n * np.finfo(float).eps:  # exact averaging
+      return 1.0
+    return 1.0 - norm ** (1.0 / steps)
 
 
 def check_schedule(schedule) -> Schedule:
@@ -259,6 +323,10 @@ class Full(_SingleGraph):
   topology: Topology
   weight: float
 
+  @property
+  def period(self):
+    return 1
+
   def slot_flags(self, step, xp):
     return xp.ones((self.topology.num_matchings,), dtype=bool)
 
@@ -273,6 +341,10 @@ class Alternating(_SingleGraph):
 
   topology: Topology
   weight: float
+
+  @property
+  def period(self):
+    return 2
 
   def slot_flags(self, step, xp):
     # Flags [0,1,0,...] at even steps and [1,0,0,...] at odd steps.
@@ -291,6 +363,10 @@ class Explicit(_SingleGraph):
   topology: Topology
   weight: float
   pattern: tuple[tuple[bool, ...], ...]
+
+  @property
+  def period(self):
+    return len(self.pattern)
 
   def slot_flags(self, step, xp):
     table = xp.asarray(np.array(self.pattern, dtype=bool))
@@ -372,6 +448,18 @@ class Matcha(_SingleGraph):
     """MATCHA's spectral quantity ``rho`` at this schedule's ``alpha``."""
     return _matcha.matcha_rho(self.topology, self.probabilities, self.weight)
 
+  def spectral_gap(self, steps: int | None = None) -> float:
+    """MATCHA's expected rate: ``1 - sqrt(rho)``; with ``steps``, `Schedule`'s.
+
+    ``rho = lambda_max(E[W^T W] - 11^T / n)`` (docs/algorithm.md section 6)
+    bounds the per-step factor on the disagreement in root mean square over
+    the random flags. With ``steps = T`` the product of the ``W_k`` actually
+    drawn at steps ``0 .. T - 1`` (`Schedule.spectral_gap`).
+    """
+    if steps is None:
+      return 1.0 - math.sqrt(self.rho)
+    return super().spectral_gap(steps)
+
 
 @dataclasses.dataclass(frozen=True)
 class Rotating(Schedule):
@@ -401,6 +489,21 @@ class Rotating(Schedule):
   @functools.cached_property
   def slot_weight(self) -> np.ndarray:
     return _read_only(np.concatenate([s.slot_weight for s in self.schedules]))
+
+  @property
+  def period(self):
+    periods = [s.period for s in self.schedules]
+    if None in periods:
+      return None
+    count = len(self.schedules)
+    if self.restart_every is None:
+      return count * math.lcm(*periods)
+    # Each epoch of E steps moves child g's own step on by its uses per epoch;
+    # the flags repeat after the fewest epochs that move every child on by a
+    # multiple of its period.
+    uses = [self._uses_before(g, self.restart_every) for g in range(count)]
+    epochs = math.lcm(*(p // math.gcd(p, u) for p, u in zip(periods, uses)))
+    return epochs * self.restart_every
 
   def _uses_before(self, child: int, step):
     """How often ``schedules[child]`` ran before ``step`` (its own step there)."""
@@ -467,6 +570,11 @@ class Every(Schedule):
   def slot_weight(self) -> np.ndarray:
     return self.schedule.slot_weight
 
+  @property
+  def period(self):
+    child = self.schedule.period
+    return None if child is None else self.every * child
+
   def slot_flags(self, step, xp):
     return (step % self.every == 0) & self.schedule.slot_flags(step // self.every, xp)
 
@@ -509,6 +617,10 @@ class OnePeerExponential(Schedule):
   @functools.cached_property
   def slot_weight(self) -> np.ndarray:
     return _read_only(np.full(self.num_slots, 0.5))
+
+  @property
+  def period(self):
+    return self.num_slots
 
   def slot_flags(self, step, xp):
     return xp.arange(self.num_slots) == step % self.num_slots

@@ -203,6 +203,27 @@ def test_one_peer_exponential(n):
     np.testing.assert_allclose(product.sum(0), 1.0)
 
 
+def test_one_peer_exponential_spectral_gap():
+  """Per step over one period: 1 for n a power of two, else from the matrices."""
+  assert S.one_peer_exponential(8).spectral_gap() == 1.0
+  n, hops = 6, 3
+  product = np.eye(n)
+  for k in range(hops):
+    product = (np.eye(n) + np.roll(np.eye(n), -(2**k), axis=1)) / 2 @ product
+  second = np.linalg.svd(product, compute_uv=False)[1]
+  # The shifts are circulant: the product's eigenvalues are prod_k (1 + w^(j 2^k)) / 2.
+  roots = np.exp(2j * np.pi * np.arange(1, n) / n)
+  fourier = np.abs(np.prod([(1 + roots ** (2**k)) / 2 for k in range(hops)], 0))
+  assert second == pytest.approx(fourier.max())
+  assert S.one_peer_exponential(n).spectral_gap() == pytest.approx(
+    1 - second ** (1 / hops)
+  )
+  # A schedule that does not say its period needs the window.
+  with pytest.raises(ValueError, match="Shifts has no period"):
+    Shifts().spectral_gap()
+  assert Shifts().spectral_gap(3) == 1.0
+
+
 def test_one_peer_exponential_is_the_hand_built_shifts():
   np.testing.assert_array_equal(
     S.one_peer_exponential(N).slot_partners, Shifts().slot_partners

@@ -123,6 +123,50 @@ def test_mixing_matrix_and_active_degrees():
   np.testing.assert_allclose(w, w.T)
 
 
+def test_spectral_gap_of_a_static_ring_is_one_minus_lambda_2():
+  n = 8
+  schedule = S.full(T.ring(n))
+  shift = np.roll(np.eye(n), 1, axis=1)
+  w = np.eye(n) - schedule.neighbor_weight[0] * (2 * np.eye(n) - shift - shift.T)
+  values = np.sort(np.abs(np.linalg.eigvalsh(w)))  # 1 (the mean) is the largest
+  assert schedule.period == 1
+  assert schedule.spectral_gap() == pytest.approx(1 - values[-2], abs=1e-12)
+  # Every other step: the same contraction over two steps, per step its root.
+  assert S.every(schedule, 2).spectral_gap() == pytest.approx(
+    1 - np.sqrt(values[-2]), abs=1e-12
+  )
+
+
+@pytest.mark.parametrize("kind", ["full", "alternating", "explicit", "nested"])
+def test_period_is_when_the_flags_repeat(kind):
+  schedule = {
+    "full": S.full(G0),
+    "alternating": S.every(S.alternating(G0), 3),
+    "explicit": S.explicit(G0, [{0, 1}, set(), {4}]),
+    "nested": S.rotating(
+      [S.explicit(G1, [{0}, {1}, {2}]), S.alternating(G0)], restart_every=5
+    ),
+  }[kind]
+  period = schedule.period
+  flags = np.stack([schedule.active(k) for k in range(3 * period)])
+  np.testing.assert_array_equal(flags[period:], flags[:-period])
+  gap = schedule.spectral_gap()
+  assert 0 <= gap < 1 and schedule.spectral_gap(2 * period) >= gap - 1e-12
+
+
+def test_spectral_gap_of_random_flags():
+  matcha = S.matcha(G0, 0.5, seed=7)
+  assert matcha.period is None
+  assert matcha.spectral_gap() == pytest.approx(1 - np.sqrt(matcha.rho))
+  product = np.eye(8)
+  for k in range(20):
+    product = matcha.mixing_matrix(k) @ product
+  drawn = np.linalg.svd(product, compute_uv=False)[1] ** (1 / 20)
+  assert matcha.spectral_gap(20) == pytest.approx(1 - drawn)
+  with pytest.raises(ValueError, match="Rotating has no period.*pass steps=T"):
+    S.rotating([matcha, S.full(G0)]).spectral_gap()
+
+
 def test_bad_schedules():
   with pytest.raises(ValueError, match="same number of workers, got \\[8, 16\\]"):
     S.rotating([S.full(G0), S.full(T.paper_graph(10))])
