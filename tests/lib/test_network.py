@@ -29,6 +29,24 @@ def test_sequential_gossip_costs_one_round_per_active_matching():
   assert net.gossip_time(S.explicit(T.ring(8), [set()]), 0, MESSAGE) == 0.0
 
 
+def test_one_peer_exponential_costs_one_message_per_step():
+  peer = S.one_peer_exponential(8)
+  one = LATENCY + MESSAGE / LINK
+  net = ald.NetworkModel(LATENCY, LINK)
+  np.testing.assert_allclose(net.gossip_times(peer, 6, MESSAGE), one)
+  concurrent = ald.NetworkModel(LATENCY, LINK, node_bandwidth=NODE, concurrent=True)
+  assert concurrent.gossip_time(peer, 1, MESSAGE) == pytest.approx(one)
+  traffic = ald.traffic(ald.gossip(peer), np.zeros(int(MESSAGE) // 4, np.float32))
+  assert [net.traffic_time(traffic, k) for k in range(4)] == [pytest.approx(one)] * 4
+  # The plain exponential graph of 8 (i ~ i +/- 1, 2, 4: degree 5) takes one
+  # round per matching, every step.
+  exponential = T.exponential(8)
+  assert exponential.num_matchings >= 5
+  assert net.gossip_time(S.full(exponential), 0, MESSAGE) == pytest.approx(
+    exponential.num_matchings * one
+  )
+
+
 def test_matcha_time_is_proportional_to_its_active_matchings():
   schedule = S.matcha(T.paper_graph(0), 0.5, seed=1)
   net = ald.NetworkModel(LATENCY, LINK)
