@@ -24,14 +24,20 @@ overlapped) with:
 * gossip (D-PSGD, every matching every step) on a ring, a 2-D torus and the
   exponential graph (``i ~ i +/- 2^k``): ``R * (L + B / b)`` for ``R`` matchings,
   one after the other, as the transforms run them (``B = M``);
+* gossip on the one-peer exponential graph (`jax_aldsgd.schedules.one_peer_exponential`,
+  directed: at step k worker i sends to ``i + 2^(k mod log2 n)``): one message
+  per step, ``L + B / b``;
 * MATCHA on the exponential graph at budget 0.5: the same per active matching,
   ``sum_m p_m`` rounds on average (simulated over `MATCHA_STEPS` random steps);
 * CHOCO-compressed gossip (docs/algorithm.md section 9) on the same graphs: ``B`` is
-  the compressor's wire format (`compressed_bytes`);
+  the compressor's wire format (`compressed_bytes`); not on the one-peer graph,
+  which the library refuses to compress (`jax_aldsgd.check_options`: CHOCO keeps
+  per-edge copies, a directed slot has no edge pairs);
 * overlapped gossip (section 10, adapt-while-combine): ``max(compute, comm)``.
 
-Consensus is not per-step time: each topology's spectral gap (`spectral_gaps`)
-is reported next to it.
+Consensus is not per-step time: each schedule's spectral gap
+(`jax_aldsgd.Schedule.spectral_gap`, docs/algorithm.md section 5.2: per step,
+over one period of a time-varying schedule) is reported next to it.
 """
 
 from __future__ import annotations
@@ -108,19 +114,22 @@ def topology(name: str, n: int) -> ald.Topology:
   raise ValueError(f"unknown topology {name!r}; use ring, torus or exponential.")
 
 
-def mixing_gap(schedule) -> float:
-  """Per-step contraction gap of a schedule's mixing on the disagreement.
+COMPRESSORS = ("topk10", "sign", "qsgd16")
 
-  A fixed ``W = I - alpha L``: ``1 - max_{i >= 2} |lambda_i(W)|``. MATCHA (random
-  ``W``): ``1 - sqrt(rho)`` with ``rho = lambda_max(E[W^T W] - 11^T / n)``, so both
-  bound the per-step factor on ``||x - xbar||`` (MATCHA's in root mean square).
+
+def wire_formats(schedule) -> tuple[str, ...]:
+  """Gossip's wire formats on ``schedule``: ``"none"``, and compressed ones if allowed.
+
+  The library's table decides (`jax_aldsgd.check_options`): it refuses a
+  compressor on a directed schedule such as the one-peer exponential graph.
   """
-  if hasattr(schedule, "rho"):  # MATCHA
-    return 1.0 - math.sqrt(schedule.rho)
-  laplacian = schedule.topology.laplacian()
-  values = np.linalg.eigvalsh(laplacian)
-  mixing = 1.0 - schedule.neighbor_weight[0] * values[1:]
-  return 1.0 - float(np.abs(mixing).max())
+  try:
+    ald.check_options(
+      "gossip", compressor=ald.compressors.scaled_sign(), schedule=schedule
+    )
+  except ValueError:
+    return ("none",)
+  return ("none", *COMPRESSORS)
 
 
 def measure_compute_ms(model: str, batch: int = 16) -> float:
@@ -177,11 +186,13 @@ class Sweep:
     for n in workers:
       for name in ("ring", "torus", "exponential"):
         self.schedules[name, n] = S.full(topology(name, n))
+      self.schedules["one-peer", n] = S.one_peer_exponential(n)
       if n <= matcha_max_n:
         start = time.perf_counter()
         self.schedules["matcha", n] = S.matcha(T.exponential(n), MATCHA_BUDGET)
         self.solve_s[n] = time.perf_counter() - start
-    # Active matchings per step: exactly what NetworkModel.gossip_time counts.
+    # Active slots (messages) per step: exactly what NetworkModel.gossip_time
+    # counts; every step of a deterministic schedule here costs the same.
     self.rounds = {
       key: np.array(
         [s.active(k).sum() for k in range(MATCHA_STEPS if key[0] == "matcha" else 1)],
@@ -191,7 +202,8 @@ class Sweep:
     }
 
   def gaps(self) -> dict:
-    return {key: mixing_gap(s) for key, s in self.schedules.items()}
+    """``(graph, n) -> Schedule.spectral_gap()`` (MATCHA: ``1 - sqrt(rho)``)."""
+    return {key: s.spectral_gap() for key, s in self.schedules.items()}
 
   def allreduce_s(self, net, traffic) -> dict:
     """Seconds of one all-reduce of ``traffic`` (`jax_aldsgd.allreduce`'s)."""
@@ -259,7 +271,7 @@ class Sweep:
           for key in self.schedules:
             if key[1] != n:
               continue
-            for compressor in ("none", "topk10", "sign", "qsgd16"):
+            for compressor in wire_formats(self.schedules[key]):
               size = (
                 float(gossip[key].message_bytes)
                 if compressor == "none"
@@ -291,6 +303,7 @@ GRAPH_NAMES = {
   "ring": "ring",
   "torus": "torus",
   "exponential": "exponential",
+  "one-peer": "one-peer exponential",
   "matcha": f"MATCHA(exp, {MATCHA_BUDGET})",
 }
 VARIANTS = (
@@ -372,7 +385,7 @@ def region_table(rows, gaps, workers, baseline) -> str:
   return "\n".join(lines)
 
 
-MIXING_GRAPHS = ("exponential", "matcha")
+MIXING_GRAPHS = ("exponential", "one-peer", "matcha")
 
 
 def headline(rows, gaps, workers) -> str:
@@ -389,7 +402,8 @@ def headline(rows, gaps, workers) -> str:
       + (
         "any graph**"
         if len(graphs) == len(GRAPH_NAMES)
-        else "only graphs that keep mixing at scale (exponential, MATCHA on it)**"
+        else "only graphs that keep mixing at scale (exponential, one-peer "
+        "exponential, MATCHA on the exponential)**"
       )
     )
     for name, _, _ in VARIANTS:
@@ -488,6 +502,102 @@ def gap_table(gaps, workers) -> str:
 PANELS = (("resnet50", 1.0, 50.0), ("resnet50", 100.0, 5.0), ("100m", 10.0, 50.0))
 
 
+def _plain_step_s(rows, graph, n, model, gbit, latency, overlap=False):
+  match = _select(
+    rows,
+    graph=graph,
+    n=n,
+    model=model,
+    gbit=gbit,
+    latency_us=latency,
+    compressor="none",
+    overlap=overlap,
+  )
+  return match[0]["step_s"] if match else None
+
+
+def one_peer_table(rows, gaps, rounds, workers) -> str:
+  """The one-peer exponential graph against the exponential graph, per n.
+
+  Messages per step (active slots), spectral gap and the plain-gossip step
+  time on the detail panels, each as ``exponential / one-peer``.
+  """
+  panels = [
+    p for p in PANELS if _plain_step_s(rows, "exponential", workers[0], *p) is not None
+  ]
+  lines = [
+    "| n | messages per step | spectral gap | "
+    + " | ".join(f"ms per step: {m}, {g:g} Gbit/s, {l:g} us" for m, g, l in panels)
+    + " |",
+    "|---|---|---|" + "---|" * len(panels),
+  ]
+  for n in workers:
+    cells = [
+      f"{rounds['exponential', n].mean():g} / {rounds['one-peer', n].mean():g}",
+      f"{gaps['exponential', n]:.2g} / {gaps['one-peer', n]:.2g}",
+    ]
+    for panel in panels:
+      exp, peer = (1e3 * _plain_step_s(rows, g, n, *panel) for g in GRAPH_ORDER)
+      cells.append(f"{exp:.1f} / {peer:.1f}")
+    lines.append(f"| {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+GRAPH_ORDER = ("exponential", "one-peer")
+
+
+def one_peer_verdict(rows, gaps, rounds, workers) -> str:
+  """Whether the one-peer graph beats the exponential graph per step, from the rows."""
+  fewer = [
+    n for n in workers if rounds["one-peer", n].mean() < rounds["exponential", n].mean()
+  ]
+  wider = [n for n in workers if gaps["one-peer", n] >= gaps["exponential", n] - 1e-12]
+  cells = sorted({(r["model"], r["gbit"], r["latency_us"], r["n"]) for r in rows})
+  counts = {}
+  for overlap in (False, True):
+    faster = slower = 0
+    for model, gbit, latency, n in cells:
+      exp, peer = (
+        _plain_step_s(rows, g, n, model, gbit, latency, overlap) for g in GRAPH_ORDER
+      )
+      faster += peer < exp / WIN
+      slower += peer > exp * WIN
+    counts[overlap] = (faster, slower)
+  everywhere = lambda ns: "at every n" if ns == workers else f"at n in {ns}"
+  (faster, slower), (faster_o, slower_o) = counts[False], counts[True]
+  dominates = fewer == workers and wider == workers and not slower and not slower_o
+  return (
+    f"{'It dominates' if dominates else 'It does not dominate'} the exponential "
+    f"graph per step on this sweep: fewer messages per step {everywhere(fewer)}, "
+    f"a spectral gap at least as large {everywhere(wider)}; a plain gossip "
+    f"step faster in {faster} of {len(cells)} (model, network, n) cells and "
+    f"slower in {slower}; overlapped, faster in {faster_o} and slower in "
+    f"{slower_o} (the rest tie: the exchange hides behind the compute)."
+  )
+
+
+OTHER_N = (6, 12, 24, 48, 96, 192, 384, 768)
+
+
+def other_n_table(largest: int) -> str:
+  """Messages per step and gaps of both graphs at n not a power of two."""
+  sizes = [n for n in OTHER_N if n <= largest]
+  lines = [
+    "| n | messages per step | spectral gap per step | gap per message |",
+    "|---|---|---|---|",
+  ]
+  for n in sizes:
+    graphs = (S.full(T.exponential(n)), S.one_peer_exponential(n))
+    messages = [int(s.active(0).sum()) for s in graphs]
+    gaps = [s.spectral_gap() for s in graphs]
+    per_message = [1 - (1 - g) ** (1 / m) for g, m in zip(gaps, messages)]
+    lines.append(
+      f"| {n} | {messages[0]} / {messages[1]} | {gaps[0]:.2g} / {gaps[1]:.2g} | "
+      f"{per_message[0]:.2g} / {per_message[1]:.2g} |"
+    )
+  return "\n".join(lines)
+
+
 def _ticks(ax, workers):
   import matplotlib.ticker
 
@@ -509,6 +619,7 @@ def plot(rows, gaps, workers, path) -> None:
     "ring": {"color": "C0"},
     "torus": {"color": "C1"},
     "exponential": {"color": "C2"},
+    "one-peer exponential": {"color": "C5"},
     f"MATCHA(exp, {MATCHA_BUDGET})": {"color": "C3"},
     "torus + CHOCO topk10": {"color": "C1", "ls": ":"},
     "torus + CHOCO sign": {"color": "C4", "ls": ":"},
@@ -541,22 +652,25 @@ def plot(rows, gaps, workers, path) -> None:
     ("ring", "C0"),
     ("torus", "C1"),
     ("exponential", "C2"),
+    ("one-peer", "C5"),
     ("matcha", "C3"),
   ):
     points = sorted((n, gaps[g, n]) for g, n in gaps if g == graph)
     ax.plot(
       *zip(*points),
-      marker=".",
+      marker="o" if graph == "one-peer" else ".",
+      fillstyle="none",
       color=color,
-      label={"matcha": f"MATCHA(exp, {MATCHA_BUDGET})"}.get(graph, graph),
+      label=GRAPH_NAMES[graph]
+      + (" (per step over log2 n)" if graph == "one-peer" else ""),
     )
-  ax.axhline(1.0, color="black", lw=2, label="all-reduce (exact average)")
+  ax.axhline(1.0, color="black", lw=1, label="all-reduce (exact average)")
   ax.set(
     xscale="log",
     yscale="log",
     xlabel="workers n",
     ylabel="spectral gap per step",
-    title="consensus rate: 1 - |lambda_2(W)| (MATCHA: 1 - sqrt(rho))",
+    title="consensus rate: 1 - ||prod W - J||^(1/period) (MATCHA: 1 - sqrt(rho))",
   )
   _ticks(ax, workers)
   ax.legend(fontsize=7)
@@ -716,6 +830,9 @@ def main(argv=None) -> int:
     largest=max(workers),
     consensus_steps=", ".join(
       f"{1 / gaps[graph, max(workers)]:.2g} for the {name}"
+      if gaps[graph, max(workers)] < 1
+      else f"exact averaging after "
+      f"{sweep.schedules[graph, max(workers)].period} steps for the {name}"
       for graph, name in GRAPH_NAMES.items()
       if (graph, max(workers)) in gaps
     ),
@@ -729,6 +846,9 @@ def main(argv=None) -> int:
     flat=region_table(rows, gaps, flat, "ring all-reduce"),
     hosts=region_table(rows, gaps, hosts, "2-level all-reduce"),
     gaps=gap_table(gaps, workers),
+    one_peer=one_peer_table(rows, gaps, sweep.rounds, workers),
+    one_peer_verdict=one_peer_verdict(rows, gaps, sweep.rounds, workers),
+    other_n=other_n_table(max(workers)),
     matcha_solve=", ".join(f"n={n}: {s:.1f} s" for n, s in sweep.solve_s.items()),
     timing=timing,
     details="\n\n".join(
@@ -754,10 +874,11 @@ development CPU, shared). Everything below is arithmetic of
 ## Headline
 {summary}
 Speed-up of one training step over all-reduce; "gossip" is the best of ring,
-2-D torus, exponential graph and MATCHA at every step with full float32 messages,
-"CHOCO" the same with the best compressed wire format, "overlap" the exchange
-hidden behind compute (step = max), on every (model, link speed, latency, n) of
-the sweep ("faster": by more than 0.5%):
+2-D torus, exponential graph, one-peer exponential graph and MATCHA at every
+step with full float32 messages, "CHOCO" the same with the best compressed wire
+format (not on the one-peer graph, which the library does not compress),
+"overlap" the exchange hidden behind compute (step = max), on every (model, link
+speed, latency, n) of the sweep ("faster": by more than 0.5%):
 
 {headline}
 
@@ -796,6 +917,12 @@ parameters: ResNet-50 of the paper (545,930 parameters, 2.18 MB) and a
   one network link, sending them all at once saves only ``(R - 1) L``. Gossip
   messages cross hosts even with {g} workers per host, so the gossip times are
   the same in both settings.
+* **one-peer exponential graph** (`schedules.one_peer_exponential`, directed and
+  time-varying, docs/algorithm.md section 11): at step k worker i sends to
+  ``i + 2^(k mod log2 n)`` only, ``W_k = (I + P_k) / 2``: one message per
+  step, ``L + B / b``. The library refuses a compressor on a directed schedule
+  (`jax_aldsgd.check_options`: CHOCO keeps per-edge copies, a directed slot
+  has no edge pairs), so it has no CHOCO rows.
 * **MATCHA** on the exponential graph at budget {budget}: each matching active
   with its solved probability ``p_m``; the mean over {steps} simulated steps of
   ``(active matchings) * (L + B / b)`` (overlapped: the mean of the per-step max).
@@ -814,9 +941,9 @@ parameters: ResNet-50 of the paper (545,930 parameters, 2.18 MB) and a
 
 Each cell: speed-ups of one step over the baseline, in the order gossip / CHOCO /
 overlap / CHOCO + overlap, each for its best graph, named by its initial
-(**r**ing, **t**orus, **e**xponential, **m**atcha; ties within 0.5% go to the
-graph that mixes better, then to the uncompressed message); **bold** where
-faster by more than 0.5%.
+(**r**ing, **t**orus, **e**xponential, **o**ne-peer exponential, **m**atcha;
+ties within 0.5% go to the graph that mixes better, then to the uncompressed
+message); **bold** where faster by more than 0.5%.
 
 ### One worker per host: against the ring all-reduce
 
@@ -828,13 +955,34 @@ faster by more than 0.5%.
 
 ## Consensus per step: spectral gap against n
 
-``1 - max_(i>=2) |lambda_i(W)|`` of the gossip matrix ``W = I - alpha L`` with
-D-PSGD's ``alpha = 2 / (lambda_2 + lambda_max)``; for MATCHA (random ``W``)
+`Schedule.spectral_gap()` (docs/algorithm.md section 5.2): ``1 - ||W_(T-1) ...
+W_0 - 11^T / n||_2^(1/T)`` over one period of ``T`` steps, the per-step factor
+on the disagreement as a geometric mean over the period. For the fixed graphs
+(``T = 1``, ``W = I - alpha L`` with D-PSGD's ``alpha = 2 / (lambda_2 +
+lambda_max)``) that is ``1 - max_(i>=2) |lambda_i(W)|``; for the one-peer
+exponential graph ``T = log2 n``, and at n a power of two its ``T`` steps
+average exactly (gap 1; a single step does not). For MATCHA (random ``W``)
 ``1 - sqrt(rho)`` with ``rho = lambda_max(E[W^T W] - 11^T / n)``
-(`jax_aldsgd._matcha.matcha_rho`), the same per-step factor on the disagreement
-in root mean square. All-reduce: 1.
+(`Schedule.rho`), the same per-step factor in root mean square. All-reduce: 1.
 
 {gaps}
+
+## The one-peer exponential graph against the exponential graph
+
+Per step, as ``exponential / one-peer``: messages (active matchings or
+shifts, one ``L + B / b`` each), spectral gap, and the plain gossip step
+(float32 messages, not overlapped) on the detail panels' networks.
+
+{one_peer}
+
+{one_peer_verdict}
+
+At n a power of two (every n of the default sweep) ``log2 n`` one-peer steps
+average exactly. At other n they do not, and its gap per step falls below the
+exponential graph's, which sends many more messages per step; per message
+(``1 - (1 - gap)^(1 / messages)``) it still mixes faster:
+
+{other_n}
 
 MATCHA's probabilities on the exponential graph took: {matcha_solve}.
 {timing}
@@ -847,30 +995,39 @@ MATCHA's probabilities on the exponential graph took: {matcha_solve}.
 SUMMARY = """
 In short (default flags; the lists below are computed, this paragraph is not):
 
+* **The one-peer exponential graph** sends one message per step, fewer than any
+  other graph here (ring 2, torus 3-4, exponential 6-20), and at every n of the
+  sweep (powers of two) its ``log2 n`` steps average exactly (gap 1 per step
+  over that period, against 0.25 for the exponential graph at n = 1024). Per
+  step it dominates the exponential graph (its section below) and is the
+  fastest plain gossip in every cell. At n not a power of two its gap per step
+  is below the exponential graph's (0.15 against 0.26 at n = 768), though not
+  per message sent. The library does not compress on a directed schedule, so
+  it has no CHOCO rows.
 * **Every hop on the network (one worker per host).** The ring all-reduce pays
-  ``2 (n - 1)`` latencies, gossip a fixed ``R`` per step, so plain gossip wins
-  for the small ResNet-50 from n = 16-128 depending on the link (all n at 50 us
-  and >= 10 Gbit/s), by up to 6x at n = 1024 and 50 us. The graphs that win are the
-  ring and the torus, whose spectral gap collapses (2e-5 and 0.01 at n = 1024);
-  the exponential graph (gap 0.25 at 1024) wins only for ResNet-50 at
-  10 Gbit/s and 50 us or at 100 Gbit/s, from n = 128 (all n at 100 Gbit/s and
-  50 us), by up to 5x. For the 100M model, bandwidth-bound, plain gossip gets
-  0.88x-1.48x of the all-reduce's speed: it sends at least as many bytes.
+  ``2 (n - 1)`` latencies and sends ``2 (n - 1) / n`` models per worker,
+  one-peer gossip one latency and one model, so plain gossip wins everywhere:
+  for ResNet-50 by 1.01x (100 Gbit/s, 5 us, small n) up to 6.1x (n = 1024,
+  50 us); for the 100M model, bandwidth-bound, by 1.1x-2x (half the bytes). The
+  ring and the torus are slower than the one-peer graph and their spectral gap
+  collapses (2e-5 and 0.01 at n = 1024).
 * **CHOCO** wins on bytes: scaled sign sends 1/32 of the float32 message, top-k
   10% 1/5, so it beats an uncompressed all-reduce everywhere, up to 19x for the
   100M model at 1 Gbit/s (33x overlapped). An all-reduce that compresses too
   (PowerSGD, 1-bit methods) is not modelled and would take most of that back.
-* **Overlap** caps the step at the compute time: ResNet-50's (20 ms) ring or
-  torus gossip is hidden completely at 10-100 Gbit/s, worth 1.2-1.3x at 5 us up
-  to n = 256, and more where the all-reduce's latency grows (2.5x at n = 256 and
-  6.3x at n = 1024, 10 Gbit/s and 50 us).
+* **Overlap** caps the step at the compute time: ResNet-50's (20 ms) one-peer
+  exchange (17.5 ms at 1 Gbit/s) is hidden completely on every network, worth
+  1.02x at 100 Gbit/s, 5 us and small n, up to 7.9x at n = 1024, 1 Gbit/s and
+  50 us.
 * **8 workers per host, against the 2-level all-reduce** (the network carries
   1/8 of the all-reduce's bytes): plain gossip wins only for ResNet-50 at large
-  n on fast or high-latency links (n >= 512 at 10 Gbit/s and 50 us, n >= 64-512
-  at 100 Gbit/s), by at most 1.6x, and is up to 11x slower for the 100M model.
-  Only compression gets ahead nearly everywhere (CHOCO in 81 of 84 cells, by up
-  to 2.75x; with overlap in 83, by up to 4.8x); on the exponential graph alone,
-  CHOCO + overlap wins in 79 of 84 cells, by at most 1.85x.
+  n on fast or high-latency links (n >= 128 at 10 Gbit/s and 50 us, n >= 32 at
+  100 Gbit/s and 50 us, n >= 256 at 100 Gbit/s and 5 us), by at most 1.6x, and
+  is up to 5.9x slower for the 100M model; overlapped it wins in 55 of 84
+  cells, by at most 1.85x. Only compression gets ahead nearly everywhere (CHOCO
+  in 81 of 84 cells, by up to 2.75x; with overlap in 83, by up to 4.8x); on the
+  exponential graph and MATCHA alone, CHOCO + overlap wins in 79 of 84 cells, by
+  at most 1.85x.
 """
 
 MATCHA_TIMING = """

@@ -28,7 +28,8 @@ def test_scale_sweep_against_closed_forms():
     intra_bandwidth=1e11,
     intra_latency_s=2e-6,
   )
-  rows = {(r["model"], scale.label(r)): r for r in sweep.rows()}
+  listed = sweep.rows()
+  rows = {(r["model"], scale.label(r)): r for r in listed}
   m, compute = 4 * params, 0.02
   ring_allreduce = 2 * 15 * latency + 2 * 15 / 16 * m / link
   assert rows["resnet50", "ring all-reduce"]["step_s"] == pytest.approx(
@@ -44,7 +45,17 @@ def test_scale_sweep_against_closed_forms():
   assert rows["resnet50", "torus + CHOCO sign"]["step_s"] == pytest.approx(
     compute + sign
   )
+  # The one-peer exponential graph: one message a step, and no CHOCO rows (the
+  # library refuses a compressor on a directed schedule).
+  assert rows["resnet50", "one-peer exponential"]["step_s"] == pytest.approx(
+    compute + latency + m / link
+  )
+  assert not [key for key in rows if key[1].startswith("one-peer exponential + CHOCO")]
+  assert scale.wire_formats(sweep.schedules["one-peer", 16]) == ("none",)
   gaps = sweep.gaps()
   # Ring of 16 with alpha = 2 / (lambda_2 + lambda_max) = 2 / (2 - 2 cos(2 pi / 16) + 4).
   alpha = 2 / (2 - 2 * np.cos(2 * np.pi / 16) + 4)
   assert gaps["ring", 16] == pytest.approx(alpha * (2 - 2 * np.cos(2 * np.pi / 16)))
+  assert gaps["one-peer", 16] == 1.0  # 4 steps average exactly
+  verdict = scale.one_peer_verdict(listed, gaps, sweep.rounds, [16])
+  assert verdict.startswith("It dominates") and "faster in 2 of 2" in verdict
