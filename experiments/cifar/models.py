@@ -12,8 +12,9 @@ Conventions, chosen to match the reference PyTorch code (docs/algorithm.md secti
 
 * BatchNorm is ``nnx.BatchNorm`` with PyTorch's defaults (PyTorch momentum 0.1,
   i.e. Flax momentum 0.9, epsilon 1e-5). Its running statistics are
-  ``nnx.BatchStat`` variables, which the trainer keeps local to each worker; the
-  trainable weights are ``nnx.Param``. ``model.train()`` / ``model.eval()``
+  ``nnx.BatchStat`` variables, which the trainer keeps per worker (local, or
+  gossiped with ``config.bn_stats='gossip'``); the trainable weights are
+  ``nnx.Param``. ``model.train()`` / ``model.eval()``
   switch between batch and running statistics; a new model is in train mode.
 * Convolutions pad like PyTorch (``kernel_size // 2`` on every side), not like
   Flax's ``"SAME"``, which pads a stride-2 convolution on the bottom/right only.
@@ -22,6 +23,11 @@ Conventions, chosen to match the reference PyTorch code (docs/algorithm.md secti
 * One difference remains: Flax's running variance averages the biased batch
   variance, PyTorch's the unbiased one (a factor m/(m-1) with m = batch x H x W
   values per channel, at least 16 x 16 here).
+* ``small_cnn`` and ``resnet20`` also come with GroupNorm in place of every
+  BatchNorm (``create_model(..., norm="group")``; `GROUP_NORM_MODELS`): no
+  batch statistics, so an image's logits do not depend on the rest of its
+  batch, and no worker's skewed shard leaks into running statistics
+  (docs/algorithm.md section 11). The layers keep their ``bn*`` names.
 
 Example:
   >>> from flax import nnx
@@ -156,16 +162,47 @@ def _batch_norm(num_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
   )
 
 
+def group_norm_groups(num_features: int) -> int:
+  """GroupNorm's groups for ``num_features`` channels: min(32, C // 4), >= 1.
+
+  Wu & He's 32 groups (ECCV 2018) where a layer is wide enough (128 channels
+  and more), otherwise groups of 4 channels: these CIFAR nets are narrow (16
+  to 128 channels), and Wu & He found any group count from 2 to 64 about as
+  good, with 1 channel per group (instance norm) clearly worse.
+  """
+  return min(32, max(num_features // 4, 1))
+
+
+def _group_norm(num_features: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
+  # PyTorch's GroupNorm epsilon; scale 1 and bias 0, as BatchNorm.
+  return nnx.GroupNorm(
+    num_features,
+    num_groups=group_norm_groups(num_features),
+    epsilon=BATCH_NORM_EPSILON,
+    rngs=rngs,
+  )
+
+
+# A normalisation layer of a given width: _batch_norm or _group_norm.
+Norm = Callable[[int, nnx.Rngs], nnx.Module]
+
+
 def _projection(
-  in_channels: int, out_channels: int, stride: int, *, use_bias: bool, rngs: nnx.Rngs
+  in_channels: int,
+  out_channels: int,
+  stride: int,
+  *,
+  use_bias: bool,
+  rngs: nnx.Rngs,
+  norm: Norm = _batch_norm,
 ) -> nnx.Sequential | None:
-  """A residual block's shortcut: strided 1x1 convolution + BatchNorm when the
-  shape changes (He et al.'s option B), None (identity) otherwise."""
+  """A residual block's shortcut: strided 1x1 convolution + normalisation when
+  the shape changes (He et al.'s option B), None (identity) otherwise."""
   if stride == 1 and in_channels == out_channels:
     return None
   return nnx.Sequential(
     _conv(in_channels, out_channels, 1, stride=stride, use_bias=use_bias, rngs=rngs),
-    _batch_norm(out_channels, rngs),
+    norm(out_channels, rngs),
   )
 
 
@@ -210,17 +247,24 @@ class Bottleneck(nnx.Module):
   preactivation = False
 
   def __init__(
-    self, in_channels: int, planes: int, stride: int, *, use_bias: bool, rngs: nnx.Rngs
+    self,
+    in_channels: int,
+    planes: int,
+    stride: int,
+    *,
+    use_bias: bool,
+    rngs: nnx.Rngs,
+    norm: Norm = _batch_norm,
   ):
     out_channels = planes * self.expansion
     self.conv1 = _conv(in_channels, planes, 1, use_bias=use_bias, rngs=rngs)
-    self.bn1 = _batch_norm(planes, rngs)
+    self.bn1 = norm(planes, rngs)
     self.conv2 = _conv(planes, planes, 3, stride=stride, use_bias=use_bias, rngs=rngs)
-    self.bn2 = _batch_norm(planes, rngs)
+    self.bn2 = norm(planes, rngs)
     self.conv3 = _conv(planes, out_channels, 1, use_bias=use_bias, rngs=rngs)
-    self.bn3 = _batch_norm(out_channels, rngs)
+    self.bn3 = norm(out_channels, rngs)
     self.shortcut = _projection(
-      in_channels, out_channels, stride, use_bias=use_bias, rngs=rngs
+      in_channels, out_channels, stride, use_bias=use_bias, rngs=rngs, norm=norm
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -239,16 +283,23 @@ class BasicBlock(nnx.Module):
   preactivation = False
 
   def __init__(
-    self, in_channels: int, planes: int, stride: int, *, use_bias: bool, rngs: nnx.Rngs
+    self,
+    in_channels: int,
+    planes: int,
+    stride: int,
+    *,
+    use_bias: bool,
+    rngs: nnx.Rngs,
+    norm: Norm = _batch_norm,
   ):
     self.conv1 = _conv(
       in_channels, planes, 3, stride=stride, use_bias=use_bias, rngs=rngs
     )
-    self.bn1 = _batch_norm(planes, rngs)
+    self.bn1 = norm(planes, rngs)
     self.conv2 = _conv(planes, planes, 3, use_bias=use_bias, rngs=rngs)
-    self.bn2 = _batch_norm(planes, rngs)
+    self.bn2 = norm(planes, rngs)
     self.shortcut = _projection(
-      in_channels, planes, stride, use_bias=use_bias, rngs=rngs
+      in_channels, planes, stride, use_bias=use_bias, rngs=rngs, norm=norm
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -267,13 +318,20 @@ class WideBasicBlock(nnx.Module):
   preactivation = True
 
   def __init__(
-    self, in_channels: int, planes: int, stride: int, *, use_bias: bool, rngs: nnx.Rngs
+    self,
+    in_channels: int,
+    planes: int,
+    stride: int,
+    *,
+    use_bias: bool,
+    rngs: nnx.Rngs,
+    norm: Norm = _batch_norm,
   ):
-    self.bn1 = _batch_norm(in_channels, rngs)
+    self.bn1 = norm(in_channels, rngs)
     self.conv1 = _conv(
       in_channels, planes, 3, stride=stride, use_bias=use_bias, rngs=rngs
     )
-    self.bn2 = _batch_norm(planes, rngs)
+    self.bn2 = norm(planes, rngs)
     self.conv2 = _conv(planes, planes, 3, use_bias=use_bias, rngs=rngs)
     if stride != 1 or in_channels != planes:
       self.shortcut = _conv(
@@ -310,6 +368,7 @@ class ResNet(nnx.Module):
     rngs: nnx.Rngs,
     widen_factor: int = 1,
     use_bias: bool = False,
+    norm: Norm = _batch_norm,
   ):
     """Builds the network.
 
@@ -321,6 +380,8 @@ class ResNet(nnx.Module):
       rngs: the ``params`` stream initialises the weights.
       widen_factor: the width multiplier ``k`` of wide ResNets.
       use_bias: whether every convolution has a bias (the reference's ResNet-50).
+      norm: the normalisation layer of a width (BatchNorm; GroupNorm for
+        `GROUP_NORM_MODELS`).
     """
     if not stage_sizes or any(size < 1 for size in stage_sizes):
       raise ValueError(
@@ -330,7 +391,7 @@ class ResNet(nnx.Module):
     widen_factor = _checks.check_integer("widen_factor", widen_factor, 1)
     self.in_channels = in_channels
     self.conv1 = _conv(in_channels, 16, 3, use_bias=use_bias, rngs=rngs)
-    self.bn1 = None if block_cls.preactivation else _batch_norm(16, rngs)
+    self.bn1 = None if block_cls.preactivation else norm(16, rngs)
     stages = []
     channels = 16
     for stage, num_blocks in enumerate(stage_sizes):
@@ -338,11 +399,13 @@ class ResNet(nnx.Module):
       blocks = []
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        blocks.append(block_cls(channels, planes, stride, use_bias=use_bias, rngs=rngs))
+        blocks.append(
+          block_cls(channels, planes, stride, use_bias=use_bias, rngs=rngs, norm=norm)
+        )
         channels = planes * block_cls.expansion
       stages.append(nnx.Sequential(*blocks))
     self.stages = nnx.Sequential(*stages)
-    self.bn_final = _batch_norm(channels, rngs) if block_cls.preactivation else None
+    self.bn_final = norm(channels, rngs) if block_cls.preactivation else None
     self.linear = _linear(channels, num_classes, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -445,21 +508,29 @@ class SmallCNN(nnx.Module):
   8 workers x 16 Fashion-MNIST images on 2 CPU cores, this one about 18 ms).
   """
 
-  def __init__(self, *, in_channels: int, num_classes: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    in_channels: int,
+    num_classes: int,
+    rngs: nnx.Rngs,
+    norm: Norm = _batch_norm,
+  ):
     """Builds the network.
 
     Args:
       in_channels: channels of the input images.
       num_classes: number of output logits.
       rngs: the ``params`` stream initialises the weights.
+      norm: the normalisation layer of a width (BatchNorm, or GroupNorm).
     """
     self.in_channels = in_channels
     self.conv1 = _conv(in_channels, 32, 3, stride=2, use_bias=False, rngs=rngs)
-    self.bn1 = _batch_norm(32, rngs)
+    self.bn1 = norm(32, rngs)
     self.conv2 = _conv(32, 64, 3, stride=2, use_bias=False, rngs=rngs)
-    self.bn2 = _batch_norm(64, rngs)
+    self.bn2 = norm(64, rngs)
     self.conv3 = _conv(64, 128, 3, stride=2, use_bias=False, rngs=rngs)
-    self.bn3 = _batch_norm(128, rngs)
+    self.bn3 = norm(128, rngs)
     self.linear = _linear(128, num_classes, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -479,10 +550,22 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
   "vgg16_bn": VGG16BN,
   "small_cnn": SmallCNN,
 }
+# The same networks with GroupNorm in place of BatchNorm (`group_norm_groups`).
+GROUP_NORM_MODELS: dict[str, Callable[..., nnx.Module]] = {
+  "resnet20": functools.partial(ResNet20, norm=_group_norm),
+  "small_cnn": functools.partial(SmallCNN, norm=_group_norm),
+}
+NORMS = ("batch", "group")
+MODELS_BY_NORM = {"batch": MODELS, "group": GROUP_NORM_MODELS}
 
 
 def create_model(
-  name: str, *, num_classes: int, in_channels: int, rngs: nnx.Rngs
+  name: str,
+  *,
+  num_classes: int,
+  in_channels: int,
+  rngs: nnx.Rngs,
+  norm: str = "batch",
 ) -> nnx.Module:
   """Builds the model registered as ``name`` in `MODELS`, in train mode.
 
@@ -494,13 +577,16 @@ def create_model(
       Fashion-MNIST).
     rngs: the ``params`` stream initialises the weights; give each worker its
       own seed for different initialisations.
+    norm: "batch" (BatchNorm) or "group" (GroupNorm, for the models in
+      `GROUP_NORM_MODELS`: "resnet20", "small_cnn").
 
   Returns:
     An ``nnx.Module`` mapping ``(batch, H, W, in_channels)`` float32 images to
     ``(batch, num_classes)`` logits.
 
   Raises:
-    ValueError: for an unknown ``name`` or out-of-range sizes.
+    ValueError: for an unknown ``name`` or ``norm``, a model without that
+      normalisation, or out-of-range sizes.
     TypeError: for non-integer sizes.
   """
   if name not in MODELS:
@@ -508,9 +594,17 @@ def create_model(
       f"unknown model name {name!r}; valid names are "
       f"{', '.join(repr(valid) for valid in MODELS)}."
     )
+  if norm not in MODELS_BY_NORM:
+    raise ValueError(f"unknown norm {norm!r}; valid norms are {', '.join(NORMS)}.")
+  variants = MODELS_BY_NORM[norm]
+  if name not in variants:
+    raise ValueError(
+      f"model {name!r} has no {norm} normalisation variant; use norm='batch', "
+      f"or one of {', '.join(repr(valid) for valid in variants)}."
+    )
   num_classes = _checks.check_integer("num_classes", num_classes, 2)
   in_channels = _checks.check_integer("in_channels", in_channels, 1)
-  return MODELS[name](in_channels=in_channels, num_classes=num_classes, rngs=rngs)
+  return variants[name](in_channels=in_channels, num_classes=num_classes, rngs=rngs)
 
 
 def count_params(model: nnx.Module) -> int:
@@ -537,7 +631,10 @@ def apply_model(graphdef, params, batch_stats, images, *, train: bool):
 
 
 __all__ = [
+  "GROUP_NORM_MODELS",
   "MODELS",
+  "MODELS_BY_NORM",
+  "NORMS",
   "VGG16_CONFIG",
   "BasicBlock",
   "Bottleneck",
@@ -551,4 +648,5 @@ __all__ = [
   "apply_model",
   "count_params",
   "create_model",
+  "group_norm_groups",
 ]

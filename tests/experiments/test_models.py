@@ -274,6 +274,53 @@ def test_running_mean_follows_pytorch_momentum():
   )
 
 
+# --- GroupNorm variants ---
+
+
+@pytest.mark.parametrize("name", sorted(models.GROUP_NORM_MODELS))
+def test_group_norm_variants_have_no_batch_statistics(name):
+  """Every BatchNorm becomes a GroupNorm with min(32, C // 4) groups and the
+  same parameters; nothing is left to keep per worker but nnx.Param."""
+  model = nnx.eval_shape(
+    lambda: models.create_model(
+      name, num_classes=10, in_channels=3, rngs=nnx.Rngs(0), norm="group"
+    )
+  )
+  norms = [n for _, n in nnx.iter_graph(model) if isinstance(n, nnx.GroupNorm)]
+  assert len(norms) == len(batch_norms(abstract(name))) and not batch_norms(model)
+  for norm in norms:
+    assert norm.num_groups == min(32, norm.scale.shape[0] // 4)
+    assert norm.epsilon == 1e-5
+  assert not jax.tree.leaves(nnx.state(model, nnx.BatchStat))
+  assert models.count_params(model) == models.count_params(abstract(name))
+  assert models.group_norm_groups(16) == 4 and models.group_norm_groups(128) == 32
+
+
+def test_group_norm_output_does_not_depend_on_the_batch():
+  model = models.create_model(
+    "small_cnn", num_classes=10, in_channels=1, rngs=fast_rngs(6), norm="group"
+  )
+  images = jax.random.normal(jax.random.key(7), (4, 28, 28, 1))
+  together = forward(model, images)
+  # The first two images with two others: their logits are unchanged.
+  others = jnp.concatenate([images[:2], 5.0 + images[2:]])
+  np.testing.assert_allclose(forward(model, others)[:2], together[:2], atol=1e-5)
+  # A batch norm's would change.
+  batch = built("small_cnn", 1)
+  assert not np.allclose(forward(batch, others)[:2], forward(batch, images)[:2])
+
+
+def test_group_norm_refused_for_models_without_a_variant():
+  with pytest.raises(ValueError, match="model 'resnet50' has no group normalisation"):
+    models.create_model(
+      "resnet50", num_classes=10, in_channels=3, rngs=nnx.Rngs(0), norm="group"
+    )
+  with pytest.raises(ValueError, match="unknown norm 'layer'; valid norms are"):
+    models.create_model(
+      "small_cnn", num_classes=10, in_channels=3, rngs=nnx.Rngs(0), norm="layer"
+    )
+
+
 # --- Initialisation ---
 
 
