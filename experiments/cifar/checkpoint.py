@@ -14,6 +14,7 @@ whose contents do not match it (truncated or corrupted files) is moved aside to
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import shutil
 import time
@@ -65,7 +66,11 @@ FINGERPRINT_FIELDS = (
   "compress_fraction",
   "qsgd_levels",
   "consensus_lr",
+  "norm",
+  "bn_stats",
 )
+# What a field added to FINGERPRINT_FIELDS meant in the runs saved before it.
+FINGERPRINT_DEFAULTS = {"norm": "batch", "bn_stats": "local"}
 
 
 def fingerprint(config) -> dict[str, Any]:
@@ -84,9 +89,9 @@ class ConfigMismatchError(ValueError):
 def check_fingerprint(saved: dict[str, Any], config, directory) -> None:
   current = fingerprint(config)
   differences = [
-    f"{name}: checkpoint has {saved.get(name)!r}, config has {current[name]!r}"
+    f"{name}: checkpoint has {was!r}, config has {current[name]!r}"
     for name in FINGERPRINT_FIELDS
-    if saved.get(name) != current[name]
+    if (was := saved.get(name, FINGERPRINT_DEFAULTS.get(name))) != current[name]
   ]
   if differences:
     raise ConfigMismatchError(
@@ -127,6 +132,25 @@ def _checksum(leaves):
   return total
 
 
+def _saved_tree(state):
+  """What is written for ``state``: a dataclass's array fields by name, the
+  ones that are None left out, so that a field added later (None in the runs
+  that do not use it, as TrainState.stats_state) keeps the saved layout and
+  older checkpoints restore."""
+  if not dataclasses.is_dataclass(state):
+    return state
+  return {
+    field.name: getattr(state, field.name)
+    for field in dataclasses.fields(state)
+    if field.metadata.get("pytree_node", True)
+    and getattr(state, field.name) is not None
+  }
+
+
+def _from_saved_tree(like, tree):
+  return like.replace(**tree) if dataclasses.is_dataclass(like) else tree
+
+
 def state_checksum(state) -> int:
   """A 32-bit hash of every bit of every array in ``state`` (sharding-independent).
 
@@ -161,7 +185,8 @@ class Checkpointer:
     self._manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        state=ocp.args.StandardSave(_saved_tree(state)),
+        meta=ocp.args.JsonSave(meta),
       ),
     )
     self._manager.wait_until_finished()
@@ -207,7 +232,8 @@ class Checkpointer:
   def restore(self, step: int, like) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` with the structure, shapes and shardings of ``like``."""
     abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+      _saved_tree(like),
     )
     restored = self._manager.restore(
       step,
@@ -215,7 +241,7 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
       ),
     )
-    state, meta = restored["state"], restored["meta"]
+    state, meta = _from_saved_tree(like, restored["state"]), restored["meta"]
     found = state_checksum(state)
     if meta.get("checksum") != found:
       raise CorruptCheckpointError(
