@@ -8,6 +8,8 @@ they receive, and their errors name the field.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
@@ -53,11 +55,15 @@ def build_schedule(
   methods.check(config)
   if config.schedule == "none":
     return None
+  directed = directed_schedule(config)
+  if directed is not None:
+    return directed
   graphs = _graphs(config)
+  weight = lambda g: _d2_neighbor_weight(g) if config.mixing == "d2" else None
   if config.schedule == "full":
-    parts = [ald.schedules.full(g) for g in graphs]
+    parts = [ald.schedules.full(g, weight(g)) for g in graphs]
   elif config.schedule == "alternating":
-    parts = [ald.schedules.alternating(g) for g in graphs]
+    parts = [ald.schedules.alternating(g, weight(g)) for g in graphs]
   else:  # matcha; validate_config admits nothing else
     parts = [
       ald.schedules.matcha(g, config.matcha_budget, seed=config.matcha_seed)
@@ -68,6 +74,30 @@ def build_schedule(
   return ald.schedules.rotating(
     parts, restart_every=_epoch_phase(config, steps_per_epoch)
   )
+
+
+def _d2_neighbor_weight(graph: ald.Topology) -> float:
+  """D²'s alpha on ``graph``: 1 / lambda_max(L).
+
+  D² needs lambda_min(W_k) > -1/3 (docs/algorithm.md section 11), which
+  D-PSGD's alpha = 2 / (lambda_2 + lambda_max) breaks on the paper graphs
+  (-0.81) and the ring (-0.74); this alpha makes every W_k = I - alpha L
+  positive semidefinite. (MATCHA computes its own alpha; the library warns
+  when that breaks the bound.)
+  """
+  return float(1.0 / np.linalg.eigvalsh(graph.laplacian())[-1])
+
+
+def directed_schedule(config) -> ald.schedules.Schedule | None:
+  """The schedule of a directed topology (one_peer_exponential), else None.
+
+  Such a topology is a time-varying schedule of its own (shifts, not
+  matchings), taken with ``config.schedule='full'``; validate_config refuses
+  the other schedules on it.
+  """
+  if config.topology != "one_peer_exponential" or config.schedule == "none":
+    return None
+  return ald.schedules.one_peer_exponential(config.num_workers)
 
 
 def _epoch_phase(config, steps_per_epoch):
@@ -165,6 +195,15 @@ def build_optimizer(
       delay=config.delay,
       **common,
     )
+  # The heterogeneous-data methods (docs/algorithm.md section 11); their
+  # options (compressor, overlap, every, delay, skip_nonfinite) are refused by
+  # the library's table before this point.
+  if config.mixing == "qg_dsgdm":
+    return ald.qg_dsgdm(learning_rate, schedule, **common)
+  if config.mixing == "d2":
+    return ald.d2(learning_rate, schedule, weight_decay=config.weight_decay)
+  if config.mixing == "gradient_tracking":
+    return ald.gradient_tracking(learning_rate, schedule, **common)
   local = ald.local_sgd(learning_rate, **common)
   if config.mixing == "allreduce":
     return optax.chain(local, _allreduce(config))
@@ -175,15 +214,54 @@ def _allreduce(config) -> optax.GradientTransformationExtraArgs:
   return ald.allreduce(overlap=config.overlap, every=config.gossip_every)
 
 
-def traffic(config, tx, params) -> ald.Traffic:
+def build_stats_exchange(config, schedule) -> optax.GradientTransformation | None:
+  """The exchange of BatchNorm's running statistics (None: they stay local).
+
+  With ``config.bn_stats='gossip'`` the statistics move as parameters would
+  under the step's exchange with zero updates: ``jax_aldsgd.gossip`` gives
+  ``W_k s - s`` (on the run's schedule, every ``config.gossip_every`` steps),
+  ``jax_aldsgd.allreduce`` the mean minus ``s``.
+  """
+  if config.bn_stats == "local":
+    return None
+  if config.mixing == "allreduce":
+    return ald.allreduce(every=config.gossip_every)
+  return ald.gossip(
+    schedule, every=config.gossip_every, skip_nonfinite=config.skip_nonfinite
+  )
+
+
+def _one_worker(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+
+
+def traffic(config, tx, params, stats_tx=None, batch_stats=None) -> ald.Traffic:
   """What one step of ``tx`` (`build_optimizer`'s) sends, on stacked ``params``.
 
   ``jax_aldsgd.traffic`` of the optimizer; for allreduce, of its all-reduce,
   since the chain of local SGD and all-reduce does not say what it sends.
+  With ``stats_tx`` (`build_stats_exchange`'s), the stacked ``batch_stats``
+  travel along the same slots at the same steps: each message grows by theirs.
   """
-  one_worker = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params
-  )
   if config.mixing == "allreduce":
     tx = _allreduce(config)
-  return ald.traffic(tx, one_worker, num_workers=config.num_workers)
+  result = ald.traffic(tx, _one_worker(params), num_workers=config.num_workers)
+  if stats_tx is None:
+    return result
+  stats = ald.traffic(
+    stats_tx, _one_worker(batch_stats), num_workers=config.num_workers
+  )
+  if (stats.schedule, stats.allreduce, stats.every) != (
+    result.schedule,
+    result.allreduce,
+    result.every,
+  ):
+    raise ValueError(
+      f"the BatchNorm statistics' exchange ({stats}) does not run on the "
+      f"parameters' slots and steps ({result}); this trainer cannot count it."
+    )
+  return dataclasses.replace(
+    result,
+    message_bytes=result.message_bytes + stats.message_bytes,
+    parts=result.parts + stats.parts,
+  )

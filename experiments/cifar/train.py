@@ -3,7 +3,8 @@
 ``train_and_evaluate(config, workdir)`` turns a config (see ``configs/``) into
 explicit library calls (``builders.py``): a topology and schedule, a local
 optimizer chained with the mixing rule (gossip, AL-DSGD's adjacent leader,
-all-reduce or none), one model per worker (BatchNorm statistics stay local),
+quasi-global momentum, D², gradient tracking, all-reduce or none), one model
+per worker (BatchNorm statistics local, or mixed as the parameters are),
 one jitted ``train_step(state, batch) -> (state, metrics)`` over all workers,
 per-epoch evaluation of every worker's model and of the averaged model
 (``evaluation.py``), ``metrics.jsonl``, plots and checkpoints from which a
@@ -40,6 +41,7 @@ from experiments.cifar import checkpoint as checkpoint_lib
 from experiments.cifar.builders import build_compressor as build_compressor
 from experiments.cifar.builders import build_optimizer as build_optimizer
 from experiments.cifar.builders import build_schedule as build_schedule
+from experiments.cifar.builders import build_stats_exchange as build_stats_exchange
 from experiments.cifar.builders import consensus_lr as consensus_lr
 from experiments.cifar.builders import traffic as traffic
 from experiments.cifar.loop import TrainingInterrupted as TrainingInterrupted
@@ -75,10 +77,20 @@ class TrainState:
   sums: EpochSums
   graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  # The exchange of batch_stats (`builders.build_stats_exchange`) and its
+  # state; None when the statistics stay local (config.bn_stats="local").
+  stats_state: Any = None
+  stats_tx: optax.GradientTransformation | None = flax.struct.field(
+    pytree_node=False, default=None
+  )
 
 
-def create_train_state(config, info, mesh, tx) -> TrainState:
-  """One model per worker (different seeds unless config.same_init), stacked."""
+def create_train_state(config, info, mesh, tx, stats_tx=None) -> TrainState:
+  """One model per worker (different seeds unless config.same_init), stacked.
+
+  ``stats_tx`` (`builders.build_stats_exchange`'s): the exchange that mixes
+  the BatchNorm statistics after each step; None keeps them local.
+  """
   n = config.num_workers
   keys = jax.random.split(jax.random.key(config.seed), n)
   if config.same_init:
@@ -90,6 +102,7 @@ def create_train_state(config, info, mesh, tx) -> TrainState:
       num_classes=info.num_classes,
       in_channels=info.image_shape[-1],
       rngs=nnx.Rngs(params=key),
+      norm=config.norm,
     )
     graphdef, p, s, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     if jax.tree.leaves(rest):
@@ -102,16 +115,18 @@ def create_train_state(config, info, mesh, tx) -> TrainState:
     stats.append(s)
   stack = lambda trees: ald.shard_workers(ald.stack_workers(trees), mesh)
   params, stats = stack(params), stack(stats)
-  opt_state = jax.jit(
+  init = lambda tx, tree: jax.jit(
     ald.worker_map(tx.init, mesh, workers_per_device=config.workers_per_device)
-  )(params)
+  )(tree)
   return TrainState(
     params=params,
     batch_stats=stats,
-    opt_state=opt_state,
+    opt_state=init(tx, params),
     sums=_zero_sums(n, mesh),
     graphdef=graphdef,
     tx=tx,
+    stats_state=None if stats_tx is None else init(stats_tx, stats),
+    stats_tx=stats_tx,
   )
 
 
@@ -142,6 +157,13 @@ def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
   )
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params, loss=loss)
   params = optax.apply_updates(state.params, updates)
+  stats_state = state.stats_state
+  if state.stats_tx is not None:
+    # The statistics as parameters with zero updates: the exchange returns
+    # W_k s - s (or mean(s) - s), so s becomes W_k s.
+    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+    moves, stats_state = state.stats_tx.update(zeros, stats_state, batch_stats)
+    batch_stats = optax.apply_updates(batch_stats, moves)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   # The parameters too: XLA's CPU max may drop NaNs (relu(NaN) = 0), so a NaN
   # batch can give a finite loss and NaN gradients.
@@ -153,7 +175,11 @@ def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
     nonfinite_steps=state.sums.nonfinite_steps + (~finite),
   )
   state = state.replace(
-    params=params, batch_stats=batch_stats, opt_state=opt_state, sums=sums
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    sums=sums,
+    stats_state=stats_state,
   )
   return state, dict(loss=loss)
 
@@ -224,8 +250,10 @@ def train_and_evaluate(
       flush=True,
     )
   tx = builders.build_optimizer(config, schedule, lr_fn, steps_per_epoch, choco_lr)
-  state = create_train_state(config, info, mesh, tx)
-  traffic = builders.traffic(config, tx, state.params)
+  stats_tx = builders.build_stats_exchange(config, schedule)
+  state = create_train_state(config, info, mesh, tx, stats_tx)
+  # Bytes and simulated time count the statistics' exchange with the step's.
+  traffic = builders.traffic(config, tx, state.params, stats_tx, state.batch_stats)
   p_train_step = jax.jit(
     ald.worker_map(train_step, mesh, workers_per_device=config.workers_per_device),
     donate_argnums=0,

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 import jax_aldsgd as ald
-from experiments.cifar import input_pipeline, methods, models
+from experiments.cifar import builders, input_pipeline, methods, models
 
-TOPOLOGIES = ("paper", "ring", "torus", "exponential", "complete")
+TOPOLOGIES = (
+  "paper",
+  "ring",
+  "torus",
+  "exponential",
+  "complete",
+  "one_peer_exponential",
+)
 
 
 def _choice(config, name, valid):
@@ -53,8 +60,19 @@ def _check_method(config) -> None:
   if (config.mixing in methods.SCHEDULED) == (config.schedule == "none"):
     raise ValueError(
       f"config.schedule={config.schedule!r} does not fit "
-      f"config.mixing={config.mixing!r}: gossip and adjacent_leader need a "
+      f"config.mixing={config.mixing!r}: {', '.join(methods.SCHEDULED)} need a "
       "schedule (full, alternating or matcha), allreduce and local take 'none'."
+    )
+  if config.topology == "one_peer_exponential" and config.schedule not in (
+    "full",
+    "none",
+  ):
+    raise ValueError(
+      f"config.schedule={config.schedule!r} does not apply to "
+      "config.topology='one_peer_exponential': that graph is its own "
+      "time-varying schedule (one shift per step, docs/algorithm.md section "
+      "11), with no matchings to alternate or sample; use --config.schedule=full "
+      "(the sgp preset), or another topology."
     )
   if config.mixing == "local":  # no communication, so none of its options
     for name, default in (
@@ -72,14 +90,52 @@ def _check_method(config) -> None:
         )
   else:
     ald.check_options(
-      config.mixing,
+      methods.EXCHANGES[config.mixing],
       compressor=None if config.compressor == "none" else config.compressor,
       delay=config.delay,
       overlap=config.overlap,
       every=config.gossip_every,
       skip_nonfinite=config.skip_nonfinite,
+      # A directed graph is a feature of the table too (AL-DSGD refuses it).
+      schedule=builders.directed_schedule(config),
+    )
+  if config.mixing == "qg_dsgdm" and config.momentum == 0:
+    raise ValueError(
+      "config.mixing='qg_dsgdm' with config.momentum=0 is plain D-PSGD: the "
+      "quasi-global momentum is the method; set --config.momentum=0.9 (the "
+      "paper's, as the qg_dsgdm preset does), or use the dpsgd preset."
+    )
+  if config.mixing == "d2" and config.momentum != 0:
+    raise ValueError(
+      f"config.mixing='d2' with config.momentum={config.momentum!r}: D² "
+      "corrects plain SGD steps (jax_aldsgd.d2 takes no momentum); set "
+      "--config.momentum=0, or use qg_dsgdm or gradient_tracking for momentum."
     )
   methods.check(config)
+
+
+def _check_normalization(config) -> None:
+  """config.norm and config.bn_stats: valid, and meaningful together."""
+  _choice(config, "norm", models.NORMS)
+  _choice(config, "bn_stats", ("local", "gossip"))
+  variants = models.MODELS_BY_NORM[config.norm]
+  if config.model not in variants:
+    raise ValueError(
+      f"config.model={config.model!r} has no {config.norm} normalisation "
+      f"variant (config.norm={config.norm!r}); use --config.norm=batch, or one "
+      f"of {', '.join(variants)} as --config.model."
+    )
+  if config.bn_stats == "gossip" and config.norm != "batch":
+    raise ValueError(
+      f"config.bn_stats='gossip' mixes BatchNorm's running statistics, but "
+      f"config.norm={config.norm!r} has none; leave --config.bn_stats=local."
+    )
+  if config.bn_stats == "gossip" and config.mixing == "local":
+    raise ValueError(
+      "config.bn_stats='gossip' mixes BatchNorm's statistics with the step's "
+      "exchange, and config.mixing='local' does not communicate; leave "
+      "--config.bn_stats=local, or choose a mixing that communicates."
+    )
 
 
 def validate_config(config) -> None:
@@ -91,11 +147,12 @@ def validate_config(config) -> None:
   coefficients, MATCHA budget and seed, workers per device) are checked by its
   factories when the run builds them.
   """
+  _choice(config, "topology", TOPOLOGIES)
   _check_method(config)
   _choice(config, "dataset", tuple(input_pipeline.DATASETS))
   _choice(config, "data_source", input_pipeline.SOURCES)
   _choice(config, "model", tuple(models.MODELS))
-  _choice(config, "topology", TOPOLOGIES)
+  _check_normalization(config)
   _choice(config, "graph_variant", ("pairs", "triples"))
   _choice(config, "partition", input_pipeline.PARTITIONS)
   if config.consensus_lr != "auto":

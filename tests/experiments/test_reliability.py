@@ -14,7 +14,7 @@ import pytest
 
 import jax_aldsgd as ald
 from experiments.cifar import checkpoint as checkpoint_lib
-from experiments.cifar import input_pipeline, report, train
+from experiments.cifar import input_pipeline, methods, report, train
 from tests import helpers
 from tests.helpers import tiny_config
 
@@ -117,6 +117,17 @@ def test_bad_fields_the_library_checks(method, overrides, message):
     ("choco", dict(consensus_lr="1.5"), "config.consensus_lr='1.5' must be 'auto'"),
     ("dpsgd", dict(dirichlet_alpha=0.0), "config.dirichlet_alpha=0.0 must be"),
     ("dpsgd", dict(classes_per_worker=0), "config.classes_per_worker=0 must be"),
+    # The heterogeneous-data methods and normalisation (docs/algorithm.md
+    # section 11).
+    ("qg_dsgdm", dict(momentum=0.0), "momentum=0 is plain D-PSGD.*momentum=0.9"),
+    ("d2", dict(momentum=0.9), "D² corrects plain SGD steps.*--config.momentum=0"),
+    ("sgp", dict(schedule="matcha"), "'matcha' does not apply to config.topology="),
+    ("sgp", dict(topology="ring"), "names the preset .* topology='ring'"),
+    ("dpsgd", dict(norm="group", model="resnet50"), "'resnet50' has no group norm"),
+    ("dpsgd", dict(norm="layer"), "config.norm='layer' is not valid"),
+    ("dpsgd", dict(bn_stats="shared"), "config.bn_stats='shared' is not valid"),
+    ("local", dict(bn_stats="gossip"), "and config.mixing='local' does not comm"),
+    ("dpsgd", dict(bn_stats="gossip", norm="group"), "has none; leave --config.bn"),
   ],
 )
 def test_bad_communication_and_partition_fields(method, overrides, message):
@@ -131,6 +142,22 @@ def test_bad_communication_and_partition_fields(method, overrides, message):
     ("choco", dict(delay=2), "gossip", dict(compressor="top_k", delay=2)),
     ("dpsgd", dict(delay=1, overlap=True), "gossip", dict(delay=1, overlap=True)),
     ("allreduce", dict(skip_nonfinite=True), "allreduce", dict(skip_nonfinite=True)),
+    (
+      "aldsgd_dpsgd",
+      dict(topology="one_peer_exponential"),
+      "adjacent_leader",
+      dict(schedule=ald.schedules.one_peer_exponential(8)),
+    ),
+    (
+      "qg_dsgdm",
+      dict(compressor="top_k"),
+      "quasi_global_momentum",
+      dict(compressor="top_k"),
+    ),
+    ("d2", dict(overlap=True), "d2_gossip", dict(overlap=True)),
+    ("gradient_tracking", dict(gossip_every=2), "tracking_gossip", dict(every=2)),
+    ("gradient_tracking", dict(delay=1), "tracking_gossip", dict(delay=1)),
+    ("d2", dict(skip_nonfinite=True), "d2_gossip", dict(skip_nonfinite=True)),
   ],
 )
 def test_refuses_what_the_library_refuses_in_its_words(
@@ -145,6 +172,14 @@ def test_refuses_what_the_library_refuses_in_its_words(
 
 def test_allreduce_takes_local_steps_and_overlap():
   train.validate_config(tiny_config("allreduce", gossip_every=4, overlap=True))
+
+
+def test_dpsgd_on_the_one_peer_exponential_graph_is_sgp():
+  """Gossip with schedule full on that graph is both presets' method."""
+  config = tiny_config("dpsgd", topology="one_peer_exponential")
+  train.validate_config(config)
+  assert methods.preset_of(config) == "sgp"
+  assert train.build_schedule(config) == ald.schedules.one_peer_exponential(8)
 
 
 def test_bad_runtime_combinations(mock_cifar, tmp_path):

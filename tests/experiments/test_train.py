@@ -10,7 +10,7 @@ import pytest
 import jax_aldsgd as ald
 from experiments import compare
 from experiments.cifar import checkpoint as checkpoint_lib
-from experiments.cifar import methods, report, train
+from experiments.cifar import input_pipeline, methods, report, train
 from experiments.cifar.configs import default
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
@@ -109,6 +109,31 @@ def _by_hand(name, learning_rate, epoch):
     restart_every=epoch,
   )
   local = ald.local_sgd(learning_rate, **common)
+  # D² on each paper graph with alpha = 1 / lambda_max(L) (default.py says why).
+  d2_schedule = S.rotating(
+    [
+      S.full(g, 1 / np.linalg.eigvalsh(g.laplacian())[-1])
+      for g in (T.paper_graph(g, allow_disconnected=True) for g in (1, 0))
+    ],
+    restart_every=epoch,
+  )
+  heterogeneous = {
+    "qg_dsgdm": (
+      rotating("full"),
+      ald.qg_dsgdm(learning_rate, rotating("full"), momentum=0.9, weight_decay=5e-4),
+    ),
+    "d2": (d2_schedule, ald.d2(learning_rate, d2_schedule, weight_decay=5e-4)),
+    "gradient_tracking": (
+      rotating("full"),
+      ald.gradient_tracking(learning_rate, rotating("full"), **common),
+    ),
+    "sgp": (
+      S.one_peer_exponential(8),
+      ald.dsgd(learning_rate, S.one_peer_exponential(8), **common),
+    ),
+  }
+  if name in heterogeneous:
+    return heterogeneous[name]
   table = {
     "allreduce": (None, optax.chain(local, ald.allreduce())),
     "local": (None, local),
@@ -133,7 +158,7 @@ def _by_hand(name, learning_rate, epoch):
 def test_presets_make_the_library_calls_they_name(name):
   """Every preset builds the schedule and optimizer written out in `_by_hand`,
   and they train a quadratic bit for bit alike."""
-  assert set(train.METHODS) == set(methods.PRESETS) and len(train.METHODS) == 10
+  assert set(train.METHODS) == set(methods.PRESETS) and len(train.METHODS) == 14
   config = tiny_config(name, consensus_lr="0.1")
   assert config.method == name
   train.validate_config(config)
@@ -321,3 +346,102 @@ def test_choco_runs_with_the_tuned_consensus_step(mock_cifar, tmp_path, compress
   assert record["message_bytes"] == message < ald.gossip_message_bytes(params) / 3
   degrees = sum(schedule.active_degrees(k) for k in range(3))
   np.testing.assert_array_equal(record["bytes_sent"], degrees * message)
+
+
+def _one_worker_size(tree) -> int:
+  return sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(tree))
+
+
+def _built(config, stats_tx=None):
+  """The trainer's state, traffic and jitted step for ``config`` (as
+  train_and_evaluate builds them, without data, evaluation or checkpoints)."""
+  train.validate_config(config)
+  info = input_pipeline.DATASETS[config.dataset]
+  mesh = ald.worker_mesh(config.num_workers)
+  schedule = train.build_schedule(config, steps_per_epoch=3)
+  tx = train.build_optimizer(config, schedule, 0.05, 3)
+  state = train.create_train_state(config, info, mesh, tx, stats_tx)
+  traffic = train.traffic(config, tx, state.params, stats_tx, state.batch_stats)
+  step = jax.jit(ald.worker_map(train.train_step, mesh))
+  rng = np.random.default_rng(0)
+  n, b = config.num_workers, config.batch_size
+  batch = dict(
+    image=ald.shard_workers(
+      rng.normal(size=(n, b) + info.image_shape).astype(np.float32), mesh
+    ),
+    label=ald.shard_workers(
+      rng.integers(0, info.num_classes, (n, b)).astype(np.int32), mesh
+    ),
+  )
+  return schedule, state, traffic, step, batch
+
+
+@pytest.mark.parametrize(
+  "name,overrides",
+  [("qg_dsgdm", {}), ("d2", {}), ("sgp", dict(norm="group"))],
+)
+def test_heterogeneous_data_presets_step_and_send_one_model(name, overrides):
+  """qg_dsgdm, d2 and sgp (here with GroupNorm) train, sending one model per
+  active slot; sgp's schedule is the one-peer exponential graph, one message
+  per worker and step. (gradient_tracking: the test after this one.)"""
+  config = tiny_config(name, **overrides)
+  schedule, state, traffic, step, batch = _built(config)
+  params = _one_worker_size(state.params)
+  assert traffic.message_bytes == 4 * params
+  if name == "sgp":
+    assert schedule == S.one_peer_exponential(8)
+    for k in range(4):
+      np.testing.assert_array_equal(traffic.sent_bytes(k), 4 * params)
+    assert not jax.tree.leaves(state.batch_stats)  # GroupNorm: no statistics
+  before = jax.tree.map(np.asarray, state.params)
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  assert np.all(np.isfinite(ald.gather_workers(metrics["loss"])))
+  assert bool(ald.all_finite(state.params))
+  moved = [
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params))
+  ]
+  assert all(moved)
+
+
+def test_bn_stats_gossip_mixes_the_statistics_with_the_steps_W():
+  """Gradient tracking with bn_stats=gossip: after one step every worker's
+  BatchNorm statistics are W_0 times the ones local statistics give, the
+  parameters are untouched by it, and each message is the model twice (x and
+  the tracker y) plus the statistics once."""
+  config = tiny_config("gradient_tracking", bn_stats="gossip")
+  schedule = train.build_schedule(config, steps_per_epoch=3)
+  stats_tx = train.build_stats_exchange(config, schedule)
+  _, mixed, traffic, step, batch = _built(config, stats_tx)
+  _, local, local_traffic, local_step, _ = _built(config)
+  mixed, _ = step(mixed, batch)
+  local, _ = local_step(local, batch)
+  for a, b in zip(jax.tree.leaves(mixed.params), jax.tree.leaves(local.params)):
+    np.testing.assert_array_equal(a, b)
+  w = schedule.mixing_matrix(0)
+  for got, own in zip(
+    jax.tree.leaves(mixed.batch_stats), jax.tree.leaves(local.batch_stats)
+  ):
+    own = np.asarray(own).reshape(8, -1)
+    assert not np.allclose(own, own[:1])  # the workers' statistics differ
+    np.testing.assert_allclose(
+      np.asarray(got).reshape(8, -1), w @ own, rtol=1e-5, atol=1e-6
+    )
+  # Bytes: D-PSGD on the same schedule sends the model once per message.
+  dpsgd = tiny_config("dpsgd")
+  dpsgd_tx = train.build_optimizer(dpsgd, schedule, 0.05, 3)
+  model = train.traffic(dpsgd, dpsgd_tx, local.params).message_bytes
+  stats = 4 * _one_worker_size(local.batch_stats)
+  assert local_traffic.message_bytes == 2 * model
+  assert traffic.message_bytes == 2 * model + stats
+  for k in range(3):
+    np.testing.assert_array_equal(
+      traffic.sent_bytes(k), schedule.active_degrees(k) * (2 * model + stats)
+    )
+  # The all-reduce averages the statistics with the parameters.
+  config = tiny_config("allreduce", bn_stats="gossip")
+  stats_tx = train.build_stats_exchange(config, None)
+  tx = train.build_optimizer(config, None, 0.05, 3)
+  both = train.traffic(config, tx, local.params, stats_tx, local.batch_stats)
+  assert both.allreduce and both.message_bytes == model + stats

@@ -6,29 +6,46 @@ epochs 100 and 150 of 200, weight decay 5e-4, no momentum, seed 1234, a differen
 random initialization on every worker.
 
 A method is three fields: ``mixing`` (allreduce | gossip | adjacent_leader |
-local), ``schedule`` (full | alternating | matcha; none for allreduce and local)
-and ``compressor`` (none | top_k | random_k | scaled_sign | qsgd). The config's
-argument (big_vision style) is a preset that sets them and names the run in
-``config.method`` (``experiments/cifar/methods.py``):
+local | qg_dsgdm | d2 | gradient_tracking), ``schedule`` (full | alternating |
+matcha; none for allreduce and local) and ``compressor`` (none | top_k |
+random_k | scaled_sign | qsgd). The config's argument (big_vision style) is a
+preset that sets them and names the run in ``config.method``
+(``experiments/cifar/methods.py``); a few presets set one more field:
 
-    preset                  mixing           schedule     compressor
-    allreduce               allreduce        none         none
-    dpsgd                   gossip           full         none
-    dpsgd_reference         gossip           alternating  none
-    matcha                  gossip           matcha       none
-    aldsgd_dpsgd            adjacent_leader  full         none
-    aldsgd_dpsgd_reference  adjacent_leader  alternating  none
-    aldsgd_matcha           adjacent_leader  matcha       none
-    choco                   gossip           full         top_k
-    aldsgd_choco            adjacent_leader  full         top_k
-    local                   local            none         none
+    preset                  mixing             schedule     compressor  also sets
+    allreduce               allreduce          none         none
+    dpsgd                   gossip             full         none
+    dpsgd_reference         gossip             alternating  none
+    matcha                  gossip             matcha       none
+    aldsgd_dpsgd            adjacent_leader    full         none
+    aldsgd_dpsgd_reference  adjacent_leader    alternating  none
+    aldsgd_matcha           adjacent_leader    matcha       none
+    choco                   gossip             full         top_k
+    aldsgd_choco            adjacent_leader    full         top_k
+    local                   local              none         none
+    qg_dsgdm                qg_dsgdm           full         none        momentum=0.9
+    d2                      d2                 full         none
+    gradient_tracking       gradient_tracking  full         none
+    sgp                     gossip             full         none        topology=one_peer_exponential
 
 ``dpsgd`` is D-PSGD (every matching at every step, alpha = 2 / (lambda_2 +
 lambda_max)); ``*_reference`` is the reference code's alternating "D-PSGD"
 (docs/algorithm.md section 3); ``matcha`` has budget 0.5; ``aldsgd_*`` is AL-DSGD
 on top of those; ``choco`` and ``aldsgd_choco`` compress (CHOCO-SGD,
 docs/algorithm.md section 9) with any compressor (``--config.compressor``).
-Without an argument the preset is what the reference code ran as the paper's
+The heterogeneous-data methods (docs/algorithm.md section 11; none of them
+combines with a compressor, overlap, gossip_every, delay or skip_nonfinite,
+the library's table ``jax_aldsgd.check_options`` says why):
+``qg_dsgdm`` is quasi-global momentum (Nesterov, ``config.momentum``, which
+it needs: 0 is refused, as that is D-PSGD); ``d2`` is D² with the neighbor
+weight alpha = 1 / lambda_max(L) on each graph, so that every W_k = I - alpha L
+is positive semidefinite (D-PSGD's alpha gives lambda_min(W) = -0.81 on the
+paper pair and -0.74 on the ring, beyond the -1/3 D² needs);
+``gradient_tracking`` exchanges the parameters and the gradient tracker, one
+message of twice the model; ``sgp`` is gossip on the one-peer exponential
+graph (SGP without momentum here: ``config.momentum`` as in ``dpsgd``; one
+message per worker and step; the topology is its own schedule, so it takes
+``full`` only). Without an argument the preset is what the reference code ran as the paper's
 AL-DSGD: ``aldsgd_dpsgd_reference`` (on the rotating pair, with the rotation and
 the pull period restarted each epoch, docs/algorithm.md section 8.1). Other
 combinations are set field by field and named in ``config.method``, e.g.
@@ -48,6 +65,10 @@ Every preset, from the repository root:
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:choco --config.compressor=scaled_sign --workdir=workdirs/cifar10_choco_scaled_sign
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:aldsgd_choco --workdir=workdirs/cifar10_aldsgd_choco
     .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:local --workdir=workdirs/cifar10_local
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:qg_dsgdm --workdir=workdirs/cifar10_qg_dsgdm
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:d2 --workdir=workdirs/cifar10_d2
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:gradient_tracking --workdir=workdirs/cifar10_gradient_tracking
+    .venv/bin/python -m experiments.cifar --config=experiments/cifar/configs/default.py:sgp --workdir=workdirs/cifar10_sgp
 
 The other config files take the same argument.
 
@@ -67,10 +88,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   """The paper's setup with the method ``preset`` (default: the paper's AL-DSGD)."""
   config = ml_collections.ConfigDict()
 
-  # The method: config.mixing, config.schedule and config.compressor, set by
-  # the preset (the table above), and config.method, the name the run is
-  # recorded under.
-  methods.apply_preset(config, preset or methods.DEFAULT_PRESET)
+  # The method (config.mixing, config.schedule, config.compressor) and
+  # config.method, the name the run is recorded under, are set by the preset
+  # (the table above) at the end, after the defaults some presets change.
 
   # Data.
   config.dataset = "cifar10"  # cifar10 | cifar100 | fashion_mnist
@@ -79,11 +99,24 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
   # Model: resnet50 | resnet20 | wrn28_10 | vgg16_bn | small_cnn.
   config.model = "resnet50"
+  # Normalisation layers: batch (BatchNorm, the reference) | group (GroupNorm,
+  # min(32, channels // 4) groups: Wu & He's 32 where the layer is wide enough,
+  # at least 4 channels per group; no batch statistics, so a worker's output
+  # does not depend on its batch, docs/algorithm.md section 11). group exists
+  # for small_cnn and resnet20.
+  config.norm = "batch"
+  # BatchNorm's running statistics (used at evaluation): local (each worker
+  # keeps its own, the reference) | gossip (mixed after every step with the
+  # step's W_k, as the parameters are; the mean for allreduce; counted in the
+  # bytes sent). Only with norm=batch and a mixing that communicates.
+  config.bn_stats = "local"
 
   # Workers and communication.
   config.num_workers = 8
   config.workers_per_device = 1  # >1: several workers share a device (vmap)
-  config.topology = "paper"  # paper | ring | torus | exponential | complete
+  # paper | ring | torus | exponential | complete | one_peer_exponential (the
+  # directed, time-varying graph of SGP: its own schedule, so schedule full only).
+  config.topology = "paper"
   # Paper graphs in step order: the reference uses graph g+1 at even steps and
   # graph g at odd steps, so the pair (0, 1) is (1, 0) here. One id: no rotation.
   config.graph_ids = (1, 0)
@@ -152,4 +185,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   config.stop_after_steps = 0
   config.plots = True
 
+  methods.apply_preset(config, preset or methods.DEFAULT_PRESET)
   return config
