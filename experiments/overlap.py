@@ -77,10 +77,22 @@ def _parse(argv):
   parser.add_argument("--json", default="")
   args = parser.parse_args(argv)
   args.methods = [m for m in args.methods.split(",") if m]
-  from experiments.cifar import train  # imports JAX, does not start a backend
+  import jax_aldsgd as ald  # imports JAX, does not start a backend
+  from experiments.cifar import methods
+
+  def overlaps(method):  # the library's table says whether overlap=True combines
+    try:
+      ald.check_options(methods.EXCHANGES[method.mixing], overlap=True)
+    except ValueError:
+      return False
+    return True
 
   gossip = [
-    m for m in train.METHODS if m not in ("allreduce", "local", "choco", "aldsgd_choco")
+    name
+    for name, method in methods.PRESETS.items()
+    if method.mixing in methods.SCHEDULED
+    and method.compressor == "none"
+    and overlaps(method)
   ]
   for m in args.methods:
     if m not in gossip:
