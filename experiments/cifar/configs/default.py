@@ -106,9 +106,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # for small_cnn and resnet20.
   config.norm = "batch"
   # BatchNorm's running statistics (used at evaluation): local (each worker
-  # keeps its own, the reference) | gossip (mixed after every step with the
-  # step's W_k, as the parameters are; the mean for allreduce; counted in the
-  # bytes sent). Only with norm=batch and a mixing that communicates.
+  # keeps its own, the reference) | gossip (mixed after every communicating
+  # step with the step's W_k: plain gossip, uncompressed, without AL-DSGD's
+  # pulls; the mean for allreduce; sent with the step's message and counted in
+  # its bytes). Only with norm=batch and a mixing that communicates.
   config.bn_stats = "local"
 
   # Workers and communication.
