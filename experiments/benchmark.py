@@ -3,6 +3,7 @@ r"""What one training step costs: gossip and AL-DSGD against local SGD and all-r
     .venv/bin/python -m experiments.benchmark [--model=resnet20] [--batch=32] [--workers=8]
         [--steps=30] [--methods=local,allreduce,...] [--json=out.json]
         [--scaling=8,16,32 --scaling-model=small_cnn] [--quick]
+    .venv/bin/python -m experiments.benchmark --heterogeneity [--model=resnet20]
 
 In one process, for every method, the jitted training step of experiments.cifar
 (forward, backward, local SGD with weight decay, then no communication / all-
@@ -24,6 +25,14 @@ Methods are compiled first and then timed round-robin, one step each per round,
 so all of them see the same background load; ratios are medians of per-round
 ratios (paired), which cancels most of the machine's drift. Prints markdown
 tables and writes JSON.
+
+With ``--heterogeneity``, the heterogeneous-data methods (quasi-global
+momentum, D², gradient tracking, SGP on the one-peer exponential graph) are
+timed round-robin with local SGD and D-PSGD on ``--model`` (batch ``--batch``)
+and on the small CNN (batch 16), and a second table pairs each with D-PSGD:
+the median over rounds of t_method / t_dpsgd and the extra peak memory over
+D-PSGD in parameter copies (targets: <= 1.05x for quasi-global momentum and D²,
+<= 1.10x for gradient tracking, <= 2 copies each).
 
 The exchange at every model size (``--sizes``, instead of the tables above):
 
@@ -66,7 +75,12 @@ CHOCO_METHODS = tuple(
 # The reference code's schedule (alternating flags: one matching per step; the
 # default experiment), on request only.
 REFERENCE_METHODS = ("dpsgd_reference", "aldsgd_dpsgd_reference")
-VALID_METHODS = METHODS + REFERENCE_METHODS + CHOCO_METHODS
+# The heterogeneous-data methods (docs/algorithm.md section 11), on request,
+# paired with "dpsgd" in the same run: quasi-global momentum, D², gradient
+# tracking (twice the message) and SGP (gossip on the one-peer exponential
+# graph: one message per step).
+HETEROGENEITY_METHODS = ("qg_dsgdm", "d2", "gradient_tracking", "sgp")
+VALID_METHODS = METHODS + REFERENCE_METHODS + CHOCO_METHODS + HETEROGENEITY_METHODS
 
 # Numbers reported for the reference PyTorch + MPI implementation on the 2-core
 # development CPU, 8 ranks of one thread, ResNet-50, batch 16, synthetic data
@@ -100,6 +114,12 @@ def _parse(argv):
     "--scaling", default="", help="comma-separated worker counts for a scaling table"
   )
   parser.add_argument("--scaling-model", default="small_cnn")
+  parser.add_argument(
+    "--heterogeneity",
+    action="store_true",
+    help="instead of the tables above: local, dpsgd and the heterogeneous-data "
+    "methods, timed against dpsgd in one run, on --model and on small_cnn",
+  )
   parser.add_argument("--scaling-batch", type=int, default=16)
   parser.add_argument("--json", default="", help="write the results here")
   parser.add_argument(
@@ -158,7 +178,8 @@ def make_config(method: str, model: str, workers: int, batch: int, dataset: str)
     config.compressor, config.consensus_lr = compressor, "0.1"
   # A step's cost does not depend on where epochs start.
   config.reference_epoch_phase = False
-  if workers != 8:  # the paper graphs have 8 (or 16) workers
+  # The paper graphs have 8 (or 16) workers; other graphs (sgp's) any number.
+  if workers != 8 and config.topology == "paper":
     config.topology, config.graph_ids = "exponential", (0,)
     if workers == 16:
       config.topology, config.graph_ids = "paper", (11, 10)
@@ -397,16 +418,28 @@ def run_interleaved(methods, model, workers, batch, args, label) -> list[dict]:
 
 
 def add_ratios(rows):
-  """Paired comparisons with local SGD (and all-reduce) timed in the same rounds.
+  """Paired comparisons with local SGD (and all-reduce, D-PSGD) timed in the same rounds.
 
   ``time_vs_local``: median over rounds of t_method / t_local, with its 10th-90th
   percentile; ``overhead_vs_allreduce``: median of (t_method - t_local) over
-  median of (t_allreduce - t_local).
+  median of (t_allreduce - t_local); ``time_vs_dpsgd``: median over rounds of
+  t_method / t_dpsgd, and the extra peak memory over D-PSGD's in parameter
+  copies.
   """
   import numpy as np
 
   local = next((r for r in rows if r["method"] == "local"), None)
   allreduce = next((r for r in rows if r["method"] == "allreduce"), None)
+  dpsgd = next((r for r in rows if r["method"] == "dpsgd"), None)
+  if dpsgd is not None:
+    for r in rows:
+      ratios = np.array(r["times"]) / np.array(dpsgd["times"])
+      r["time_vs_dpsgd"] = float(np.median(ratios))
+      r["time_vs_dpsgd_p10"] = float(np.percentile(ratios, 10))
+      r["time_vs_dpsgd_p90"] = float(np.percentile(ratios, 90))
+      r["extra_memory_vs_dpsgd_param_copies"] = (
+        r["peak_bytes_per_device"] - dpsgd["peak_bytes_per_device"]
+      ) / (4 * r["params"])
   if local is None:
     return rows
   base = np.array(local["times"])
@@ -451,6 +484,59 @@ def table(rows, title):
       f"{r['images_per_s']:.0f} |"
     )
   return "\n".join(lines)
+
+
+# What each heterogeneous-data method may cost over D-PSGD (the issue's
+# targets): step time ratio, extra peak memory in parameter copies.
+TARGETS_VS_DPSGD = {
+  "qg_dsgdm": (1.05, 2.0),
+  "d2": (1.05, 2.0),
+  "gradient_tracking": (1.10, 2.0),
+}
+
+
+def dpsgd_table(rows, title):
+  """Each method against D-PSGD timed in the same rounds, with its target."""
+  lines = [
+    f"### {title}: against D-PSGD",
+    "",
+    "| method | vs dpsgd (paired median, p10-p90) | + param copies over dpsgd | "
+    "MB sent / worker / step | target (time, memory) | met |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    if "time_vs_dpsgd" not in r or r["method"] in ("local", "dpsgd"):
+      continue
+    target = TARGETS_VS_DPSGD.get(r["method"])
+    met = "n/a"
+    if target is not None:
+      met = (
+        "yes"
+        if r["time_vs_dpsgd"] <= target[0]
+        and r["extra_memory_vs_dpsgd_param_copies"] <= target[1]
+        else "**no**"
+      )
+    lines.append(
+      f"| {r['method']} | {r['time_vs_dpsgd']:.3f}x "
+      f"({r['time_vs_dpsgd_p10']:.3f}-{r['time_vs_dpsgd_p90']:.3f}) | "
+      f"{r['extra_memory_vs_dpsgd_param_copies']:.2f} | "
+      f"{r['bytes_per_worker_step'] / 1e6:.3f} | "
+      + (f"<= {target[0]:.2f}x, <= {target[1]:.0f} | " if target else "none | ")
+      + f"{met} |"
+    )
+  return "\n".join(lines)
+
+
+def run_heterogeneity(args) -> tuple[list[list[dict]], list[str]]:
+  """``--heterogeneity``: the section 11 methods against D-PSGD, on two models."""
+  methods = ["local", "dpsgd", *HETEROGENEITY_METHODS]
+  reports, out = [], []
+  for model, batch in ((args.model, args.batch), ("small_cnn", 16)):
+    title = f"{model}, batch {batch} per worker, {args.workers} workers"
+    rows = run_interleaved(methods, model, args.workers, batch, args, title)
+    reports.append(rows)
+    out += [table(rows, title), dpsgd_table(rows, title)]
+  return reports, out
 
 
 def reference_table(rows):
@@ -803,6 +889,13 @@ def main(argv=None) -> int:
     "scaling": [],
   }
   print(f"machine: {report['machine']}", file=sys.stderr)
+  if args.heterogeneity:
+    report["heterogeneity"], out = run_heterogeneity(args)
+    print("\n\n".join(out))
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
   if args.sizes:
     report["sizes"] = run_sizes(args)
     print(size_table(report["sizes"]))

@@ -178,6 +178,49 @@ def _check_timings(rows, steps):
       (r["peak_bytes_per_device"] - local["peak_bytes_per_device"]) / (4 * r["params"])
     )
   assert local["time_vs_local"] == 1.0 and local["overhead_s"] == 0.0
+  dpsgd = next(r for r in rows if r["method"] == "dpsgd")
+  for r in rows:  # and paired with D-PSGD's
+    times = np.array(r["times"])
+    assert r["time_vs_dpsgd"] == pytest.approx(np.median(times / dpsgd["times"]))
+    assert r["extra_memory_vs_dpsgd_param_copies"] == pytest.approx(
+      (r["peak_bytes_per_device"] - dpsgd["peak_bytes_per_device"]) / (4 * r["params"])
+    )
+
+
+def test_dpsgd_table_judges_each_method_by_its_target():
+  """Time within the target and memory within 2 copies: met; either over: not."""
+
+  def row(method, ratio, copies):
+    return dict(
+      method=method,
+      time_vs_dpsgd=ratio,
+      time_vs_dpsgd_p10=ratio - 0.01,
+      time_vs_dpsgd_p90=ratio + 0.01,
+      extra_memory_vs_dpsgd_param_copies=copies,
+      bytes_per_worker_step=2e6,
+    )
+
+  rows = [
+    row("dpsgd", 1.0, 0.0),
+    row("qg_dsgdm", 1.049, 1.0),
+    row("d2", 1.051, 0.0),
+    row("gradient_tracking", 1.08, 2.5),
+    row("sgp", 0.7, 0.0),
+  ]
+  lines = benchmark.dpsgd_table(rows, "t").splitlines()[4:]
+  assert [line.split(" | ")[0] for line in lines] == [
+    "| qg_dsgdm",
+    "| d2",
+    "| gradient_tracking",
+    "| sgp",
+  ]
+  assert [line.split(" | ")[-1] for line in lines] == [
+    "yes |",
+    "**no** |",
+    "**no** |",
+    "n/a |",
+  ]
+  assert "1.049x (1.039-1.059)" in lines[0] and "<= 1.10x, <= 2" in lines[2]
 
 
 @pytest.mark.slow
