@@ -3,7 +3,8 @@
 Tang, Lian, Yan, Zhang & Liu, ICML 2018 (docs/algorithm.md section 11). With
 ``u`` the local optimizer's update (``u = -lr g`` for SGD), step 0 is D-PSGD
 and each later step mixes ``x_half = x + u + (x - x_prev - u_prev)``:
-``x+ = W_k x_half``. The state keeps the previous ``x`` and ``u``.
+``x+ = W_k x_half``. The state keeps one parameter-sized tree, the previous
+step's ``x_prev + u_prev``.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ class D2State(NamedTuple):
 
   Attributes:
     count: the step counter that drives the schedule (int32 scalar).
-    previous_params: ``x`` of the previous step (zeros before step 1).
-    previous_updates: the local optimizer's ``u`` of the previous step.
+    previous_point: ``x_prev + u_prev``, the previous step's ``x`` plus the
+      local optimizer's ``u`` (before mixing), in the parameters' dtype; the
+      initial parameters before step 0.
   """
 
   count: jax.Array
-  previous_params: Any
-  previous_updates: Any
+  previous_point: Any
 
 
 def _pattern_matrix(schedule: Schedule, pattern) -> np.ndarray:
@@ -158,22 +159,25 @@ def d2_gossip(
   _compat.check_options("d2_gossip", schedule=schedule)
   warn_if_d2_unstable(schedule)
 
+  # x_half = x + u + (x - x_prev - u_prev) needs x_prev and u_prev only through
+  # s = x_prev + u_prev, so the state keeps s (one copy of the parameters, not
+  # two). Starting from s = x at init zeroes the correction at step 0: x - s is
+  # exactly 0 there, and the step is D-PSGD's.
   def init_fn(params):
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return D2State(jnp.zeros([], jnp.int32), zeros, zeros)
+    # A copy: a state sharing the params' buffers could not donate both.
+    return D2State(jnp.zeros([], jnp.int32), jax.tree.map(jnp.copy, params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     _checks.check_params(params, "d2_gossip")
     me = _workers.worker_index(axis_name, schedule)
-    started = state.count > 0
 
-    # v = x_half - x = u + (x - x_prev - u_prev), the correction off at step 0.
-    def half_step(u, x, x_prev, u_prev):
-      return u + jnp.where(started, x - x_prev - u_prev, 0).astype(u.dtype)
-
+    # v = x_half - x = u + (x - s), s = x_prev + u_prev.
     step = jax.tree.map(
-      half_step, updates, params, state.previous_params, state.previous_updates
+      lambda u, x, s: u + (x - s).astype(u.dtype),
+      updates,
+      params,
+      state.previous_point,
     )
     x_half = jax.tree.map(jnp.add, params, step)
     buffer, unpack = _packing.pack(x_half)
@@ -183,8 +187,8 @@ def d2_gossip(
     )
     delta_tree, _ = unpack(delta)
     new_updates = jax.tree.map(lambda v, d: (v + d).astype(v.dtype), step, delta_tree)
-    kept = jax.tree.map(lambda u, x: u.astype(x.dtype), updates, params)
-    return new_updates, D2State(state.count + 1, params, kept)
+    point = jax.tree.map(lambda u, x: x + u.astype(x.dtype), updates, params)
+    return new_updates, D2State(state.count + 1, point)
 
   def traffic_of(params):
     size = d2_message_bytes(params)
