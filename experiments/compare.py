@@ -70,8 +70,10 @@ def run_traffic(run: dict):
   `jax_aldsgd.traffic` of its optimizer said when it trained (the buffer a
   worker sends along one active slot, or all-reduces; 0 for local SGD). The
   schedule (rebuilt from the config, as the trainer builds it), or the
-  all-reduce, runs every ``config.gossip_every`` steps. The metrics do not keep the ``ppermute`` parts,
-  so each active slot's message counts as one ``ppermute``.
+  all-reduce, runs every ``config.gossip_every`` steps. Each active slot's
+  message travels in the recorded ``message_parts`` (its ``ppermute`` s, e.g.
+  AL-DSGD's ranks then parameters, or the parameters then gossiped BatchNorm
+  statistics); runs recorded before that field count one ``ppermute``.
   """
   import ml_collections
 
@@ -94,7 +96,8 @@ def run_traffic(run: dict):
   first = run["records"][0]
   steps_per_epoch = first["step"] // (first["epoch"] + 1)
   schedule = train.build_schedule(config, steps_per_epoch)
-  return ald.Traffic(n, message, (message,), schedule, every=every)
+  parts = tuple(run["records"][-1].get("message_parts") or (message,))
+  return ald.Traffic(n, message, parts, schedule, every=every)
 
 
 def simulated_seconds(

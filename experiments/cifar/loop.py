@@ -222,6 +222,7 @@ def epoch_record(
     nonfinite_steps=sums["nonfinite"].tolist(),
     params_finite=sums["finite"].tolist(),
     message_bytes=traffic.message_bytes,
+    message_parts=list(traffic.parts),
     consensus_lr=choco_lr,
     bytes_sent=progress.bytes_sent,
     bytes_sent_mean=float(np.mean(progress.bytes_sent)),

@@ -329,6 +329,20 @@ def test_local_steps_and_delay_count_the_bytes_actually_sent(mock_cifar, tmp_pat
   np.testing.assert_allclose(seconds[-1], busiest * record["message_bytes"] / 1.25e8)
 
 
+def test_compare_sends_each_message_in_its_recorded_parts():
+  """A run's simulated latency counts the ppermutes its metrics record (AL-DSGD:
+  ranks, then parameters); a run recorded without them counts one."""
+  config = tiny_config("aldsgd_dpsgd")
+  record = dict(step=3, epoch=0, message_bytes=1008, message_parts=[8, 1000])
+  run = dict(name="r", config=config.to_dict(), records=[record])
+  traffic = compare.run_traffic(run)
+  schedule = train.build_schedule(config, steps_per_epoch=3)
+  assert traffic.parts == (8, 1000)
+  np.testing.assert_array_equal(traffic.ppermutes(0), 2 * schedule.active_degrees(0))
+  del record["message_parts"]
+  assert compare.run_traffic(run).parts == (1008,)
+
+
 @pytest.mark.parametrize("compressor", ["top_k", "scaled_sign"])
 def test_choco_runs_with_the_tuned_consensus_step(mock_cifar, tmp_path, compressor):
   config = tiny_config("aldsgd_choco", num_epochs=1, compressor=compressor)
