@@ -417,6 +417,21 @@ def run_interleaved(methods, model, workers, batch, args, label) -> list[dict]:
   return add_ratios([b.row(args.warmup) for b in benches])
 
 
+def _pair(row, base, time_key, memory_key):
+  """Sets ``row[time_key]`` (and ``_p10``, ``_p90``): the median over rounds of
+  t_row / t_base with its 10th-90th percentile; ``row[memory_key]``: the extra
+  peak memory over ``base``'s in parameter copies."""
+  import numpy as np
+
+  ratios = np.array(row["times"]) / np.array(base["times"])
+  row[time_key] = float(np.median(ratios))
+  row[f"{time_key}_p10"] = float(np.percentile(ratios, 10))
+  row[f"{time_key}_p90"] = float(np.percentile(ratios, 90))
+  row[memory_key] = (row["peak_bytes_per_device"] - base["peak_bytes_per_device"]) / (
+    4 * row["params"]
+  )
+
+
 def add_ratios(rows):
   """Paired comparisons with local SGD (and all-reduce, D-PSGD) timed in the same rounds.
 
@@ -433,25 +448,13 @@ def add_ratios(rows):
   dpsgd = next((r for r in rows if r["method"] == "dpsgd"), None)
   if dpsgd is not None:
     for r in rows:
-      ratios = np.array(r["times"]) / np.array(dpsgd["times"])
-      r["time_vs_dpsgd"] = float(np.median(ratios))
-      r["time_vs_dpsgd_p10"] = float(np.percentile(ratios, 10))
-      r["time_vs_dpsgd_p90"] = float(np.percentile(ratios, 90))
-      r["extra_memory_vs_dpsgd_param_copies"] = (
-        r["peak_bytes_per_device"] - dpsgd["peak_bytes_per_device"]
-      ) / (4 * r["params"])
+      _pair(r, dpsgd, "time_vs_dpsgd", "extra_memory_vs_dpsgd_param_copies")
   if local is None:
     return rows
   base = np.array(local["times"])
   for r in rows:
     times = np.array(r["times"])
-    ratios = times / base
-    r["time_vs_local"] = float(np.median(ratios))
-    r["time_vs_local_p10"] = float(np.percentile(ratios, 10))
-    r["time_vs_local_p90"] = float(np.percentile(ratios, 90))
-    r["extra_memory_param_copies"] = (
-      r["peak_bytes_per_device"] - local["peak_bytes_per_device"]
-    ) / (4 * r["params"])
+    _pair(r, local, "time_vs_local", "extra_memory_param_copies")
     if allreduce is not None:
       overhead = float(np.median(np.array(allreduce["times"]) - base))
       r["overhead_s"] = float(np.median(times - base))
