@@ -99,6 +99,7 @@ class Evaluator:
       (own_loss, own_correct, avg_loss, avg_correct)
     )
     return dict(
+      eval_examples=self._count,
       test_loss=(own_loss / self._count).tolist(),
       test_accuracy=(own_correct / self._count).tolist(),
       test_loss_averaged_model=float(avg_loss / self._count),

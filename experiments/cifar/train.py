@@ -261,6 +261,17 @@ def train_and_evaluate(
   evaluator = evaluation.Evaluator(
     test_images, test_labels, info, config.eval_batch_size, state.graphdef, mesh
   )
+  # Epochs before the last may evaluate on the first interim_eval_examples only.
+  interim_evaluator = evaluator
+  if 0 < config.interim_eval_examples < len(test_images):
+    interim_evaluator = evaluation.Evaluator(
+      test_images[: config.interim_eval_examples],
+      test_labels[: config.interim_eval_examples],
+      info,
+      config.eval_batch_size,
+      state.graphdef,
+      mesh,
+    )
   feed = loop.Feeder(batches, mesh, config.num_workers)
 
   # Resume.
@@ -311,8 +322,16 @@ def train_and_evaluate(
         raise loop.TrainingInterrupted(progress.step, reason, stop.signum)
 
       # Evaluation.
+      last = epoch + 1 == config.num_epochs
       record = loop.epoch_record(
-        state, progress, evaluator, lr_fn, steps_per_epoch, traffic, config, choco_lr
+        state,
+        progress,
+        evaluator if last else interim_evaluator,
+        lr_fn,
+        steps_per_epoch,
+        traffic,
+        config,
+        choco_lr,
       )
       record["time_total_s"] = time.perf_counter() - started
       if is_main:

@@ -184,6 +184,7 @@ def validate_config(config) -> None:
     ("seed", 0),
     ("max_steps_per_epoch", 0),
     ("max_eval_examples", 0),
+    ("interim_eval_examples", 0),
     ("stop_after_steps", 0),
     ("classes_per_worker", 1),
   ):

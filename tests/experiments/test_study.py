@@ -3,6 +3,8 @@ failed run, and its report's means and 95% intervals match a NumPy reference."""
 
 import json
 import math
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -80,6 +82,44 @@ def test_run_goes_on_after_a_failed_run_and_reports_it(tmp_path, monkeypatch, ca
   assert f"--workdir={second}" in calls[1]
   assert "--config.seed=5" in calls[1]
   assert str(second) in capsys.readouterr().out.split("failed")[-1]
+
+
+def test_run_archives_finished_runs_and_skips_archived_ones(tmp_path, monkeypatch):
+  """--archive copies a finished run's metrics and config, not its checkpoints,
+  and a later invocation (a machine without the workdirs) skips what it holds."""
+  cells = study.GRIDS["low_degree"].cells
+  root, archive = tmp_path / "root", tmp_path / "archive"
+  calls = []
+
+  class Done:
+    returncode = 0
+
+  def fake_run(cmd):
+    calls.append(cmd)
+    directory = pathlib.Path(cmd[cmd.index("-m") + 3].split("=", 1)[1])
+    shutil.rmtree(directory, ignore_errors=True)
+    # The first cell finishes; the second stops after one of its two epochs.
+    epochs = 2 if len(calls) == 1 else 1
+    _fake_run(directory, [[0.5]] * epochs, [0.5] * epochs, 2)
+    (directory / "checkpoints").mkdir()
+    return Done()
+
+  monkeypatch.setattr(study.subprocess, "run", fake_run)
+  args = ["run", "low_degree", "--seeds", "1", "--root", str(root)]
+  assert study.main(args + ["--archive", str(archive)]) == 0
+  first = study.workdir(archive, "low_degree", cells[0], 1)
+  assert sorted(p.name for p in first.iterdir()) == ["config.json", "metrics.jsonl"]
+  assert (first / "metrics.jsonl").read_text() == (
+    study.workdir(root, "low_degree", cells[0], 1) / "metrics.jsonl"
+  ).read_text()
+  # The unfinished run (archived too: its trainer exited 0) runs again.
+  calls.clear()
+  assert study.main(args + ["--archive", str(archive)]) == 0
+  assert len(calls) == len(cells) - 1
+  assert all(
+    f"--workdir={study.workdir(root, 'low_degree', cells[0], 1)}" not in c
+    for c in calls
+  )
 
 
 def _fake_run(directory, accuracies, averaged, num_epochs, steps_per_epoch=100):

@@ -25,11 +25,13 @@ def _comparable(records):
 
 
 def test_train_and_evaluate_on_mock_cifar(mock_cifar, tmp_path):
-  config = tiny_config(plots=True)
+  config = tiny_config(plots=True, interim_eval_examples=16)
   record = train.train_and_evaluate(config, str(tmp_path))
   records = report.MetricsLog(tmp_path / "metrics.jsonl").read()
   assert [r["epoch"] for r in records] == [0, 1]
   assert record == records[-1]
+  # The first epoch is evaluated on 16 test examples, the last on all 48.
+  assert [r["eval_examples"] for r in records] == [16, 48]
   n = config.num_workers
   for key in (
     "train_loss",
