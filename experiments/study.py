@@ -1,7 +1,7 @@
 r"""Grids of experiments.cifar runs over several seeds, and their tables and plots.
 
     .venv/bin/python -m experiments.study run GRID [GRID ...] [--seeds 1 2 3]
-        [--root workdirs/study] [--dry-run]
+        [--root workdirs/study] [--archive DIR] [--dry-run]
     .venv/bin/python -m experiments.study report GRID [GRID ...]
         [--root workdirs/study] [--out experiments/results/study] [--compute-ms 27.5]
 
@@ -11,14 +11,24 @@ trainer's command line. Every run is resumable as the trainer's runs are:
 rerunning the same command skips finished runs and resumes an interrupted one
 from its last checkpoint, so a grid can be stopped and continued at will.
 
+With ``--archive DIR`` each finished run's ``metrics.jsonl`` and ``config.json``
+(not its checkpoints) are copied to ``DIR/GRID/CELL/seedS``, small enough to
+commit, and runs already finished there are skipped: a grid started on one
+machine continues on another without the workdirs, and ``report --root DIR``
+reads the archive.
+
 ``report`` reads the finished workdirs and writes, per grid, a markdown table of
 each cell's final accuracy (mean over workers), worst worker, averaged model,
-epochs and simulated time to the target accuracy (a fixed compute time per step,
+final consensus distance (the workers' mean distance to their average model),
+epochs and simulated time to the grid's target accuracy (a fixed compute time per step,
 ``--compute-ms``, plus the simulated communication of the run's schedule on 1
 and 10 Gbit/s links with 50 us latency, overlap-aware), the simulated time of
 the whole run at 1 Gbit/s, and bytes per worker, each as the mean over seeds
 with a 95% confidence interval (Student's t, ``n - 1`` degrees of freedom), plus
-a figure of mean test accuracy against epoch (the seeds' mean and range), and
+a figure of mean test accuracy against epoch (or, for a grid with
+``time_axis``, against the simulated time at each network; the seeds' mean and
+range), when the grids differ in their Dirichlet alpha a summary figure of final
+accuracy against alpha (``OUT.png``), and
 the same numbers as JSON (null where a number does not exist: a target never
 reached, the interval of a single seed). A grid's ``pairs`` get a table of
 paired differences (each seed's run of a cell minus the same seed's run of its
@@ -29,7 +39,8 @@ note that their intervals leave out the activation draw (one ``matcha_seed`` for
 every seed). A cell with ``shared_with`` reads (and trains) its runs in that
 grid's workdirs, so one configuration is trained once for both. A failed run
 does not stop ``run``: it goes on and lists the failures at the end (exit status
-1); unfinished runs are left out of ``report``.
+1); unfinished runs are left out of ``report``. Text written by hand above the
+line `GENERATED` in an existing report is kept when the report is regenerated.
 
 A cell is a set of config overrides on top of the offline Fashion-MNIST config
 (`BASE_CONFIG`), so every run here uses Debian's Fashion-MNIST and the small CNN
@@ -107,6 +118,10 @@ class Grid:
   settings: tuple[tuple[str, object], ...] = SHORT
   # (cell, baseline) pairs whose differences the report gives seed by seed.
   pairs: tuple[tuple[str, str], ...] = ()
+  # The accuracy the "epochs / time to target" columns ask for.
+  target: float = TARGET
+  # Plot accuracy against simulated time (1 and 10 Gbit/s) rather than epochs.
+  time_axis: bool = False
 
 
 GRIDS: dict[str, Grid] = {
@@ -424,7 +439,13 @@ def cell_summary(runs, target=TARGET, compute_s=None) -> dict:
       times[gbit] = float(seconds[reached[0]]) if len(reached) else None
       totals[gbit] = float(seconds[-1])
     per_seed.append(
-      dict(summary, sim_time=times, sim_total=totals, per_worker=accuracy[-1].tolist())
+      dict(
+        summary,
+        sim_time=times,
+        sim_total=totals,
+        per_worker=accuracy[-1].tolist(),
+        consensus=float(np.mean(run["records"][-1]["consensus_distance"])),
+      )
     )
   if not per_seed:
     return {}
@@ -435,6 +456,7 @@ def cell_summary(runs, target=TARGET, compute_s=None) -> dict:
     "averaged_model",
     "epochs_to_target",
     "gbytes",
+    "consensus",
   ):
     out[key] = _interval([s[key] for s in per_seed])
   for gbit in NETWORKS_GBIT:
@@ -452,13 +474,13 @@ def grid_table(grid, summaries, target=TARGET) -> str:
   total = NETWORKS_GBIT[0]
   lines = [
     f"| cell | seeds | final mean acc (%) | worst worker (%) | averaged model (%)"
-    f" | epochs to {target:.0%} | {net_heads} | whole run at {total:g} Gbit/s (s)"
-    " | GB sent per worker |",
-    "|---|---|---|---|---|---|" + "---|" * len(NETWORKS_GBIT) + "---|---|",
+    f" | consensus distance | epochs to {target:.0%} | {net_heads}"
+    f" | whole run at {total:g} Gbit/s (s) | GB sent per worker |",
+    "|---|---|---|---|---|---|---|" + "---|" * len(NETWORKS_GBIT) + "---|---|",
   ]
   for name, s in summaries.items():
     if not s:
-      lines.append(f"| {name} | 0 | not run |" + " |" * (6 + len(NETWORKS_GBIT)))
+      lines.append(f"| {name} | 0 | not run |" + " |" * (7 + len(NETWORKS_GBIT)))
       continue
     missing = f" ({s['not_reached']} not reached)" if s["not_reached"] else ""
     times = " | ".join(_fmt(*s[f"time_{g:g}"], digits=1) for g in NETWORKS_GBIT)
@@ -466,6 +488,7 @@ def grid_table(grid, summaries, target=TARGET) -> str:
     lines.append(
       f"| {name} | {s['seeds']} | {_fmt(*s['final_mean'], 100)} | "
       f"{_fmt(*s['final_worst'], 100)} | {_fmt(*s['averaged_model'], 100)} | "
+      f"{_fmt(*s['consensus'], digits=3)} | "
       f"{_fmt(*s['epochs_to_target'], digits=1)}{missing} | {times} | "
       f"{_fmt(*s['gbytes'], digits=3)} |"
     )
@@ -608,32 +631,115 @@ def _json_safe(value):
   return value
 
 
-def plot_grid(grid, runs_by_cell, out: pathlib.Path) -> None:
+def _curves(runs, x_of) -> tuple[np.ndarray, np.ndarray]:
+  """x (mean over seeds) and mean test accuracy (%) per seed, per record."""
+  length = min(len(r["records"]) for r in runs)
+  xs = np.array([x_of(r)[:length] for r in runs])
+  ys = np.array(
+    [
+      [np.mean(rec["test_accuracy"]) * 100 for rec in r["records"][:length]]
+      for r in runs
+    ]
+  )
+  return xs.mean(0), ys
+
+
+def plot_grid(grid, runs_by_cell, out: pathlib.Path, compute_s=None) -> None:
+  """Mean test accuracy against epoch, or against simulated time (one panel
+  per network of `NETWORKS_GBIT`) for a grid with ``time_axis``."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  import jax_aldsgd as ald
+  from experiments import compare
+
+  if GRIDS[grid].time_axis:
+
+    def simulated(gbit):
+      network = ald.NetworkModel.from_gbit(gbit, latency_s=LATENCY_S)
+      return lambda run: compare.simulated_seconds(run, network, compute_s)
+
+    axes_x = [
+      (f"simulated time at {gbit:g} Gbit/s (s)", simulated(gbit))
+      for gbit in NETWORKS_GBIT
+    ]
+  else:
+    axes_x = [("epoch", lambda run: np.arange(1, len(run["records"]) + 1))]
+  fig, axes = plt.subplots(
+    1, len(axes_x), figsize=(7 * len(axes_x), 4.5), squeeze=False
+  )
+  for ax, (label, x_of) in zip(axes[0], axes_x):
+    for k, (name, runs) in enumerate(runs_by_cell.items()):
+      if not runs:
+        continue
+      x, curves = _curves(runs, x_of)
+      ax.plot(
+        x,
+        curves.mean(0),
+        color=f"C{k}",
+        lw=2,
+        marker=".",
+        label=f"{name} ({len(runs)} seeds)",
+      )
+      ax.fill_between(x, curves.min(0), curves.max(0), color=f"C{k}", alpha=0.2)
+    ax.set(
+      xlabel=label,
+      ylabel="mean test accuracy over workers (%)",
+      title=f"{grid}: mean over seeds, band = min-max over seeds",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+
+def plot_alpha_summary(summaries_by_grid, out: pathlib.Path) -> bool:
+  """Final mean test accuracy (95% interval over seeds) against the Dirichlet
+  alpha, one line per cell name, over the grids that set ``dirichlet_alpha``
+  and name no preset of their own (a summary of a study across alphas).
+  Returns False (and draws nothing) with fewer than two such grids."""
+  alphas = {
+    grid: dict(GRIDS[grid].settings)["dirichlet_alpha"]
+    for grid in summaries_by_grid
+    if "dirichlet_alpha" in dict(GRIDS[grid].settings)
+  }
+  if len(alphas) < 2:
+    return False
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  names = list(dict.fromkeys(n for g in alphas for n in summaries_by_grid[g]))
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for k, (name, runs) in enumerate(runs_by_cell.items()):
-    if not runs:
+  order = sorted(alphas, key=alphas.get)
+  for k, name in enumerate(names):
+    points = [
+      (alphas[g], *summaries_by_grid[g][name]["final_mean"])
+      for g in order
+      if summaries_by_grid[g].get(name)
+    ]
+    if not points:
       continue
-    length = min(len(r["records"]) for r in runs)
-    curves = np.array(
-      [
-        [np.mean(rec["test_accuracy"]) * 100 for rec in r["records"][:length]]
-        for r in runs
-      ]
+    a, mean, half = np.array(points, float).T
+    ax.errorbar(
+      a * (1 + 0.04 * (k - len(names) / 2)),  # side by side at each alpha
+      mean * 100,
+      yerr=np.nan_to_num(half) * 100,
+      color=f"C{k}",
+      marker="o",
+      capsize=3,
+      label=name,
     )
-    epochs = np.arange(1, length + 1)
-    ax.plot(
-      epochs, curves.mean(0), color=f"C{k}", lw=2, label=f"{name} ({len(runs)} seeds)"
-    )
-    ax.fill_between(epochs, curves.min(0), curves.max(0), color=f"C{k}", alpha=0.2)
+  ax.set_xscale("log")
   ax.set(
-    xlabel="epoch",
-    ylabel="mean test accuracy over workers (%)",
-    title=f"{grid}: mean over seeds, band = min-max over seeds",
+    xlabel="Dirichlet alpha (smaller: more heterogeneous)",
+    ylabel="final mean test accuracy (%)",
+    title="mean over seeds, bars: 95% t-interval",
   )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -641,21 +747,29 @@ def plot_grid(grid, runs_by_cell, out: pathlib.Path) -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(out, dpi=110)
   plt.close(fig)
+  return True
+
+
+# The report keeps what precedes this line in its markdown (text written by
+# hand from the numbers) and regenerates what follows.
+GENERATED = "<!-- Generated by experiments.study report: everything below. -->"
 
 
 def report(args) -> int:
   _check_grids(args.grids)
   root, out = pathlib.Path(args.root), pathlib.Path(args.out)
-  sections, raw = [], {}
+  sections, raw, summaries_by_grid = [], {}, {}
   for grid in args.grids:
     runs_by_cell = {
       cell.name: _finished_runs(root, grid, cell) for cell in GRIDS[grid].cells
     }
+    target = GRIDS[grid].target
     summaries = {
-      name: cell_summary(runs, compute_s=args.compute_ms / 1e3)
+      name: cell_summary(runs, target, compute_s=args.compute_ms / 1e3)
       for name, runs in runs_by_cell.items()
     }
-    sections.append(f"### {grid}\n\n{grid_table(grid, summaries)}")
+    summaries_by_grid[grid] = summaries
+    sections.append(f"### {grid}\n\n{grid_table(grid, summaries, target)}")
     if grid == "low_degree" and any(summaries.values()):
       sections.append(
         f"Final test accuracy per worker (%), {grid}:\n\n{per_worker_table(summaries)}"
@@ -679,7 +793,7 @@ def report(args) -> int:
     figure = out.parent / (
       f"{out.name}.png" if len(args.grids) == 1 else f"{out.name}_{grid}.png"
     )
-    plot_grid(grid, runs_by_cell, figure)
+    plot_grid(grid, runs_by_cell, figure, compute_s=args.compute_ms / 1e3)
     sections.append(f"![{grid}]({figure.name})")
     raw[grid] = {
       name: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
@@ -688,10 +802,17 @@ def report(args) -> int:
     raw[grid]["differences"] = {
       f"{cell} - {base}": d for (cell, base), d in differences.items()
     }
+  summary = out.parent / f"{out.name}.png"
+  if plot_alpha_summary(summaries_by_grid, summary):
+    sections.insert(0, f"![final accuracy against alpha]({summary.name})")
   text = "\n\n".join(sections) + "\n"
   print(text)
   out.parent.mkdir(parents=True, exist_ok=True)
-  (out.parent / f"{out.name}.md").write_text(text)
+  markdown = out.parent / f"{out.name}.md"
+  previous = markdown.read_text() if markdown.exists() else ""
+  if GENERATED in previous:
+    text = f"{previous.split(GENERATED)[0]}{GENERATED}\n\n{text}"
+  markdown.write_text(text)
   # Means that do not exist (a target not reached, one seed's interval) are
   # null: JSON has no NaN.
   (out.parent / f"{out.name}.json").write_text(

@@ -139,6 +139,7 @@ def _fake_run(directory, accuracies, averaged, num_epochs, steps_per_epoch=100):
           step=(epoch + 1) * steps_per_epoch,
           test_accuracy=list(acc),
           test_accuracy_averaged_model=avg,
+          consensus_distance=[0.1 * (epoch + 1)] * len(acc),
           bytes_sent_mean=1e9 * (epoch + 1),
           message_bytes=4000,
           time_train_s=1.0 * (epoch + 1),
@@ -205,9 +206,45 @@ def test_report_means_and_intervals_over_finished_seeds(tmp_path):
   np.testing.assert_allclose(raw["time_1"][0], 200 * (0.010 + per_allreduce), rtol=1e-6)
   # The target is reached in the last epoch, so the whole run took as long.
   np.testing.assert_allclose(raw["total_1"], raw["time_1"], rtol=1e-12)
+  np.testing.assert_allclose(raw["consensus"], (0.2, 0.0), atol=1e-12)
   table = out.with_suffix(".md").read_text()
   assert f"| {cell} | 3 | {100 * interval(means)[0]:.2f} ± " in table
   assert (out.parent / "study.png").exists()
+
+
+def test_report_keeps_the_text_above_the_marker_and_plots_alpha(tmp_path, monkeypatch):
+  """Regenerating keeps the hand-written text; two grids that differ in the
+  Dirichlet alpha get the summary figure and a time axis where asked."""
+  grids = {
+    f"a{alpha}": study.Grid(
+      (study._cell("allreduce", method="allreduce"),),
+      settings=study.SHORT + (("dirichlet_alpha", alpha),),
+      time_axis=True,
+      target=0.6,
+    )
+    for alpha in (1.0, 0.1)
+  }
+  monkeypatch.setattr(study, "GRIDS", grids)
+  for grid in grids:
+    for seed in (1, 2):
+      _fake_run(
+        tmp_path / grid / "allreduce" / f"seed{seed}",
+        [[0.5], [0.7]],
+        [0.5, 0.7],
+        num_epochs=2,
+      )
+  out = tmp_path / "out" / "hetero"
+  out.parent.mkdir()
+  out.with_suffix(".md").write_text(f"# By hand\n\nText.\n\n{study.GENERATED}\nold\n")
+  args = ["report", *grids, "--root", str(tmp_path), "--out", str(out)]
+  assert study.main(args) == 0
+  text = out.with_suffix(".md").read_text()
+  assert text.startswith(f"# By hand\n\nText.\n\n{study.GENERATED}\n")
+  assert "old" not in text and "### a0.1" in text
+  assert "| allreduce | 2 | 70.00 ± 0.00 | " in text
+  assert "epochs to 60%" in text
+  for name in ("hetero.png", "hetero_a1.0.png", "hetero_a0.1.png"):
+    assert (out.parent / name).stat().st_size > 0, name
 
 
 def test_paired_differences_match_seeds_and_the_low_degree_gap(tmp_path):
@@ -278,9 +315,10 @@ def test_report_json_writes_null_for_numbers_that_do_not_exist(tmp_path):
   assert study._fmt(*cell["epochs_to_target"]) == "not reached"
   assert study._fmt(*cell["final_mean"], 100) == "60.00"
   table = out.with_suffix(".md").read_text()
-  assert "| allreduce | 1 | 60.00 | 60.00 | 60.00 | not reached (1 not reached) |" in (
-    table
+  row = (
+    "| allreduce | 1 | 60.00 | 60.00 | 60.00 | 0.200 | not reached (1 not reached) |"
   )
+  assert row in table
 
 
 def test_the_committed_study_json_is_strict_json():
