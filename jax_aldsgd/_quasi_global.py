@@ -9,6 +9,7 @@ global direction rather than the worker's own gradient.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +24,7 @@ from jax_aldsgd import (
   _traffic,
   _workers,
 )
+from jax_aldsgd._d2 import smallest_mixing_eigenvalue
 from jax_aldsgd._schedules import Schedule, check_schedule
 
 
@@ -40,6 +42,44 @@ class QuasiGlobalMomentumState(NamedTuple):
 
 def _learning_rate_at(learning_rate, count):
   return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
+def qg_stability_bound(momentum: float, nesterov: bool = True) -> float:
+  """The eigenvalue of ``W`` below which QG-DSGDm's disagreement grows.
+
+  Without gradients, along an eigenvector of a fixed ``W`` with eigenvalue
+  ``lam``, the workers' disagreement ``e`` and ``v = lr m`` follow
+  ``e+ = lam (e - c v)``, ``v+ = mu v + (1 - mu) (e - e+)`` with ``c = beta^2``
+  (Nesterov) or ``beta`` (heavy ball). That linear map has an eigenvalue
+  below -1, so ``e`` grows geometrically, exactly when ``lam`` is below
+  ``-(1 + mu) / (1 + mu + 2 (1 - mu) c)`` (docs/algorithm.md section 11):
+  -0.921 for ``beta = mu = 0.9`` with Nesterov, -0.914 heavy ball.
+  """
+  _checks.check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
+  c = momentum**2 if nesterov else momentum
+  return -(1.0 + momentum) / (1.0 + momentum + 2.0 * (1.0 - momentum) * c)
+
+
+def warn_if_qg_unstable(schedule: Schedule, momentum: float, nesterov: bool) -> None:
+  """Warns when some step's ``W_k`` has an eigenvalue at or below
+  `qg_stability_bound` (a directed schedule's ``(I + P) / 2`` never does)."""
+  if schedule.directed:
+    return
+  bound = qg_stability_bound(momentum, nesterov)
+  smallest = smallest_mixing_eigenvalue(schedule)
+  if smallest > bound:
+    return
+  warnings.warn(
+    f"quasi_global_momentum(momentum={momentum}) on a schedule whose mixing "
+    f"matrix has lambda_min = {smallest:.4g} <= {bound:.4g}: along that "
+    "eigenvector the momentum overshoots and the workers' disagreement grows "
+    "geometrically (docs/algorithm.md section 11); use neighbor weights that "
+    "keep lambda_min above the bound, e.g. schedules.full(topology, "
+    "neighbor_weight=1 / lambda_max(L)) (a positive semidefinite W), or a "
+    "smaller momentum.",
+    UserWarning,
+    stacklevel=3,
+  )
 
 
 def quasi_global_momentum(
@@ -64,6 +104,11 @@ def quasi_global_momentum(
 
   and returns ``x_i+ - x_i``. One message of the parameters' size per active
   slot, as gossip. At a step whose learning rate is 0, ``m`` is kept.
+
+  The momentum overshoots along eigenvectors of ``W_k`` whose eigenvalue is
+  below `qg_stability_bound` (-0.921 for ``momentum=0.9``): the workers then
+  drift apart geometrically. D-PSGD's neighbor weight can do that (the ring of
+  16: ``lambda_min = -0.927``); a ``UserWarning`` names the value.
 
   Args:
     learning_rate: a positive float or an optax schedule of the step.
@@ -97,6 +142,7 @@ def quasi_global_momentum(
   _checks.check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
   nesterov = bool(nesterov)
   _compat.check_options("quasi_global_momentum", schedule=schedule)
+  warn_if_qg_unstable(schedule, momentum, nesterov)
 
   def init_fn(params):
     return QuasiGlobalMomentumState(

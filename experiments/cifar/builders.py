@@ -59,7 +59,7 @@ def build_schedule(
   if directed is not None:
     return directed
   graphs = _graphs(config)
-  weight = lambda g: _d2_neighbor_weight(g) if config.mixing == "d2" else None
+  weight = lambda g: neighbor_weight(config, g)
   if config.schedule == "full":
     parts = [ald.schedules.full(g, weight(g)) for g in graphs]
   elif config.schedule == "alternating":
@@ -76,15 +76,29 @@ def build_schedule(
   )
 
 
-def _d2_neighbor_weight(graph: ald.Topology) -> float:
-  """D²'s alpha on ``graph``: 1 / lambda_max(L).
+# config.neighbor_weight: the weight alpha of a graph's matchings (full and
+# alternating schedules). auto: psd for d2 and qg_dsgdm, dpsgd otherwise.
+NEIGHBOR_WEIGHTS = ("auto", "dpsgd", "psd")
+# The methods whose analysis needs lambda_min(W) bounded away from -1.
+PSD_MIXINGS = ("d2", "qg_dsgdm")
 
-  D² needs lambda_min(W_k) > -1/3 (docs/algorithm.md section 11), which
-  D-PSGD's alpha = 2 / (lambda_2 + lambda_max) breaks on the paper graphs
-  (-0.81) and the ring (-0.74); this alpha makes every W_k = I - alpha L
-  positive semidefinite. (MATCHA computes its own alpha; the library warns
-  when that breaks the bound.)
+
+def neighbor_weight(config, graph: ald.Topology) -> float | None:
+  """The neighbor weight on ``graph`` (None: the schedule's default, D-PSGD's).
+
+  ``dpsgd`` is D-PSGD's alpha = 2 / (lambda_2 + lambda_max) of the Laplacian
+  L (the library's default); ``psd`` is 1 / lambda_max(L), which makes every
+  W_k = I - alpha L positive semidefinite. ``auto`` takes ``psd`` for D²,
+  which needs lambda_min(W_k) > -1/3 (D-PSGD's alpha gives -0.81 on the paper
+  pair, -0.74 on the ring of 8), and for QG-DSGDm, whose momentum drives the
+  workers apart below -0.921 at momentum 0.9 (D-PSGD's alpha gives -0.927 on
+  the ring of 16; docs/algorithm.md section 11); ``dpsgd`` for the others.
   """
+  choice = config.neighbor_weight
+  if choice == "auto":
+    choice = "psd" if config.mixing in PSD_MIXINGS else "dpsgd"
+  if choice == "dpsgd":
+    return None
   return float(1.0 / np.linalg.eigvalsh(graph.laplacian())[-1])
 
 

@@ -68,9 +68,10 @@ FINGERPRINT_FIELDS = (
   "consensus_lr",
   "norm",
   "bn_stats",
+  "neighbor_weight",
 )
 # What a field added to FINGERPRINT_FIELDS meant in the runs saved before it.
-FINGERPRINT_DEFAULTS = {"norm": "batch", "bn_stats": "local"}
+FINGERPRINT_DEFAULTS = {"norm": "batch", "bn_stats": "local", "neighbor_weight": "auto"}
 
 
 def fingerprint(config) -> dict[str, Any]:

@@ -74,6 +74,17 @@ def _check_method(config) -> None:
       "11), with no matchings to alternate or sample; use --config.schedule=full "
       "(the sgp preset), or another topology."
     )
+  _choice(config, "neighbor_weight", builders.NEIGHBOR_WEIGHTS)
+  if config.neighbor_weight != "auto" and (
+    config.schedule not in ("full", "alternating")
+    or config.topology == "one_peer_exponential"
+  ):
+    raise ValueError(
+      f"config.neighbor_weight={config.neighbor_weight!r} sets the weight of "
+      "a graph's matchings under the full and alternating schedules; "
+      f"config.schedule={config.schedule!r} on config.topology="
+      f"{config.topology!r} has weights of its own. Leave it 'auto'."
+    )
   if config.mixing == "local":  # no communication, so none of its options
     for name, default in (
       ("compressor", "none"),

@@ -111,8 +111,9 @@ def _by_hand(name, learning_rate, epoch):
     restart_every=epoch,
   )
   local = ald.local_sgd(learning_rate, **common)
-  # D² on each paper graph with alpha = 1 / lambda_max(L) (default.py says why).
-  d2_schedule = S.rotating(
+  # D² and QG-DSGDm on each paper graph with alpha = 1 / lambda_max(L)
+  # (builders.neighbor_weight says why).
+  psd_schedule = S.rotating(
     [
       S.full(g, 1 / np.linalg.eigvalsh(g.laplacian())[-1])
       for g in (T.paper_graph(g, allow_disconnected=True) for g in (1, 0))
@@ -121,10 +122,10 @@ def _by_hand(name, learning_rate, epoch):
   )
   heterogeneous = {
     "qg_dsgdm": (
-      rotating("full"),
-      ald.qg_dsgdm(learning_rate, rotating("full"), momentum=0.9, weight_decay=5e-4),
+      psd_schedule,
+      ald.qg_dsgdm(learning_rate, psd_schedule, momentum=0.9, weight_decay=5e-4),
     ),
-    "d2": (d2_schedule, ald.d2(learning_rate, d2_schedule, weight_decay=5e-4)),
+    "d2": (psd_schedule, ald.d2(learning_rate, psd_schedule, weight_decay=5e-4)),
     "gradient_tracking": (
       rotating("full"),
       ald.gradient_tracking(learning_rate, rotating("full"), **common),
@@ -345,9 +346,10 @@ def test_compare_sends_each_message_in_its_recorded_parts():
   assert compare.run_traffic(run).parts == (1008,)
 
 
-@pytest.mark.parametrize("compressor", ["top_k", "scaled_sign"])
-def test_choco_runs_with_the_tuned_consensus_step(mock_cifar, tmp_path, compressor):
-  config = tiny_config("aldsgd_choco", num_epochs=1, compressor=compressor)
+def test_choco_runs_with_the_tuned_consensus_step(mock_cifar, tmp_path):
+  """The preset's compressor (top-k); the tuning itself and every
+  compressor's message are the library's tests (tests/lib/test_choco.py)."""
+  config = tiny_config("aldsgd_choco", num_epochs=1)
   record = train.train_and_evaluate(config, str(tmp_path))
   assert all(np.isfinite(record["train_loss"]))
   schedule = train.build_schedule(config, steps_per_epoch=3)
@@ -362,6 +364,36 @@ def test_choco_runs_with_the_tuned_consensus_step(mock_cifar, tmp_path, compress
   assert record["message_bytes"] == message < ald.gossip_message_bytes(params) / 3
   degrees = sum(schedule.active_degrees(k) for k in range(3))
   np.testing.assert_array_equal(record["bytes_sent"], degrees * message)
+
+
+def test_neighbor_weight_sets_the_matchings_weight():
+  """auto: 1 / lambda_max(L) for d2 and qg_dsgdm, D-PSGD's otherwise; dpsgd
+  and psd for any method on full and alternating schedules; refused where
+  the schedule sets its own weights."""
+  ring = T.ring(16)
+  lam = np.linalg.eigvalsh(ring.laplacian())
+  dpsgd, psd = 2 / (lam[1] + lam[-1]), 1 / lam[-1]
+  for preset, choice, want in (
+    ("dpsgd", "auto", dpsgd),
+    ("qg_dsgdm", "auto", psd),
+    ("d2", "auto", psd),
+    ("qg_dsgdm", "dpsgd", dpsgd),
+    ("aldsgd_dpsgd_reference", "psd", psd),
+  ):
+    config = tiny_config(
+      preset, num_workers=16, topology="ring", neighbor_weight=choice
+    )
+    train.validate_config(config)
+    schedule = train.build_schedule(config)
+    np.testing.assert_allclose(schedule.slot_weight, want, rtol=1e-12, err_msg=preset)
+  for preset, overrides in (
+    ("matcha", {}),
+    ("sgp", {}),
+    ("dpsgd", {"neighbor_weight": "half"}),
+  ):
+    config = tiny_config(preset, **{"neighbor_weight": "psd", **overrides})
+    with pytest.raises(ValueError, match="config.neighbor_weight="):
+      train.validate_config(config)
 
 
 def _one_worker_size(tree) -> int:

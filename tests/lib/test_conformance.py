@@ -71,13 +71,16 @@ from tests import helpers, reference
 from tests.lib.test_directed import Shifts
 
 # MATCHA's neighbor weight on the ring gives the rotating schedule negative
-# self-weights and lambda_min(W) < -1/3, with which push-sum and D² warn that
-# they may diverge; in 4 steps they stay finite.
+# self-weights and lambda_min(W) < -1/3, with which push-sum and D² (and,
+# below -0.92, QG-DSGDm) warn that they may diverge; in 4 steps they stay finite.
 pytestmark = [
   pytest.mark.filterwarnings(
     r"ignore:gossip\(delay=\.\.\.\) on a schedule whose self-weights:UserWarning"
   ),
   pytest.mark.filterwarnings("ignore:d2 on a schedule whose mixing matrix:UserWarning"),
+  pytest.mark.filterwarnings(
+    r"ignore:quasi_global_momentum\(momentum=.*\) on a schedule:UserWarning"
+  ),
 ]
 
 NUM_WORKERS = 8

@@ -279,6 +279,54 @@ def test_d2_warns_when_lambda_min_is_too_small():
     ald.d2_gossip(Shifts())
 
 
+# --- QG-DSGDm's stability bound ------------------------------------------------
+
+
+def _qg_disagreement(w, momentum, nesterov, steps=3000):
+  """The spec's QG-DSGDm recursion (docs/algorithm.md section 11) with zero
+  gradients from random, different points: the workers' final disagreement."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(len(w), 5))
+  m = np.zeros_like(x)
+  lr, beta = 0.05, momentum
+  for _ in range(steps):
+    b = beta * m  # + g, with g = 0
+    x_half = x - lr * beta * b if nesterov else x - lr * b
+    x_next = w @ x_half
+    m = beta * m + (1 - beta) * (x - x_next) / lr
+    x = x_next
+  return np.linalg.norm(x - x.mean(0))
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_qg_diverges_below_its_stability_bound_and_warns(nesterov):
+  """On the ring of 16 (lambda_max(L) = 4, so lambda_min(W) = 1 - 4 alpha), the
+  recursion converges for lambda_min just above the bound and blows up just
+  below it; the library warns in the second case only. D-PSGD's weight on this
+  ring gives lambda_min = -0.9267, beyond the bound for momentum 0.9."""
+  from jax_aldsgd._quasi_global import qg_stability_bound
+
+  ring, momentum = T.ring(16), 0.9
+  bound = qg_stability_bound(momentum, nesterov)
+  assert bound == pytest.approx(-0.9214 if nesterov else -0.9135, abs=1e-4)
+  for lam, grows in ((bound + 0.01, False), (bound - 0.01, True)):
+    schedule = S.full(ring, neighbor_weight=(1 - lam) / 4)
+    w = schedule.mixing_matrix(0)
+    assert np.linalg.eigvalsh(w)[0] == pytest.approx(lam)
+    disagreement = _qg_disagreement(w, momentum, nesterov)
+    assert (disagreement > 1e3) if grows else (disagreement < 1e-3), disagreement
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      ald.quasi_global_momentum(0.1, schedule, momentum=momentum, nesterov=nesterov)
+    assert len(caught) == grows, [str(c.message) for c in caught]
+  with pytest.warns(UserWarning, match=r"lambda_min = -0\.9267 <= -0\.9214"):
+    ald.qg_dsgdm(0.1, S.full(ring))  # D-PSGD's weight, Nesterov
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    ald.qg_dsgdm(0.1, S.full(T.ring(8)))  # lambda_min -0.745
+    ald.qg_dsgdm(0.1, S.one_peer_exponential(16))
+
+
 # --- Bytes: ald.traffic against the compiled HLO --------------------------------
 
 

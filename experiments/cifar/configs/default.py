@@ -37,7 +37,10 @@ The heterogeneous-data methods (docs/algorithm.md section 11; none of them
 combines with a compressor, overlap, gossip_every, delay or skip_nonfinite,
 the library's table ``jax_aldsgd.check_options`` says why):
 ``qg_dsgdm`` is quasi-global momentum (Nesterov, ``config.momentum``, which
-it needs: 0 is refused, as that is D-PSGD); ``d2`` is D² with the neighbor
+it needs: 0 is refused, as that is D-PSGD), with alpha = 1 / lambda_max(L)
+as D² (below, ``config.neighbor_weight``): its momentum drives the workers
+apart where lambda_min(W) < -0.921, which D-PSGD's alpha crosses on the
+ring of 16 (-0.927); ``d2`` is D² with the neighbor
 weight alpha = 1 / lambda_max(L) on each graph, so that every W_k = I - alpha L
 is positive semidefinite (D-PSGD's alpha gives lambda_min(W) = -0.81 on the
 paper pair and -0.74 on the ring, beyond the -1/3 D² needs);
@@ -127,6 +130,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # number of batches per epoch (CIFAR-10: 391) graph g+1 runs twice in a row at
   # each epoch start. True reproduces that; False counts from the global step.
   config.reference_epoch_phase = True
+  # The weight alpha of each matching in W_k = I - alpha L_k (full and
+  # alternating schedules; MATCHA and the one-peer graph set their own):
+  # auto (1 / lambda_max(L) for d2 and qg_dsgdm, which need lambda_min(W_k)
+  # bounded away from -1; D-PSGD's 2 / (lambda_2 + lambda_max) otherwise) |
+  # dpsgd | psd (1 / lambda_max(L): W_k positive semidefinite).
+  config.neighbor_weight = "auto"
   config.matcha_budget = 0.5
   config.matcha_seed = 0
 
