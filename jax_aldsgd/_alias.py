@@ -167,9 +167,7 @@ def aldsgd(
     schedule: the gossip schedule (`jax_aldsgd.schedules`).
     momentum: heavy-ball momentum (0 disables it, as in the reference).
     weight_decay: L2 coefficient added to the gradient (reference: 5e-4).
-    c1, c2, p1, p2, pull_every, skip_nonfinite, overlap, every,
-      pull_restart_every, compressor, consensus_lr: see
-      `jax_aldsgd.adjacent_leader`.
+    c1, c2, p1, p2, pull_every, skip_nonfinite, overlap, every, pull_restart_every, compressor, consensus_lr: see `jax_aldsgd.adjacent_leader`.
     axis_name: the workers' mesh axis.
 
   Returns:

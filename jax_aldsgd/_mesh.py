@@ -53,7 +53,7 @@ def emulate_cpu_devices(
   * XLA's CPU collective timeouts (``--xla_cpu_collective_call_warn_stuck_timeout_
     seconds`` and ``..._terminate_timeout_seconds``), so that a collective that
     still gets stuck aborts the program with XLA's message ("Termination timeout
-    for `collective permute ...` exceeded") instead of hanging forever.
+    for ``collective permute ...`` exceeded") instead of hanging forever.
 
   Call it at the top of the program (or in ``conftest.py``), before any JAX
   operation. Calling it again with the same count once JAX runs is a no-op.

@@ -69,7 +69,8 @@ class Topology:
       disconnected and only meant to be used inside a rotating schedule).
 
   Raises:
-    ValueError / TypeError: naming the offending matching, edge or node.
+    ValueError: naming the offending matching, edge or node.
+    TypeError: the same, for an argument of the wrong type.
 
   Example:
     >>> import jax_aldsgd as ald
