@@ -315,7 +315,8 @@ def gradient_tracking(
 
   Example:
     >>> import jax_aldsgd as ald
-    >>> tx = ald.gradient_tracking(0.1, ald.schedules.full(ald.topologies.ring(8)))
+    >>> ring = ald.topologies.ring(8)  # neighbor weight 1 / lambda_max(L) = 1/4:
+    >>> tx = ald.gradient_tracking(0.1, ald.schedules.full(ring, neighbor_weight=0.25))
   """
   _checks.check_real("weight_decay", weight_decay, low=0.0)
   exchange = tracking_gossip(

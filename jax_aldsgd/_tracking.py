@@ -10,6 +10,7 @@ message of twice the parameters' size per active slot.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -24,6 +25,7 @@ from jax_aldsgd import (
   _traffic,
   _workers,
 )
+from jax_aldsgd._d2 import smallest_mixing_eigenvalue
 from jax_aldsgd._schedules import Schedule, check_schedule
 
 
@@ -49,6 +51,32 @@ def tracking_message_bytes(params) -> int:
   return _packing.message_bytes((params, params))
 
 
+# Below this lambda_min(W), gradient tracking needs lr * L < (1 + lambda_min)^2
+# / 2 < 0.056 (L: the gradients' Lipschitz constant), docs/algorithm.md
+# section 11: tracking_gossip warns.
+TRACKING_LAMBDA_MIN = -2.0 / 3.0
+
+
+def warn_if_tracking_fragile(schedule: Schedule) -> None:
+  """Warns when some step's ``W_k`` has ``lambda_min < TRACKING_LAMBDA_MIN``."""
+  if schedule.directed:  # (I + P) / 2: real parts >= 0
+    return
+  smallest = smallest_mixing_eigenvalue(schedule)
+  if smallest >= TRACKING_LAMBDA_MIN:
+    return
+  limit = (1.0 + smallest) ** 2 / 2.0
+  warnings.warn(
+    f"tracking_gossip on a schedule whose mixing matrix has lambda_min = "
+    f"{smallest:.4g}: along that eigenvector x and the tracker y are stable only "
+    f"for learning_rate * L < (1 + lambda_min)^2 / 2 = {limit:.3g}, L the "
+    "gradients' Lipschitz constant (docs/algorithm.md section 11); use neighbor "
+    "weights that keep lambda_min near or above 0, e.g. schedules.full("
+    "topology, neighbor_weight=1 / lambda_max(L)) (a positive semidefinite W).",
+    UserWarning,
+    stacklevel=3,
+  )
+
+
 def tracking_gossip(
   learning_rate: optax.ScalarOrSchedule,
   schedule: Schedule,
@@ -72,6 +100,13 @@ def tracking_gossip(
   ``nesterov``). Returns ``x_i+ - x_i``. ``x`` and ``y`` are packed into one
   buffer: one ``ppermute`` of twice the parameters' size per active slot.
 
+  Along an eigenvector of ``W_k`` with eigenvalue ``lam`` (on a quadratic of
+  curvature ``L``), ``x`` and ``y`` are stable only for ``lr L < (1 +
+  lam)^2 / 2``: a ``W_k`` with ``lambda_min`` near -1 (D-PSGD's neighbor weight
+  on the ring of 16 gives -0.927, so ``lr L < 0.0027``) makes the method
+  diverge at any useful learning rate; a ``UserWarning`` names the value when
+  ``lambda_min < -2/3``.
+
   Args:
     learning_rate: a non-negative float or an optax schedule of the step.
     schedule: which slots are active per step and their neighbor weight
@@ -89,7 +124,8 @@ def tracking_gossip(
 
   Example:
     >>> import optax, jax_aldsgd as ald
-    >>> schedule = ald.schedules.full(ald.topologies.ring(8))
+    >>> # 1 / lambda_max(L) = 1/4 on the ring: W positive semidefinite.
+    >>> schedule = ald.schedules.full(ald.topologies.ring(8), neighbor_weight=0.25)
     >>> tx = optax.chain(
     ...   optax.add_decayed_weights(5e-4), ald.tracking_gossip(0.1, schedule)
     ... )
@@ -104,6 +140,7 @@ def tracking_gossip(
   _checks.check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
   nesterov = bool(nesterov)
   _compat.check_options("tracking_gossip", schedule=schedule)
+  warn_if_tracking_fragile(schedule)
   # A literal 0 builds no momentum buffer; an array (inject_hyperparams) does.
   use_momentum = isinstance(momentum, jax.Array) or momentum != 0
   if nesterov and not use_momentum:

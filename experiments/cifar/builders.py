@@ -80,7 +80,7 @@ def build_schedule(
 # alternating schedules). auto: psd for d2 and qg_dsgdm, dpsgd otherwise.
 NEIGHBOR_WEIGHTS = ("auto", "dpsgd", "psd")
 # The methods whose analysis needs lambda_min(W) bounded away from -1.
-PSD_MIXINGS = ("d2", "qg_dsgdm")
+PSD_MIXINGS = ("d2", "qg_dsgdm", "gradient_tracking")
 
 
 def neighbor_weight(config, graph: ald.Topology) -> float | None:
@@ -90,9 +90,10 @@ def neighbor_weight(config, graph: ald.Topology) -> float | None:
   L (the library's default); ``psd`` is 1 / lambda_max(L), which makes every
   W_k = I - alpha L positive semidefinite. ``auto`` takes ``psd`` for D²,
   which needs lambda_min(W_k) > -1/3 (D-PSGD's alpha gives -0.81 on the paper
-  pair, -0.74 on the ring of 8), and for QG-DSGDm, whose momentum drives the
+  pair, -0.74 on the ring of 8), for QG-DSGDm, whose momentum drives the
   workers apart below -0.921 at momentum 0.9 (D-PSGD's alpha gives -0.927 on
-  the ring of 16; docs/algorithm.md section 11); ``dpsgd`` for the others.
+  the ring of 16), and for gradient tracking, stable only for lr L < (1 +
+  lambda_min)^2 / 2 (docs/algorithm.md section 11); ``dpsgd`` for the others.
   """
   choice = config.neighbor_weight
   if choice == "auto":

@@ -111,7 +111,8 @@ def _by_hand(name, learning_rate, epoch):
     restart_every=epoch,
   )
   local = ald.local_sgd(learning_rate, **common)
-  # D² and QG-DSGDm on each paper graph with alpha = 1 / lambda_max(L)
+  # D², QG-DSGDm and gradient tracking on each paper graph with
+  # alpha = 1 / lambda_max(L)
   # (builders.neighbor_weight says why).
   psd_schedule = S.rotating(
     [
@@ -127,8 +128,8 @@ def _by_hand(name, learning_rate, epoch):
     ),
     "d2": (psd_schedule, ald.d2(learning_rate, psd_schedule, weight_decay=5e-4)),
     "gradient_tracking": (
-      rotating("full"),
-      ald.gradient_tracking(learning_rate, rotating("full"), **common),
+      psd_schedule,
+      ald.gradient_tracking(learning_rate, psd_schedule, **common),
     ),
     "sgp": (
       S.one_peer_exponential(8),
@@ -367,7 +368,8 @@ def test_choco_runs_with_the_tuned_consensus_step(mock_cifar, tmp_path):
 
 
 def test_neighbor_weight_sets_the_matchings_weight():
-  """auto: 1 / lambda_max(L) for d2 and qg_dsgdm, D-PSGD's otherwise; dpsgd
+  """auto: 1 / lambda_max(L) for d2, qg_dsgdm and gradient_tracking, D-PSGD's
+  otherwise; dpsgd
   and psd for any method on full and alternating schedules; refused where
   the schedule sets its own weights."""
   ring = T.ring(16)
@@ -377,6 +379,7 @@ def test_neighbor_weight_sets_the_matchings_weight():
     ("dpsgd", "auto", dpsgd),
     ("qg_dsgdm", "auto", psd),
     ("d2", "auto", psd),
+    ("gradient_tracking", "auto", psd),
     ("qg_dsgdm", "dpsgd", dpsgd),
     ("aldsgd_dpsgd_reference", "psd", psd),
   ):

@@ -81,6 +81,7 @@ pytestmark = [
   pytest.mark.filterwarnings(
     r"ignore:quasi_global_momentum\(momentum=.*\) on a schedule:UserWarning"
   ),
+  pytest.mark.filterwarnings("ignore:tracking_gossip on a schedule:UserWarning"),
 ]
 
 NUM_WORKERS = 8

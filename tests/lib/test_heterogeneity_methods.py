@@ -23,6 +23,13 @@ from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
 from tests import helpers, reference
 
+# The rotating schedule below (MATCHA's weight on the ring) has lambda_min(W)
+# = -0.91, where gradient tracking warns that it is stable only for tiny
+# learning rates; a few steps of the references stay finite.
+pytestmark = pytest.mark.filterwarnings(
+  "ignore:tracking_gossip on a schedule:UserWarning"
+)
+
 N = 8
 STEPS = 5
 
@@ -325,6 +332,44 @@ def test_qg_diverges_below_its_stability_bound_and_warns(nesterov):
     warnings.simplefilter("error")
     ald.qg_dsgdm(0.1, S.full(T.ring(8)))  # lambda_min -0.745
     ald.qg_dsgdm(0.1, S.one_peer_exponential(16))
+
+
+def _tracking_error(w, lr, steps=4000):
+  """The spec's gradient tracking (docs/algorithm.md section 11) on f_i(x) =
+  (x - b_i)^2 / 2 (curvature 1): the final distance to the minimiser."""
+  rng = np.random.default_rng(1)
+  b = rng.normal(size=(len(w), 3))
+  x = rng.normal(size=(len(w), 3))
+  g_prev = y = x - b
+  for _ in range(steps):
+    x, y_hat = w @ x - lr * y, w @ y
+    g = x - b
+    y, g_prev = y_hat + g - g_prev, g
+    if not np.isfinite(x).all():
+      return np.inf
+  return np.abs(x - b.mean(0)).max()
+
+
+def test_tracking_is_stable_only_below_its_bound_and_warns():
+  """lr L < (1 + lambda_min)^2 / 2: on the ring of 16 with lambda_min = -0.8 the
+  bound is 0.02; the recursion converges at 0.8 of it and diverges at 1.2 of
+  it. The library warns below lambda_min = -2/3 only."""
+  ring = T.ring(16)
+  for lam, warns in ((-0.8, True), (-0.6, False)):
+    schedule = S.full(ring, neighbor_weight=(1 - lam) / 4)
+    assert np.linalg.eigvalsh(schedule.mixing_matrix(0))[0] == pytest.approx(lam)
+    limit = (1 + lam) ** 2 / 2
+    assert _tracking_error(schedule.mixing_matrix(0), 0.8 * limit) < 1e-6
+    assert _tracking_error(schedule.mixing_matrix(0), 1.2 * limit) > 1e3
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      ald.tracking_gossip(0.1, schedule)
+    assert len(caught) == warns, [str(c.message) for c in caught]
+  with pytest.warns(UserWarning, match=r"lambda_min = -0\.9267.* = 0\.00269"):
+    ald.gradient_tracking(0.1, S.full(ring))  # D-PSGD's weight
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    ald.gradient_tracking(0.1, S.one_peer_exponential(16))
 
 
 # --- Bytes: ald.traffic against the compiled HLO --------------------------------

@@ -45,7 +45,8 @@ weight alpha = 1 / lambda_max(L) on each graph, so that every W_k = I - alpha L
 is positive semidefinite (D-PSGD's alpha gives lambda_min(W) = -0.81 on the
 paper pair and -0.74 on the ring, beyond the -1/3 D² needs);
 ``gradient_tracking`` exchanges the parameters and the gradient tracker, one
-message of twice the model; ``sgp`` is gossip on the one-peer exponential
+message of twice the model, with alpha = 1 / lambda_max(L) too (it is stable
+only for lr L < (1 + lambda_min(W))^2 / 2); ``sgp`` is gossip on the one-peer exponential
 graph (SGP without momentum here: ``config.momentum`` as in ``dpsgd``; one
 message per worker and step; the topology is its own schedule, so it takes
 ``full`` only). Without an argument the preset is what the reference code ran as the paper's
@@ -132,8 +133,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   config.reference_epoch_phase = True
   # The weight alpha of each matching in W_k = I - alpha L_k (full and
   # alternating schedules; MATCHA and the one-peer graph set their own):
-  # auto (1 / lambda_max(L) for d2 and qg_dsgdm, which need lambda_min(W_k)
-  # bounded away from -1; D-PSGD's 2 / (lambda_2 + lambda_max) otherwise) |
+  # auto (1 / lambda_max(L) for d2, qg_dsgdm and gradient_tracking, which
+  # need lambda_min(W_k) bounded away from -1; D-PSGD's 2 / (lambda_2 +
+  # lambda_max) otherwise) |
   # dpsgd | psd (1 / lambda_max(L): W_k positive semidefinite).
   config.neighbor_weight = "auto"
   config.matcha_budget = 0.5
