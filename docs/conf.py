@@ -87,7 +87,6 @@ suppress_warnings = ["myst.header"]
 # -- HTML ---------------------------------------------------------------------
 html_theme = "sphinx_book_theme"
 html_title = "jax_aldsgd"
-html_static_path = ["_static"]
 html_theme_options = {
   "show_toc_level": 2,
   "navigation_with_keys": False,
