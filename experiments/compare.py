@@ -78,9 +78,13 @@ def run_traffic(run: dict):
   import ml_collections
 
   import jax_aldsgd as ald
-  from experiments.cifar import train
+  from experiments.cifar import checkpoint, train
 
-  config = ml_collections.ConfigDict(run["config"])
+  # Fields added to the config since a run was recorded take their default
+  # (a neighbor weight changes W, not which slots are active: not the traffic).
+  config = ml_collections.ConfigDict(
+    {**checkpoint.FINGERPRINT_DEFAULTS, **run["config"]}
+  )
   message = run["records"][-1].get("message_bytes")
   if message is None:
     raise ValueError(

@@ -319,6 +319,7 @@ GRIDS["hetero_lr"] = Grid(
     for lr in rates
   ),
   settings=SHORT + HETERO,
+  target=0.7,  # HETERO_TARGET, below
 )
 
 # The rate each method runs at in the grids below: the best final mean test
