@@ -926,9 +926,12 @@ def main(argv=None) -> int:
     REFERENCE["workers"],
   ):
     out.append(reference_table(report["main"]))
+  # The scaling tables time the requested methods of `METHODS` (all of them
+  # by default).
+  scaling_methods = [m for m in METHODS if m in args.methods] or list(METHODS)
   for workers in args.scaling:
     rows = run_interleaved(
-      METHODS,
+      scaling_methods,
       args.scaling_model,
       workers,
       args.scaling_batch,
