@@ -65,6 +65,10 @@ def warn_if_qg_unstable(schedule: Schedule, momentum: float, nesterov: bool) -> 
   `qg_stability_bound` (a directed schedule's ``(I + P) / 2`` never does)."""
   if schedule.directed:
     return
+  try:
+    momentum = float(momentum)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return  # traced (optax.inject_hyperparams): no host-side check
   bound = qg_stability_bound(momentum, nesterov)
   smallest = smallest_mixing_eigenvalue(schedule)
   if smallest > bound:
