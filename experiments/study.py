@@ -122,6 +122,9 @@ class Grid:
   target: float = TARGET
   # Plot accuracy against simulated time (1 and 10 Gbit/s) rather than epochs.
   time_axis: bool = False
+  # One level of a study across the Dirichlet alpha of its settings: its cells
+  # go into the report's summary figure against alpha (`plot_alpha_summary`).
+  alpha_summary: bool = False
 
 
 GRIDS: dict[str, Grid] = {
@@ -351,6 +354,7 @@ for _alpha in HETERO_ALPHAS:
     ),
     target=HETERO_TARGET,
     time_axis=True,
+    alpha_summary=True,
   )
 # The side grid on normalisation (alpha 0.1): BatchNorm with each worker's
 # own running statistics (the reference), BatchNorm with the statistics
@@ -411,15 +415,19 @@ def _check_grids(names):
 ARCHIVED = ("metrics.jsonl", "config.json")
 
 
-def _finished(directory: pathlib.Path) -> bool:
-  """Whether ``directory`` holds a run's metrics of all its epochs."""
+def _finished_run(directory: pathlib.Path, default_epochs=math.inf) -> dict | None:
+  """The run in ``directory`` if its metrics cover all its epochs, else None
+  (not started, still going, or stopped early). ``default_epochs``: the
+  epochs of a run whose config does not say."""
   from experiments import compare
 
   try:
     run = compare.load_run(directory)
   except (ValueError, FileNotFoundError):
-    return False
-  return len(run["records"]) >= run["config"].get("num_epochs", math.inf)
+    return None
+  if len(run["records"]) < run["config"].get("num_epochs", default_epochs):
+    return None
+  return run
 
 
 def archive_run(directory: pathlib.Path, archived: pathlib.Path) -> None:
@@ -439,7 +447,7 @@ def run(args) -> int:
       for cell in GRIDS[grid].cells:
         directory = workdir(root, grid, cell, seed)
         archived = archive and workdir(archive, grid, cell, seed)
-        if archived and _finished(archived):
+        if archived and _finished_run(archived) is not None:
           print(f"= {archived} (archived, finished)", flush=True)
           continue
         cmd = command(GRIDS[grid], cell, seed, directory)
@@ -489,19 +497,9 @@ def _fmt(mean, half, scale=1.0, digits=2, unit="") -> str:
 
 
 def _finished_runs(root, grid, cell):
-  from experiments import compare
-
-  runs = []
-  for directory in sorted(
-    (root / (cell.shared_with or grid) / cell.name).glob("seed*")
-  ):
-    try:
-      run = compare.load_run(directory)
-    except ValueError:
-      continue  # not started
-    if len(run["records"]) >= run["config"].get("num_epochs", 0):
-      runs.append(run)  # a run still going (or stopped early) is left out
-  return runs
+  directories = sorted((root / (cell.shared_with or grid) / cell.name).glob("seed*"))
+  runs = [_finished_run(directory, default_epochs=0) for directory in directories]
+  return [run for run in runs if run is not None]
 
 
 def cell_summary(runs, target=TARGET, compute_s=None) -> dict:
@@ -771,6 +769,14 @@ def plot_grid(grid, runs_by_cell, out: pathlib.Path, compute_s=None) -> None:
       ylabel="mean test accuracy over workers (%)",
       title=f"{grid}: mean over seeds, band = min-max over seeds",
     )
+  _finish_figure(fig, axes[0], out)
+
+
+def _finish_figure(fig, axes, out: pathlib.Path) -> None:
+  """Grid lines and a legend on every axis; the figure saved to ``out``."""
+  import matplotlib.pyplot as plt
+
+  for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()
@@ -781,13 +787,13 @@ def plot_grid(grid, runs_by_cell, out: pathlib.Path, compute_s=None) -> None:
 
 def plot_alpha_summary(summaries_by_grid, out: pathlib.Path) -> bool:
   """Final mean test accuracy (95% interval over seeds) against the Dirichlet
-  alpha, one line per cell name, over the grids that set ``dirichlet_alpha``
-  and name no preset of their own (a summary of a study across alphas).
-  Returns False (and draws nothing) with fewer than two such grids."""
+  alpha of their settings, one line per cell name, over the grids marked
+  ``alpha_summary``. Returns False (and draws nothing) with fewer than two
+  such grids (two alphas)."""
   alphas = {
     grid: dict(GRIDS[grid].settings)["dirichlet_alpha"]
     for grid in summaries_by_grid
-    if "dirichlet_alpha" in dict(GRIDS[grid].settings)
+    if GRIDS[grid].alpha_summary
   }
   if len(alphas) < 2:
     return False
@@ -823,12 +829,7 @@ def plot_alpha_summary(summaries_by_grid, out: pathlib.Path) -> bool:
     ylabel="final mean test accuracy (%)",
     title="mean over seeds, bars: 95% t-interval",
   )
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
+  _finish_figure(fig, [ax], out)
   return True
 
 

@@ -1,6 +1,7 @@
 """experiments.study: its grids are valid configs, its runner goes on after a
 failed run, and its report's means and 95% intervals match a NumPy reference."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -221,6 +222,7 @@ def test_report_keeps_the_text_above_the_marker_and_plots_alpha(tmp_path, monkey
       settings=study.SHORT + (("dirichlet_alpha", alpha),),
       time_axis=True,
       target=0.6,
+      alpha_summary=True,
     )
     for alpha in (1.0, 0.1)
   }
@@ -245,6 +247,15 @@ def test_report_keeps_the_text_above_the_marker_and_plots_alpha(tmp_path, monkey
   assert "epochs to 60%" in text
   for name in ("hetero.png", "hetero_a1.0.png", "hetero_a0.1.png"):
     assert (out.parent / name).stat().st_size > 0, name
+  # A grid at another alpha that is not one of the study's levels (a side
+  # grid) does not make a summary.
+  grids["side"] = dataclasses.replace(grids["a0.1"], alpha_summary=False)
+  (tmp_path / "side").symlink_to(tmp_path / "a0.1")
+  other = tmp_path / "out" / "other"
+  args = ["report", "a1.0", "side", "--root", str(tmp_path), "--out", str(other)]
+  assert study.main(args) == 0
+  assert (out.parent / "other_side.png").exists()
+  assert not (out.parent / "other.png").exists()
 
 
 def test_paired_differences_match_seeds_and_the_low_degree_gap(tmp_path):
