@@ -77,7 +77,7 @@ def build_schedule(
 
 
 # config.neighbor_weight: the weight alpha of a graph's matchings (full and
-# alternating schedules). auto: psd for d2 and qg_dsgdm, dpsgd otherwise.
+# alternating schedules). auto: psd for PSD_MIXINGS, dpsgd otherwise.
 NEIGHBOR_WEIGHTS = ("auto", "dpsgd", "psd")
 # The methods whose analysis needs lambda_min(W) bounded away from -1.
 PSD_MIXINGS = ("d2", "qg_dsgdm", "gradient_tracking")
