@@ -192,6 +192,24 @@ class Checkpointer:
     )
     self._manager.wait_until_finished()
 
+  def latest_meta(self) -> dict[str, Any] | None:
+    """The newest readable checkpoint's metadata (no state read); None if none.
+
+    Unreadable ones are skipped here and left for `restore_latest` to set
+    aside.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return self._read_meta(step)
+      except Exception:
+        continue
+    return None
+
+  def _read_meta(self, step: int) -> dict[str, Any]:
+    return self._manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )["meta"]
+
   def restore_latest(self, like, check_meta=None) -> tuple[Any, dict[str, Any]] | None:
     """Restores the newest intact checkpoint (see `restore`); None if there is none.
 
@@ -209,9 +227,7 @@ class Checkpointer:
     problems = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        meta = self._manager.restore(
-          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-        )["meta"]
+        meta = self._read_meta(step)
       except Exception as error:
         self._set_aside(step, error, problems)
         continue

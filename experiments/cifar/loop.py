@@ -49,6 +49,17 @@ class Progress:
   time_total_s: float = 0.0
 
 
+def refuse_a_different_run(checkpointer, config):
+  """Raises `ConfigMismatchError` if the workdir's newest checkpoint is of a
+  run with other run-defining fields: before the data load, the model and the
+  compilation, which `restore_or_start` (checking again) needs."""
+  meta = checkpointer.latest_meta()
+  if meta is not None:
+    checkpoint_lib.check_fingerprint(
+      meta["fingerprint"], config, checkpointer.directory
+    )
+
+
 def restore_or_start(checkpointer, state, config):
   """The latest checkpoint's state and progress, or ``state`` at step 0."""
   restored = checkpointer.restore_latest(

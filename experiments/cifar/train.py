@@ -226,8 +226,8 @@ def train_and_evaluate(
     TrainingInterrupted: after SIGINT/SIGTERM or ``config.stop_after_steps``
       steps, once a checkpoint is saved.
   """
-  # Set-up: cheap checks first, so a wrong device count or graph fails before
-  # the data loads.
+  # Set-up: cheap checks first, so a wrong device count or graph, or a workdir
+  # holding another run, fails before the data loads.
   validation.validate_config(config)
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
@@ -236,6 +236,8 @@ def train_and_evaluate(
   mesh = ald.worker_mesh(
     config.num_workers, workers_per_device=config.workers_per_device
   )
+  checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints")
+  loop.refuse_a_different_run(checkpointer, config)
   info, batches, (test_images, test_labels) = _load_data(config)
   steps_per_epoch = batches.steps_per_epoch
   if config.max_steps_per_epoch:
@@ -275,7 +277,6 @@ def train_and_evaluate(
   feed = loop.Feeder(batches, mesh, config.num_workers)
 
   # Resume.
-  checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints")
   state, progress = loop.restore_or_start(checkpointer, state, config)
   log = report.MetricsLog(workdir / "metrics.jsonl")
   records = log.keep_epochs_before(progress.epoch) if is_main else []

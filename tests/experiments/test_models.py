@@ -179,29 +179,32 @@ def test_count_params_excludes_batch_stats():
 # --- Shapes ---
 
 
-@pytest.mark.parametrize("name", CONCRETE_MODELS)
+@pytest.mark.parametrize("name", sorted(models.MODELS))
 @pytest.mark.parametrize("height, channels", [(32, 3), (28, 1)])
 def test_output_shape(name, height, channels):
-  images = jax.random.normal(jax.random.key(1), (2, height, height, channels))
-  logits = forward(built(name, channels), images)
+  # Traced, not run: no weights, no compilation (WRN-28-10 has 36.5M).
+  model = abstract(name, channels)
+  images = jax.ShapeDtypeStruct((2, height, height, channels), jnp.float32)
+  logits = nnx.eval_shape(lambda m, x: m(x), model, images)
   assert logits.shape == (2, 10)
   assert logits.dtype == jnp.float32
-  # NaNs would reveal a pool reaching a 0x0 map (VGG on 28x28).
+
+
+@pytest.mark.parametrize("name", CONCRETE_MODELS)
+def test_smallest_dataset_input_gives_finite_logits(name):
+  # NaNs would reveal a pool reaching a 0x0 map (VGG on 28x28); a shape check
+  # cannot see it (the global average of an empty map still has its shape).
+  # 28x28 is the smallest input of the datasets: every map of a 32x32 input is
+  # at least as large.
+  images = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+  logits = forward(built(name, 1), images)
+  assert logits.shape == (2, 10)
   assert np.all(np.isfinite(logits))
 
 
 def test_smallest_supported_input():
   logits = forward(built("small_cnn", 1), jnp.ones((2, 8, 8, 1)))
   assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
-
-
-@pytest.mark.parametrize("height, channels", [(32, 3), (28, 1)])
-def test_wrn28_10_shape_without_running(height, channels):
-  model = abstract("wrn28_10", channels)
-  images = jax.ShapeDtypeStruct((2, height, height, channels), jnp.float32)
-  logits = nnx.eval_shape(lambda m, x: m(x), model, images)
-  assert logits.shape == (2, 10)
-  assert logits.dtype == jnp.float32
 
 
 def test_wrong_input_layout_is_explained():
@@ -335,7 +338,7 @@ def test_different_seeds_give_different_weights():
 
 
 def test_weights_follow_pytorch_default_init():
-  model = built("resnet50", 3)
+  model = built("resnet50", 1)
   for layer in (model.conv1, model.linear):
     kernel = np.asarray(layer.kernel[...])
     bound = 1 / math.sqrt(math.prod(kernel.shape[:-1]))  # 1/sqrt(fan_in)
