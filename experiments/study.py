@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
@@ -351,6 +352,13 @@ for _alpha in HETERO_ALPHAS:
       for base in ("dpsgd", "allreduce")
       for name in HETERO_METHODS
       if name not in (base, "allreduce")
+    )
+    # Among the corrections: which to pick.
+    + tuple(
+      (a, b)
+      for a, b in itertools.combinations(
+        ("d2", "sgp", "qg_dsgdm", "gradient_tracking"), 2
+      )
     ),
     target=HETERO_TARGET,
     time_axis=True,
