@@ -200,9 +200,15 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(mock_cifar, tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
-def test_resume_refuses_a_different_config(mock_cifar, tmp_path):
+def test_resume_refuses_a_different_config(mock_cifar, tmp_path, monkeypatch):
   with pytest.raises(train.TrainingInterrupted):
     train.train_and_evaluate(tiny_config(stop_after_steps=1), str(tmp_path))
+
+  def load_data(config):
+    raise AssertionError("the data loaded before the refusal")
+
+  # Refused before the data loads (and the model is built).
+  monkeypatch.setattr(train, "_load_data", load_data)
   with pytest.raises(checkpoint_lib.ConfigMismatchError) as error:
     train.train_and_evaluate(
       tiny_config(method="dpsgd", model="resnet20"), str(tmp_path)
