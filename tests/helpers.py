@@ -294,8 +294,19 @@ def free_port() -> int:
 
 
 def fresh_env() -> dict[str, str]:
-  """This environment without the emulated-devices settings of conftest.py."""
-  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
+  """This environment without the emulated-devices settings of conftest.py.
+
+  Keeps the other ``XLA_FLAGS`` (conftest.py's compile-fast flags): a process
+  that wants emulated devices sets them itself (`jax_aldsgd.emulate_cpu_devices`).
+  """
+  env = {k: v for k, v in os.environ.items() if k != "PJRT_NPROC"}
+  flags = re.sub(
+    r"--xla_(force_host_platform_device_count|cpu_collective_call_\w+)=\S*",
+    "",
+    env.get("XLA_FLAGS", ""),
+  )
+  env["XLA_FLAGS"] = " ".join(flags.split())
+  return env
 
 
 def start_processes(commands) -> list[subprocess.Popen]:

@@ -1,4 +1,4 @@
-"""One process of a multi-process run (launched by tests/test_multihost.py).
+"""One process of a multi-process run (launched by tests/lib/test_multihost.py).
 
     python tests/multihost_job.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
 

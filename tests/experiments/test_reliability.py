@@ -1,6 +1,5 @@
 """Reliability: bad configs, a diverging worker, corrupt checkpoints, kills, hangs."""
 
-import os
 import pathlib
 import random
 import signal
@@ -19,10 +18,6 @@ from tests import helpers
 from tests.helpers import tiny_config
 
 ROOT = pathlib.Path(__file__).parents[2]
-
-
-def _clean_env():
-  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
 
 
 @pytest.mark.parametrize(
@@ -309,7 +304,7 @@ def test_sigterm_and_sigkill_then_resume_equals_uninterrupted(tmp_path):
   subprocess.run(
     _run_command(whole, data),
     cwd=ROOT,
-    env=_clean_env(),
+    env=helpers.fresh_env(),
     check=True,
     capture_output=True,
     timeout=300,
@@ -318,7 +313,7 @@ def test_sigterm_and_sigkill_then_resume_equals_uninterrupted(tmp_path):
   process = subprocess.Popen(
     _run_command(parts, data),
     cwd=ROOT,
-    env=_clean_env(),
+    env=helpers.fresh_env(),
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
   )
@@ -331,7 +326,7 @@ def test_sigterm_and_sigkill_then_resume_equals_uninterrupted(tmp_path):
   process = subprocess.Popen(
     _run_command(parts, data),
     cwd=ROOT,
-    env=_clean_env(),
+    env=helpers.fresh_env(),
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
   )
@@ -344,7 +339,7 @@ def test_sigterm_and_sigkill_then_resume_equals_uninterrupted(tmp_path):
   subprocess.run(
     _run_command(parts, data),
     cwd=ROOT,
-    env=_clean_env(),
+    env=helpers.fresh_env(),
     check=True,
     capture_output=True,
     timeout=300,
@@ -381,7 +376,7 @@ def test_a_stuck_collective_fails_instead_of_hanging():
   subprocess timeout and fail the test)."""
   result = subprocess.run(
     [sys.executable, "-c", HANG],
-    env=_clean_env(),
+    env=helpers.fresh_env(),
     capture_output=True,
     text=True,
     timeout=300,

@@ -1,6 +1,5 @@
 """Mesh helpers: emulated devices, stacking, worker_map, and their errors."""
 
-import os
 import subprocess
 import sys
 
@@ -13,11 +12,12 @@ import pytest
 import jax_aldsgd as ald
 from jax_aldsgd import schedules as S
 from jax_aldsgd import topologies as T
+from tests import helpers
 
 
 def test_emulate_cpu_devices_in_a_fresh_process():
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # overridden
+  env = helpers.fresh_env()
+  env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"  # overridden
   code = (
     "import os, jax_aldsgd as a; a.emulate_cpu_devices(3); import jax; "
     "print(jax.device_count(), os.environ['PJRT_NPROC'], "

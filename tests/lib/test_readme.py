@@ -1,10 +1,11 @@
 """The README's quick example runs as written, in a fresh process."""
 
-import os
 import pathlib
 import re
 import subprocess
 import sys
+
+from tests import helpers
 
 README = pathlib.Path(__file__).parents[2] / "README.md"
 
@@ -12,10 +13,9 @@ README = pathlib.Path(__file__).parents[2] / "README.md"
 def test_quick_example_runs_as_written():
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
   assert len(blocks) == 1
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PJRT_NPROC")}
   result = subprocess.run(
     [sys.executable, "-c", blocks[0]],
-    env=env,
+    env=helpers.fresh_env(),
     capture_output=True,
     text=True,
     timeout=300,
