@@ -28,10 +28,8 @@ inherit them (`tests.helpers.fresh_env`). The whole suite passes with XLA's
 defaults too: ``XLA_FLAGS=--xla_cpu_use_fusion_emitters=true``.
 """
 
-import importlib.metadata
 import os
 import pathlib
-import re
 
 os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR",
@@ -41,19 +39,18 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
+import jax_aldsgd  # noqa: E402  (after the environment JAX reads at import)
+from jax_aldsgd import _mesh  # noqa: E402
+
+# XLA reads XLA_FLAGS when the backend starts (after this file), not at import.
 TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 # XLA aborts on a flag it does not know ("Unknown flag in XLA_FLAGS"), so only
 # on the jaxlib versions seen to have it: 0.8.0 (the oldest we support) to
 # 0.10.2. A newer jaxlib runs the tests with XLA's defaults (slower) until
 # someone checks that it still has the flag and raises the bound.
-_JAXLIB = tuple(
-  int(part) for part in re.findall(r"\d+", importlib.metadata.version("jaxlib"))[:2]
-)
-if (0, 8) <= _JAXLIB <= (0, 10) and not os.environ.get("XLA_FLAGS", "").startswith(
-  TEST_XLA_FLAGS
-):
+if (0, 8, 0) <= _mesh._jaxlib_version() < (0, 11, 0) and not os.environ.get(
+  "XLA_FLAGS", ""
+).startswith(TEST_XLA_FLAGS):
   os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}"
-
-import jax_aldsgd  # noqa: E402  (after the environment JAX reads at import)
 
 jax_aldsgd.emulate_cpu_devices(16, collective_timeout_seconds=60)
